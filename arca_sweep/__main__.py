@@ -1,0 +1,3 @@
+from arca_sweep.main import cli
+
+cli()

@@ -1,0 +1,239 @@
+"""The typed config schema. Hydra merges every ``conf/`` file into these dataclasses, so a
+misspelled key or a wrongly typed value fails at composition; :func:`validate` then checks choices
+and ranges, naming the bad key and the valid values, before any model is loaded.
+
+The groups mirror the code: ``model`` (:mod:`arca_sweep.model`), ``rank`` (the LoRA adapter),
+``credit`` (:mod:`arca_sweep.credit`), ``budget`` (the matched rollout budget), ``data``
+(:mod:`arca_sweep.tasks`), ``rollout`` (:mod:`arca_sweep.rollout`), ``logger``
+(:mod:`arca_sweep.loggers`); ``loss``, ``advantage``, ``optim``, ``learner`` and ``diagnostics``
+configure :mod:`arca_sweep.learner`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # preset name, e.g. tiny, qwen3_1_7b
+    path: str | None = None  # local checkpoint dir; for `tiny`, null means the packaged asset
+    hub_id: str | None = None  # Hugging Face name, used when path is null (needs network or a cache)
+    dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16
+
+
+@dataclass
+class RankConfig:
+    """The LoRA adapter: rank r, alpha (2r in every preset), on all linear projections."""
+
+    r: int = MISSING
+    alpha: float = MISSING
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    init_seed: int | None = None  # null: the run seed
+
+
+@dataclass
+class CreditConfig:
+    name: str = MISSING  # uniform | surprisal | entropy | divergence | arca
+    normalize: str = "mean"  # mean | softmax | rank
+    temperature: float = 1.0  # softmax normalization temperature
+    mix: float = 1.0  # lambda: w <- (1 - lambda) + lambda * w
+    clip_max: float | None = None  # c: w <- min(w, c), renormalized to mean 1
+    layer: int = -1  # arca: hidden_states index (-1: the state fed to the LM head)
+    mode: str = "clamp"  # entropy: clamp (H_ref - H_pol clamped at 0) | abs
+    estimator: str = "exact"  # divergence: exact (full-vocabulary KL) | k3 (sampled estimator)
+
+
+@dataclass
+class BudgetConfig:
+    """A matched rollout budget: total rollouts = steps * prompts_per_step * group_size."""
+
+    steps: int = MISSING
+    prompts_per_step: int = MISSING
+    group_size: int = MISSING
+    max_new_tokens: int = MISSING
+    eval_every: int = MISSING  # 0: evaluate only at step 0 and at the end
+    eval_size: int = MISSING
+    checkpoint_every: int = 1
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # arith
+    seed: int = 0  # the prompt order: shared by every arm of a sweep, independent of the run seed
+    eval_seed: int = 1_000_003
+    min_operands: int = 2
+    max_operands: int = 3
+    max_operand: int = 99
+    ops: str = "+-"
+
+
+@dataclass
+class RolloutConfig:
+    name: str = MISSING  # hf
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 64  # sequences per generate call
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING  # jsonl (metrics.jsonl is always written)
+    progress: bool = True  # a progress bar per arm
+
+
+@dataclass
+class LossConfig:
+    agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (Dr.GRPO)
+    clip_low: float = 0.2  # eps_low
+    clip_high: float = 0.2  # eps_high
+    beta: float = 0.0  # weight of the k3-KL penalty to pi_ref
+
+
+@dataclass
+class AdvantageConfig:
+    scale: str = "std"  # std: (r - mean) / (std + 1e-6) | none: r - mean (Dr.GRPO)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0
+
+
+@dataclass
+class LearnerConfig:
+    micro_batch_size: int = 64  # sequences per forward/backward
+    chunk_size: int = 1024  # tokens per full-vocabulary chunk
+
+
+@dataclass
+class DiagnosticsConfig:
+    shadow: bool = True  # compute every signal's weights from the same passes
+    uniform_at: float = 0.95  # ETR >= this: uniform regime
+    concentrated_at: float = 0.25  # ETR <= this: concentrated regime
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    rank: RankConfig = MISSING
+    credit: CreditConfig = MISSING
+    budget: BudgetConfig = MISSING
+    data: DataConfig = MISSING
+    rollout: RolloutConfig = MISSING
+    logger: LoggerConfig = MISSING
+    loss: LossConfig = field(default_factory=LossConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    seed: int = 0  # the run seed: adapter init and sampling; never the prompt order
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads; 0: all cores
+    experiment: str | None = None  # set by experiment/ presets, for the record
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="arca_sweep_schema", node=Config)
+
+
+def _signals() -> tuple[str, ...]:
+    from arca_sweep.credit import SIGNALS
+
+    return tuple(sorted(SIGNALS))
+
+
+CHOICES: dict[str, Any] = {
+    "credit.name": _signals,
+    "credit.normalize": ("mean", "softmax", "rank"),
+    "credit.mode": ("clamp", "abs"),
+    "credit.estimator": ("exact", "k3"),
+    "loss.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+    "advantage.scale": ("std", "none"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "rollout.name": ("hf",),
+    "logger.name": ("jsonl",),
+    "data.name": ("arith",),
+    "device": ("auto", "cpu", "cuda"),
+}
+POSITIVE = [
+    "rank.r",
+    "rank.alpha",
+    "budget.steps",
+    "budget.prompts_per_step",
+    "budget.max_new_tokens",
+    "budget.eval_size",
+    "budget.checkpoint_every",
+    "rollout.temperature",
+    "rollout.batch_size",
+    "credit.temperature",
+    "learner.micro_batch_size",
+    "learner.chunk_size",
+    "optim.lr",
+    "optim.grad_clip",
+]
+NON_NEGATIVE = [
+    "budget.eval_every",
+    "loss.clip_low",
+    "loss.clip_high",
+    "loss.beta",
+    "rank.dropout",
+    "optim.weight_decay",
+    "threads",
+    "data.max_operand",
+]
+
+
+class ConfigError(ValueError):
+    """A config value that is out of range or not one of the valid choices."""
+
+
+def _get(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg) -> None:
+    """Raise :class:`ConfigError` naming every bad key, its value and what is valid."""
+    errors = []
+    for key, choices in CHOICES.items():
+        valid = choices() if callable(choices) else choices
+        if _get(cfg, key) not in valid:
+            errors.append(f"{key}={_get(cfg, key)!r} is not valid; choose one of: {', '.join(valid)}")
+    for key in POSITIVE:
+        if not _get(cfg, key) > 0:
+            errors.append(f"{key}={_get(cfg, key)!r} must be > 0")
+    for key in NON_NEGATIVE:
+        if not _get(cfg, key) >= 0:
+            errors.append(f"{key}={_get(cfg, key)!r} must be >= 0")
+    if cfg.budget.group_size < 2:
+        errors.append(
+            f"budget.group_size={cfg.budget.group_size} must be >= 2 (GRPO compares within a group)"
+        )
+    if not 0.0 < cfg.rollout.top_p <= 1.0:
+        errors.append(f"rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
+    if not 0.0 <= cfg.credit.mix <= 1.0:
+        errors.append(f"credit.mix={cfg.credit.mix} must be in [0, 1]")
+    if cfg.credit.clip_max is not None and cfg.credit.clip_max < 1.0:
+        errors.append(f"credit.clip_max={cfg.credit.clip_max} must be >= 1 (weights have mean 1) or null")
+    if not 0.0 <= cfg.diagnostics.concentrated_at < cfg.diagnostics.uniform_at <= 1.0:
+        errors.append(
+            "diagnostics: need 0 <= concentrated_at < uniform_at <= 1, got "
+            f"{cfg.diagnostics.concentrated_at} and {cfg.diagnostics.uniform_at}"
+        )
+    if cfg.model.name != "tiny" and cfg.model.path is None and cfg.model.hub_id is None:
+        errors.append(f"model {cfg.model.name!r}: set model.path (a local checkpoint dir) or model.hub_id")
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

@@ -1,0 +1,59 @@
+"""Per-step credit diagnostics (SPEC "Diagnostics"): the training signal's weights under
+``credit/``, every signal's under ``shadow/<signal>/`` with its Spearman correlation to the
+training signal, and which tokens are format tokens."""
+
+from __future__ import annotations
+
+import string
+
+import torch
+
+from arca_sweep import credit
+
+PUNCTUATION = set(string.punctuation)
+
+
+class FormatTokens:
+    """Token ids that carry format, not content: special and chat-template tokens, and tokens
+    whose text is only whitespace and punctuation (``\\n``, ``{``, ``}.``, ``\\boxed`` is not)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.special = set(tokenizer.all_special_ids)
+        self.cache: dict[int, bool] = {}
+
+    def is_format(self, token_id: int) -> bool:
+        if token_id not in self.cache:
+            text = self.tokenizer.decode([token_id])
+            self.cache[token_id] = token_id in self.special or all(
+                ch.isspace() or ch in PUNCTUATION for ch in text
+            )
+        return self.cache[token_id]
+
+    def mask(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = [self.is_format(int(i)) for i in ids.flatten().tolist()]
+        return torch.tensor(flat, dtype=torch.bool, device=ids.device).view(ids.shape)
+
+
+def credit_metrics(
+    weights,
+    shadow_weights: dict,
+    mask,
+    format_mask,
+    training_signal: str,
+    uniform_at: float,
+    concentrated_at: float,
+) -> dict[str, float]:
+    thresholds = dict(uniform_at=uniform_at, concentrated_at=concentrated_at)
+    out = {
+        f"credit/{k}": v
+        for k, v in credit.summarize_weights(weights, mask, format_mask=format_mask, **thresholds).items()
+    }
+    for name, w in shadow_weights.items():
+        summary = credit.summarize_weights(w, mask, **thresholds)
+        for key in ("gini/mean", "etr/mean", "regime/uniform", "regime/middle", "regime/concentrated"):
+            out[f"shadow/{name}/{key}"] = summary[key]
+        rho = credit.spearman(w, weights, mask)
+        rho = rho[~rho.isnan()]
+        out[f"shadow/{name}/spearman"] = rho.mean().item() if rho.numel() else float("nan")
+    return out

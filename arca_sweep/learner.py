@@ -1,0 +1,216 @@
+"""The GRPO learner (SPEC: "Policy, reference, rollouts", "Loss", "One scoring pass feeds every signal").
+
+Per step and per micro-batch of sequences, at most two forwards: the policy (with grad) and one
+no-grad pass with the adapter disabled, run only when a signal, a shadow signal or the KL
+penalty needs it. Every per-token quantity of response token y_t comes from the position that
+predicts it (the position of y_{t-1}, or the last prompt token for t = 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from arca_sweep import credit
+from arca_sweep.rollout import RolloutBatch
+from arca_sweep.token_stats import target_logprob, vocab_stats
+
+LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std"):
+    """A_i = (r_i - mean(r)) / (std(r) + 1e-6) within each group of G (``scale="none"``: r_i - mean(r)).
+
+    ``std`` is the unbiased sample standard deviation, as in GRPO (DeepSeekMath) and TRL.
+    Returns the advantages [N] and the fraction of groups whose rewards are all equal (zero advantage).
+    """
+    r = rewards.view(-1, group_size).double()
+    centered = r - r.mean(1, keepdim=True)
+    std = r.std(1, keepdim=True)
+    adv = centered / (std + 1e-6) if scale == "std" else centered
+    frac_zero_std = (std[:, 0] == 0).double().mean().item()
+    return adv.flatten().float(), frac_zero_std
+
+
+def ppo_clip_token_loss(
+    logp, logp_old, token_adv, clip_low: float, clip_high: float, ref_logp=None, beta: float = 0.0
+):
+    """Per-token loss -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta * k3, with
+    rho = exp(logp - logp_old) and k3 = exp(ref - logp) - (ref - logp) - 1 (an unbiased,
+    non-negative estimate of KL(pi_theta || pi_ref))."""
+    ratio = torch.exp(logp - logp_old)
+    loss = -torch.minimum(ratio * token_adv, ratio.clamp(1 - clip_low, 1 + clip_high) * token_adv)
+    if beta:
+        log_r = ref_logp - logp
+        loss = loss + beta * (torch.exp(log_r) - log_r - 1)
+    return loss
+
+
+def aggregate_loss(token_loss, mask, agg: str, *, total_tokens: int, total_seqs: int, norm_len: int):
+    """Sum of this micro-batch's share of the batch loss, so micro-batch losses add up exactly:
+
+    - ``token-mean``: sum over all tokens / tokens in the batch
+    - ``seq-mean-token-mean``: mean over sequences of each sequence's token mean
+    - ``seq-mean-token-sum-norm`` (Dr.GRPO): mean over sequences of token sum / ``norm_len``
+    """
+    token_loss = token_loss * mask
+    if agg == "token-mean":
+        return token_loss.sum() / total_tokens
+    if agg == "seq-mean-token-mean":
+        return (token_loss.sum(1) / mask.sum(1).clamp(min=1)).sum() / total_seqs
+    if agg == "seq-mean-token-sum-norm":
+        return (token_loss.sum(1) / norm_len).sum() / total_seqs
+    raise ValueError(f"loss.agg={agg!r}; valid: {', '.join(LOSS_AGGS)}")
+
+
+def _decoder_and_head(model):
+    base = model.get_base_model()
+    return getattr(base, base.base_model_prefix), base.get_output_embeddings()
+
+
+def forward_hidden(model, input_ids, attention_mask, layer: int):
+    """(final hidden [B, L, D] fed to the LM head, hidden at ``layer``) of one forward.
+
+    Position ids follow the attention mask, as in generation, so left padding changes nothing.
+    """
+    decoder, _ = _decoder_and_head(model)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = decoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        output_hidden_states=layer != -1,
+        use_cache=False,
+    )
+    final = out.last_hidden_state
+    return final, final if layer == -1 else out.hidden_states[layer]
+
+
+@dataclass
+class StepResult:
+    loss: float
+    weights: torch.Tensor  # [B, R] training weights (0 off the response)
+    shadow_weights: dict[str, torch.Tensor]  # signal -> [B, R] weights, every signal when shadow is on
+    logp: torch.Tensor  # [B, R] learner log-probs (detached)
+    grad_norm: float
+    fallback_frac: float
+
+
+class Learner:
+    """Scores a rollout batch, applies one GRPO/PPO-clip update to the LoRA parameters."""
+
+    def __init__(self, model, cfg, temperature: float):
+        self.model, self.cfg, self.temperature = model, cfg, temperature
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas)
+        )
+        self.signals = sorted(credit.SIGNALS) if cfg.diagnostics.shadow else [cfg.credit.name]
+        self.signal_options = dict(mode=cfg.credit.mode, estimator=cfg.credit.estimator)
+        need = set(credit.needed_stats(self.signals, self.signal_options)) | {"logp"}
+        if cfg.loss.beta:
+            need.add("ref_logp")
+        self.need = need
+        self.need_vocab = need & {"entropy", "ref_logp", "ref_entropy", "kl"}
+        self.need_ref = bool(need & {"ref_logp", "ref_entropy", "kl", "ref_hidden"})
+
+    def step(self, batch: RolloutBatch, advantages: torch.Tensor) -> StepResult:
+        """One update: per micro-batch, score, weight the advantages, backward; then clip and step."""
+        c, lc = self.cfg.credit, self.cfg.loss
+        mask_all = batch.response_mask
+        totals = dict(
+            total_tokens=int(mask_all.sum()),
+            total_seqs=mask_all.shape[0],
+            norm_len=self.cfg.budget.max_new_tokens,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        weights, shadow, logps, loss_sum, fallbacks = [], {s: [] for s in self.signals}, [], 0.0, 0
+        for rows in torch.arange(mask_all.shape[0]).split(self.cfg.learner.micro_batch_size):
+            stats, logp = self.score(batch, rows)
+            saliences = {s: credit.salience(s, stats, **self.signal_options) for s in self.signals}
+            if c.name not in saliences:
+                saliences[c.name] = credit.salience(c.name, stats, **self.signal_options)
+            norm = dict(method=c.normalize, temperature=c.temperature, mix=c.mix, clip_max=c.clip_max)
+            w = credit.normalize(saliences[c.name], stats.mask, **norm)
+            fallbacks += int(credit.fallback_rows(saliences[c.name], stats.mask).sum())
+            token_loss = ppo_clip_token_loss(
+                logp,
+                logp.detach(),
+                advantages[rows, None] * w,
+                lc.clip_low,
+                lc.clip_high,
+                stats.ref_logp,
+                lc.beta,
+            )
+            loss = aggregate_loss(token_loss, stats.mask, lc.agg, **totals)
+            loss.backward()
+            loss_sum += loss.item()
+            weights.append(w)
+            logps.append(logp.detach())
+            for s in self.signals:
+                shadow[s].append(w if s == c.name else credit.normalize(saliences[s], stats.mask, **norm))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip).item()
+        self.optimizer.step()
+        return StepResult(
+            loss=loss_sum,
+            weights=torch.cat(weights),
+            logp=torch.cat(logps),
+            shadow_weights={s: torch.cat(v) for s, v in shadow.items()},
+            grad_norm=grad_norm,
+            fallback_frac=fallbacks / mask_all.shape[0],
+        )
+
+    def score(self, batch: RolloutBatch, rows: torch.Tensor):
+        """The (at most) two forwards for ``rows``: TokenStats [b, R] and the policy log-probs with grad."""
+        device = self.model.device
+        p = batch.prompt_ids.shape[1]
+        input_ids = torch.cat([batch.prompt_ids[rows], batch.response_ids[rows]], 1).to(device)
+        attn = torch.cat([batch.prompt_mask[rows], batch.response_mask[rows]], 1).to(device)
+        mask = batch.response_mask[rows].to(device)
+        targets = batch.response_ids[rows].to(device)[mask]
+        layer = self.cfg.credit.layer
+        _, head = _decoder_and_head(self.model)
+
+        def response_positions(h):  # [b, L, D] -> [N, D] at the positions predicting each response token
+            return h[:, p - 1 : -1][mask]
+
+        ref_final = ref_layer = None
+        if self.need_ref:
+            with torch.no_grad(), self.model.disable_adapter():
+                ref_final, ref_layer = (
+                    response_positions(h) for h in forward_hidden(self.model, input_ids, attn, layer)
+                )
+        final, at_layer = (response_positions(h) for h in forward_hidden(self.model, input_ids, attn, layer))
+        logp_flat = target_logprob(final, head.weight, targets, self.temperature, self.cfg.learner.chunk_size)
+        vocab = vocab_stats(
+            final.detach(),
+            head.weight,
+            targets,
+            ref_final,
+            temperature=self.temperature,
+            chunk_size=self.cfg.learner.chunk_size,
+            need=self.need_vocab,
+        )
+
+        def unflatten(x):
+            if x is None:
+                return None
+            out = x.new_zeros(mask.shape + x.shape[1:])
+            out[mask] = x.detach() if x.requires_grad else x
+            return out
+
+        logp = logp_flat.new_zeros(mask.shape).masked_scatter(mask, logp_flat)
+        needs_hidden = "hidden" in self.need or "ref_hidden" in self.need
+        stats = credit.TokenStats(
+            mask=mask,
+            logp=logp.detach(),
+            entropy=unflatten(vocab.entropy),
+            ref_logp=unflatten(vocab.ref_logp),
+            ref_entropy=unflatten(vocab.ref_entropy),
+            kl=unflatten(vocab.kl),
+            hidden=unflatten(at_layer.detach()) if needs_hidden else None,
+            ref_hidden=unflatten(ref_layer) if needs_hidden else None,
+        )
+        return stats, logp

@@ -1,0 +1,55 @@
+"""Command line: ``python -m arca_sweep [overrides] [-m]`` (Hydra; see conf/config.yaml)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from arca_sweep.config import register_configs
+
+
+def run_name(override_dirname: str) -> str:
+    """An arm's directory name: its overrides (``credit=arca,rank=16``), or ``default``."""
+    return override_dirname.replace("/", "_") or "default"
+
+
+if not OmegaConf.has_resolver("arca_run_name"):
+    OmegaConf.register_new_resolver("arca_run_name", run_name)
+register_configs()
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+_NUMERIC_LIST = re.compile(r"^(?P<key>[+~]{0,2}[\w/]+)=(?P<values>-?\d+(,-?\d+)*)$")
+
+
+def quote_numeric_choices(args: list[str], conf_dir: str = CONF_DIR) -> list[str]:
+    """``rank=8,16`` -> ``rank='8','16'``: Hydra parses a bare number as an int, and an int is not
+    a config group choice ("Config group override must be a string"). Only config groups are
+    touched; ``rank.r=8`` and ``seed=1,2`` stay numbers."""
+    out = []
+    for arg in args:
+        m = _NUMERIC_LIST.match(arg)
+        if m and (Path(conf_dir) / m["key"].lstrip("+~")).is_dir():
+            arg = m["key"] + "=" + ",".join(f"'{v}'" for v in m["values"].split(","))
+        out.append(arg)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg) -> None:
+    from arca_sweep.train import run
+
+    hc = HydraConfig.get()
+    run(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+
+
+def cli() -> None:
+    sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
+    main()
+
+
+if __name__ == "__main__":
+    cli()

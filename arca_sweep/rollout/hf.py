@@ -1,0 +1,115 @@
+"""``rollout=hf``: batched sampling with the peft model through transformers ``generate``."""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+from arca_sweep.rollout import RolloutBatch, finish_masks
+
+
+class SampledLogProbRecorder(LogitsProcessor):
+    """Records log pi_sampler(y_t): the processed distribution each token was drawn from.
+
+    It runs last, after temperature and top-p; at step t+1 it reads the token sampled at step t
+    from ``input_ids`` and keeps one [B, V] block alive at a time (no [B, T, V] score history).
+    """
+
+    def __init__(self):
+        self.previous = None
+        self.logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, scores):
+        self.collect(input_ids[:, -1])
+        self.previous = scores.float().log_softmax(-1)
+        return scores
+
+    def collect(self, tokens):
+        if self.previous is not None:
+            self.logprobs.append(self.previous.gather(1, tokens[:, None])[:, 0])
+            self.previous = None
+
+
+class HFEngine:
+    def __init__(self, cfg, model, tokenizer):
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        eos = {tokenizer.eos_token_id}
+        gen_eos = getattr(model.generation_config, "eos_token_id", None)
+        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        self.eos_ids = sorted(eos)
+
+    def sync(self, model) -> None:
+        self.model = model  # generate runs on the live peft model: nothing to copy
+
+    @torch.no_grad()
+    def generate(self, prompts, num_samples, max_new_tokens, greedy=False) -> RolloutBatch:
+        rows = [p for p in prompts for _ in range(num_samples)]
+        parts = [
+            self._generate(rows[s : s + self.cfg.batch_size], max_new_tokens, greedy)
+            for s in range(0, len(rows), self.cfg.batch_size)
+        ]
+        return _concat(parts, self.tokenizer.pad_token_id)
+
+    def _generate(self, rows, max_new_tokens, greedy) -> RolloutBatch:
+        tok, device = self.tokenizer, self.model.device
+        enc = tok.pad({"input_ids": rows}, return_tensors="pt", padding_side="left")
+        input_ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        # A fresh GenerationConfig: a checkpoint's own sampling defaults (Qwen3 ships top_k=20,
+        # temperature 0.6) must not leak into the run. Temperature and top-p run as our own
+        # processors so the recorder sees the distribution tokens are actually drawn from.
+        gen = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=not greedy,
+            top_k=0,
+            top_p=1.0,
+            temperature=1.0,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=self.eos_ids,
+        )
+        processors = LogitsProcessorList()
+        if not greedy:
+            if self.cfg.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(self.cfg.temperature))
+            if self.cfg.top_p < 1.0:
+                processors.append(TopPLogitsWarper(self.cfg.top_p))
+        recorder = SampledLogProbRecorder()
+        processors.append(recorder)
+        out = self.model.generate(
+            input_ids=input_ids, attention_mask=attn, generation_config=gen, logits_processor=processors
+        )
+        response = out[:, input_ids.shape[1] :]
+        recorder.collect(response[:, -1])
+        mask, reasons = finish_masks(response, self.eos_ids)
+        response = response.masked_fill(~mask, tok.pad_token_id)
+        logprobs = torch.stack(recorder.logprobs, 1).masked_fill(~mask, 0.0)
+        return RolloutBatch(
+            prompt_ids=input_ids,
+            prompt_mask=attn.bool(),
+            response_ids=response,
+            response_mask=mask,
+            finish_reasons=reasons,
+            texts=tok.batch_decode(response, skip_special_tokens=True),
+            sampling_logprobs=logprobs,
+        )
+
+
+def _pad_to(x: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+    pad = x.new_full((x.shape[0], width - x.shape[1]), value)
+    return torch.cat([pad, x] if left else [x, pad], 1)
+
+
+def _concat(parts: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    if len(parts) == 1:
+        return parts[0]
+    p = max(b.prompt_ids.shape[1] for b in parts)
+    r = max(b.response_ids.shape[1] for b in parts)
+    return RolloutBatch(
+        prompt_ids=torch.cat([_pad_to(b.prompt_ids, p, pad_id, True) for b in parts]),
+        prompt_mask=torch.cat([_pad_to(b.prompt_mask, p, False, True) for b in parts]),
+        response_ids=torch.cat([_pad_to(b.response_ids, r, pad_id, False) for b in parts]),
+        response_mask=torch.cat([_pad_to(b.response_mask, r, False, False) for b in parts]),
+        finish_reasons=[x for b in parts for x in b.finish_reasons],
+        texts=[x for b in parts for x in b.texts],
+        sampling_logprobs=torch.cat([_pad_to(b.sampling_logprobs, r, 0.0, False) for b in parts]),
+    )

@@ -1,0 +1,46 @@
+"""Tasks: where prompts come from and how answers are graded.
+
+A task yields :class:`Problem` rows by index. The training order is a pure function of
+``data.seed`` and the step, never of the run seed, so every arm of a sweep sees the same prompts
+in the same order (SPEC: matched rollout budgets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Problem:
+    index: int
+    question: str  # the user message, before the chat template
+    answer: str  # gold answer, compared by the task's reward
+    meta: dict = field(default_factory=dict)
+
+
+class Task(Protocol):
+    def train_indices(self, step: int, num_prompts: int) -> list[int]: ...
+
+    def train_problem(self, index: int) -> Problem: ...
+
+    def eval_problems(self, num: int) -> list[Problem]: ...
+
+    def reward(self, response_text: str, problem: Problem) -> float: ...
+
+
+def batch_hash(indices: list[int]) -> str:
+    """A short stable hash of a step's prompt indices: equal across arms that saw the same prompts."""
+    return hashlib.sha256(json.dumps(list(indices)).encode()).hexdigest()[:16]
+
+
+def build_task(data_cfg) -> Task:
+    """The task named by ``data.name``."""
+    from arca_sweep.tasks.arith import ArithTask
+
+    registry = {"arith": ArithTask.from_config}
+    if data_cfg.name not in registry:
+        raise ValueError(f"data.name={data_cfg.name!r} is not a task; choose one of {sorted(registry)}")
+    return registry[data_cfg.name](data_cfg)

@@ -1,0 +1,89 @@
+"""The ``arith`` task: seeded procedural integer arithmetic, answer asked for in ``\\boxed{}``.
+
+Problem ``i`` of a stream is a pure function of ``(stream seed, i)``: e.g. ``Compute 47 + 38 - 19.``
+with gold answer ``66``. Reward is 1 when the last boxed integer equals the answer.
+"""
+
+from __future__ import annotations
+
+import random
+
+from arca_sweep.rewards import boxed_integer_reward
+from arca_sweep.tasks import Problem
+
+INSTRUCTION = "Put the final answer in \\boxed{}."
+
+
+def make_problem(
+    seed: int, index: int, min_operands: int, max_operands: int, max_operand: int, ops: str
+) -> Problem:
+    """Problem ``index`` of the stream ``seed``: operands in [0, max_operand], left-to-right evaluation."""
+    rng = random.Random(f"arith:{seed}:{index}")
+    n = rng.randint(min_operands, max_operands)
+    operands = [rng.randint(0, max_operand) for _ in range(n)]
+    operators = [rng.choice(ops) for _ in range(n - 1)]
+    expr = str(operands[0])
+    steps = []
+    value = operands[0]
+    for op, x in zip(operators, operands[1:], strict=True):
+        new = value + x if op == "+" else value - x if op == "-" else value * x
+        steps.append(f"{value} {op} {x} = {new}")
+        expr += f" {op} {x}"
+        value = new
+    question = f"Compute {expr}. {INSTRUCTION}"
+    return Problem(index=index, question=question, answer=str(value), meta={"steps": steps, "expr": expr})
+
+
+def worked_solution(problem: Problem, boxed: bool = True) -> str:
+    """The short worked steps the tiny model is pretrained on; ``boxed=False`` gives the unboxed variant."""
+    final = f"\\boxed{{{problem.answer}}}" if boxed else f"The answer is {problem.answer}."
+    return "\n".join(problem.meta["steps"] + [final])
+
+
+class ArithTask:
+    """Training stream seeded by ``seed``, evaluation stream by ``eval_seed`` (held out by seed)."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        eval_seed: int = 1_000_003,
+        min_operands: int = 2,
+        max_operands: int = 3,
+        max_operand: int = 99,
+        ops: str = "+-",
+    ):
+        bad = set(ops) - set("+-*")
+        if not ops or bad:
+            raise ValueError(f"data.ops={ops!r}: use a non-empty string of '+', '-', '*'")
+        if not 2 <= min_operands <= max_operands:
+            raise ValueError(
+                f"data.min_operands={min_operands}, data.max_operands={max_operands}: "
+                "need 2 <= min_operands <= max_operands"
+            )
+        self.seed, self.eval_seed = seed, eval_seed
+        self.shape = dict(
+            min_operands=min_operands, max_operands=max_operands, max_operand=max_operand, ops=ops
+        )
+
+    @classmethod
+    def from_config(cls, cfg) -> ArithTask:
+        return cls(
+            seed=cfg.seed,
+            eval_seed=cfg.eval_seed,
+            min_operands=cfg.min_operands,
+            max_operands=cfg.max_operands,
+            max_operand=cfg.max_operand,
+            ops=cfg.ops,
+        )
+
+    def train_indices(self, step: int, num_prompts: int) -> list[int]:
+        return list(range(step * num_prompts, (step + 1) * num_prompts))
+
+    def train_problem(self, index: int) -> Problem:
+        return make_problem(self.seed, index, **self.shape)
+
+    def eval_problems(self, num: int) -> list[Problem]:
+        return [make_problem(self.eval_seed, i, **self.shape) for i in range(num)]
+
+    def reward(self, response_text: str, problem: Problem) -> float:
+        return boxed_integer_reward(response_text, problem.answer)
