@@ -52,7 +52,7 @@ SignalFn = Callable[..., torch.Tensor]
 class Signal:
     """A registered salience signal.
 
-    ``fn(stats, *, mode="clamp", estimator="exact") -> [B, T]`` float32, >= 0, 0 at masked positions,
+    ``fn(stats, *, mode="clamp", estimator="exact") -> [B, T]`` float32 (float64 in, float64 out), >= 0, 0 at masked positions,
     detached. ``needs`` are the :class:`TokenStats` fields it reads; ``needs_by_option`` entries
     ``(option, value, needs)`` replace them when that option has that value.
     """
@@ -111,6 +111,11 @@ def salience(name: str, stats: TokenStats, **options) -> torch.Tensor:
     return _lookup(name).fn(stats, **options)
 
 
+def _float(x: torch.Tensor) -> torch.Tensor:
+    """At least float32, keeping float64 (so float64 reference runs stay exact)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _field(stats: TokenStats, name: str) -> torch.Tensor:
     value = getattr(stats, name)
     if value is None:
@@ -119,8 +124,8 @@ def _field(stats: TokenStats, name: str) -> torch.Tensor:
 
 
 def _finish(s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """float32, 0 at masked positions (whatever sat there, NaN included), detached."""
-    return torch.where(mask.bool(), s.detach().float(), 0.0)
+    """At least float32, 0 at masked positions (whatever sat there, NaN included), detached."""
+    return torch.where(mask.bool(), _float(s.detach()), 0.0)
 
 
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
@@ -142,7 +147,7 @@ def uniform_salience(stats: TokenStats, *, mode: str = "clamp", estimator: str =
 @register_signal("surprisal", needs={"logp"})
 def surprisal_salience(stats: TokenStats, *, mode: str = "clamp", estimator: str = "exact") -> torch.Tensor:
     """``s_t = -log pi_theta(y_t | context)``, clamped at 0 against round-off."""
-    return _finish((-_field(stats, "logp").float()).clamp(min=0), stats.mask)
+    return _finish((-_float(_field(stats, "logp"))).clamp(min=0), stats.mask)
 
 
 @register_signal("entropy", needs={"entropy", "ref_entropy"})
@@ -150,7 +155,7 @@ def entropy_salience(stats: TokenStats, *, mode: str = "clamp", estimator: str =
     """Entropy reduction ``s_t = max(H(pi_ref)_t - H(pi_theta)_t, 0)``;
     ``mode="abs"``: ``s_t = |H(pi_ref)_t - H(pi_theta)_t|``."""
     _check_choice("mode", mode, ("clamp", "abs"))
-    reduction = _field(stats, "ref_entropy").float() - _field(stats, "entropy").float()
+    reduction = _float(_field(stats, "ref_entropy")) - _float(_field(stats, "entropy"))
     s = reduction.abs() if mode == "abs" else reduction.clamp(min=0)
     return _finish(s, stats.mask)
 
@@ -165,10 +170,10 @@ def divergence_salience(stats: TokenStats, *, mode: str = "clamp", estimator: st
     """
     _check_choice("estimator", estimator, ("exact", "k3"))
     if estimator == "k3":
-        d = _field(stats, "ref_logp").float() - _field(stats, "logp").float()
+        d = _float(_field(stats, "ref_logp")) - _float(_field(stats, "logp"))
         s = torch.expm1(d) - d
     else:
-        s = _field(stats, "kl").float()
+        s = _float(_field(stats, "kl"))
     return _finish(s.clamp(min=0), stats.mask)
 
 
@@ -176,7 +181,7 @@ def divergence_salience(stats: TokenStats, *, mode: str = "clamp", estimator: st
 def arca_salience(stats: TokenStats, *, mode: str = "clamp", estimator: str = "exact") -> torch.Tensor:
     """Adapter-residual credit: ``s_t = ||h_adapted_t - h_base_t||_2`` over the hidden dimension,
     differenced in float32."""
-    residual = _field(stats, "hidden").float() - _field(stats, "ref_hidden").float()
+    residual = _float(_field(stats, "hidden")) - _float(_field(stats, "ref_hidden"))
     return _finish(torch.linalg.vector_norm(residual, dim=-1), stats.mask)
 
 

@@ -110,8 +110,8 @@ class Learner:
         self.signals = sorted(credit.SIGNALS) if cfg.diagnostics.shadow else [cfg.credit.name]
         self.signal_options = dict(mode=cfg.credit.mode, estimator=cfg.credit.estimator)
         need = set(credit.needed_stats(self.signals, self.signal_options)) | {"logp"}
-        if cfg.loss.beta:
-            need.add("ref_logp")
+        if cfg.loss.beta or need & {"ref_entropy", "kl"}:
+            need.add("ref_logp")  # free once the reference LM head runs
         self.need = need
         self.need_vocab = need & {"entropy", "ref_logp", "ref_entropy", "kl"}
         self.need_ref = bool(need & {"ref_logp", "ref_entropy", "kl", "ref_hidden"})

@@ -1,0 +1,174 @@
+"""Every credit signal, and the learner's gradient, against slow, obviously-correct reference code
+on the real tiny model with a random non-zero LoRA adapter: one unpadded sequence at a time,
+two plain full forwards (adapter on, adapter off), naive softmax over the whole vocabulary."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arca_sweep import credit
+from arca_sweep.learner import Learner
+from arca_sweep.model import load_policy
+from arca_sweep.rollout import RolloutBatch, finish_masks
+from tests.conftest import make_config, randomize_adapter
+
+# float32: 1e-5 absolute plus float32 round-off relative to the value (log-probs near -8 carry
+# ~1e-6 relative error from padding-dependent summation order); float64: the algorithm is exact.
+TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=2e-6), torch.float64: dict(atol=1e-9, rtol=1e-9)}
+
+
+def make_batch(tokenizer, prompts: list[str], responses: list[str], pad_width: int = 3) -> RolloutBatch:
+    """Left-padded prompts, right-padded responses (some ending in EOS, some cut off)."""
+    p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    r_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
+    r_ids = [ids + [tokenizer.eos_token_id] if i % 2 == 0 else ids for i, ids in enumerate(r_ids)]
+    pad = tokenizer.pad_token_id
+    p_w, r_w = max(map(len, p_ids)), max(map(len, r_ids)) + pad_width
+    prompt_ids = torch.tensor([[pad] * (p_w - len(x)) + x for x in p_ids])
+    prompt_mask = torch.tensor([[False] * (p_w - len(x)) + [True] * len(x) for x in p_ids])
+    response_ids = torch.tensor([x + [pad] * (r_w - len(x)) for x in r_ids])
+    mask, reasons = finish_masks(response_ids, [tokenizer.eos_token_id])
+    mask &= torch.tensor([[True] * len(x) + [False] * (r_w - len(x)) for x in r_ids])
+    return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, reasons, responses)
+
+
+def reference(model, prompt: list[int], response: list[int], layer: int, temperature: float) -> dict:
+    """Per response token, from two full forwards of the unpadded sequence."""
+    ids = torch.tensor([prompt + response])
+    head_inputs = {}
+    hook = model.get_base_model().lm_head.register_forward_hook(
+        lambda mod, args, out: head_inputs.__setitem__("h", args[0])
+    )
+    with torch.no_grad():
+        pol = model(input_ids=ids, output_hidden_states=True)
+        h_pol = head_inputs["h"] if layer == -1 else pol.hidden_states[layer]
+        with model.disable_adapter():
+            ref = model(input_ids=ids, output_hidden_states=True)
+            h_ref = head_inputs["h"] if layer == -1 else ref.hidden_states[layer]
+    hook.remove()
+    out = {k: [] for k in ("logp", "entropy", "ref_entropy", "ref_logp", "kl", "arca")}
+    for t, y in enumerate(response):
+        pos = len(prompt) - 1 + t
+        lp = torch.log_softmax(pol.logits[0, pos].double() / temperature, -1)
+        lq = torch.log_softmax(ref.logits[0, pos].double() / temperature, -1)
+        out["logp"].append(lp[y].item())
+        out["ref_logp"].append(lq[y].item())
+        out["entropy"].append(-(lp.exp() * lp).sum().item())
+        out["ref_entropy"].append(-(lq.exp() * lq).sum().item())
+        out["kl"].append((lp.exp() * (lp - lq)).sum().item())
+        out["arca"].append((h_pol[0, pos] - h_ref[0, pos]).double().norm().item())
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module", params=[torch.float32, torch.float64], ids=["float32", "float64"])
+def setup(tiny_tokenizer, request):
+    cfg = make_config("rank=8", "learner.micro_batch_size=2", "learner.chunk_size=5")
+    model = load_policy(cfg.model, cfg.rank, torch.device("cpu"), seed=0).to(request.param)
+    randomize_adapter(model, scale=0.2)
+    prompts = [
+        tiny_tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Compute {q}. Put the final answer in \\boxed{{}}."}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for q in ("12 + 7", "88 - 24 + 29", "5 - 9")
+    ]
+    responses = ["12 + 7 = 19\n\\boxed{19}", "88 - 24 = 64\n64 + 29 = 93\n\\boxed{93}", "The answer is -4."]
+    return cfg, model, make_batch(tiny_tokenizer, prompts, responses)
+
+
+def _rows(batch, i):
+    prompt = batch.prompt_ids[i][batch.prompt_mask[i]].tolist()
+    return prompt, batch.response_ids[i][batch.response_mask[i]].tolist()
+
+
+@pytest.mark.parametrize("layer,temperature", [(-1, 1.0), (2, 1.0), (-1, 0.7)])
+def test_every_signal_matches_two_full_forwards(setup, layer, temperature):
+    cfg, model, batch = setup
+    cfg.credit.layer = layer
+    learner = Learner(model, cfg, temperature=temperature)
+    stats, logp = learner.score(batch, torch.arange(len(batch.texts)))
+    for i in range(len(batch.texts)):
+        want = reference(model, *_rows(batch, i), layer, temperature)
+        m = stats.mask[i]
+        assert int(m.sum()) == len(want["logp"])
+        got = {
+            "surprisal": credit.salience("surprisal", stats)[i][m],
+            "entropy": credit.salience("entropy", stats)[i][m],
+            "entropy_abs": credit.salience("entropy", stats, mode="abs")[i][m],
+            "divergence": credit.salience("divergence", stats)[i][m],
+            "divergence_k3": credit.salience("divergence", stats, estimator="k3")[i][m],
+            "arca": credit.salience("arca", stats)[i][m],
+            "uniform": credit.salience("uniform", stats)[i][m],
+        }
+        d = want["ref_logp"] - want["logp"]
+        expected = {
+            "surprisal": -want["logp"],
+            "entropy": (want["ref_entropy"] - want["entropy"]).clamp(min=0),
+            "entropy_abs": (want["ref_entropy"] - want["entropy"]).abs(),
+            "divergence": want["kl"],
+            "divergence_k3": d.exp() - d - 1,
+            "arca": want["arca"],
+            "uniform": torch.ones_like(want["logp"]),
+        }
+        tol = TOLERANCE[model.dtype]
+        torch.testing.assert_close(logp[i][m].detach().double(), want["logp"], **tol)
+        torch.testing.assert_close(stats.ref_logp[i][m].double(), want["ref_logp"], **tol)
+        for name in expected:
+            # k3 = e^d - d - 1 amplifies float32 round-off in d = ref_logp - logp by e^d.
+            t = dict(tol, rtol=5e-5) if name == "divergence_k3" and model.dtype == torch.float32 else tol
+            torch.testing.assert_close(got[name].double(), expected[name], **t, msg=name)
+        assert want["arca"].min() > 1e-3, "the adapter must actually move the hidden state"
+        assert want["kl"].max() > 1e-4, "the adapter must actually change the distribution"
+
+
+@pytest.mark.parametrize(
+    "signal,agg",
+    [("arca", "token-mean"), ("entropy", "seq-mean-token-mean"), ("surprisal", "seq-mean-token-sum-norm")],
+)
+def test_learner_gradient_matches_naive_loss(setup, signal, agg):
+    """The update direction: grad of sum_i,t A_i w_it (-log pi(y_t)) under the aggregation, with w
+    from the reference signal values normalized by a plain per-row loop."""
+    cfg, model, batch = setup
+    cfg.credit.name, cfg.credit.layer, cfg.loss.agg = signal, -1, agg
+    advantages = torch.tensor([1.0, -0.5, 0.25])
+    learner = Learner(model, cfg, temperature=1.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    snapshot = [p.detach().clone() for p in params]
+    learner.optimizer.zero_grad()
+    learner.step(batch, advantages)  # computes grads, then steps: restore params, keep grads
+    got = [p.grad.clone() for p in params]
+    with torch.no_grad():
+        for p, s in zip(params, snapshot, strict=True):
+            p.copy_(s)
+
+    model.zero_grad()
+    total_tokens = int(batch.response_mask.sum())
+    loss = 0.0
+    for i in range(3):
+        prompt, response = _rows(batch, i)
+        want = reference(model, prompt, response, -1, 1.0)
+        s = {
+            "arca": want["arca"],
+            "surprisal": -want["logp"],
+            "entropy": (want["ref_entropy"] - want["entropy"]).clamp(min=0),
+        }[signal]
+        w = (s / s.mean()).float() if s.sum() > 0 else torch.ones_like(s).float()
+        ids = torch.tensor([prompt + response])
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        logp = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(response)[:, None])[:, 0]
+        tok_loss = -advantages[i] * w * logp
+        if agg == "token-mean":
+            loss = loss + tok_loss.sum() / total_tokens
+        elif agg == "seq-mean-token-mean":
+            loss = loss + tok_loss.mean() / 3
+        else:
+            loss = loss + tok_loss.sum() / cfg.budget.max_new_tokens / 3
+    loss.backward()
+    want_grads = [p.grad for p in params]
+    # The learner clips the gradient norm before stepping; compare directions and norms before clipping.
+    flat_got = torch.cat([g.flatten() for g in got])
+    flat_want = torch.cat([g.flatten() for g in want_grads])
+    scale = min(1.0, cfg.optim.grad_clip / (flat_want.norm().item() + 1e-6))
+    torch.testing.assert_close(flat_got, flat_want * scale, atol=1e-6, rtol=1e-4)
