@@ -233,6 +233,14 @@ def validate(cfg) -> None:
             "diagnostics: need 0 <= concentrated_at < uniform_at <= 1, got "
             f"{cfg.diagnostics.concentrated_at} and {cfg.diagnostics.uniform_at}"
         )
+    if cfg.data.name == "arith":
+        if not cfg.data.ops or set(cfg.data.ops) - set("+-*"):
+            errors.append(f"data.ops={cfg.data.ops!r} must be a non-empty string of '+', '-', '*'")
+        if not 2 <= cfg.data.min_operands <= cfg.data.max_operands:
+            errors.append(
+                f"data.min_operands={cfg.data.min_operands}, data.max_operands={cfg.data.max_operands}: "
+                "need 2 <= min_operands <= max_operands"
+            )
     if cfg.model.name != "tiny" and cfg.model.path is None and cfg.model.hub_id is None:
         errors.append(f"model {cfg.model.name!r}: set model.path (a local checkpoint dir) or model.hub_id")
     if errors:

@@ -10,20 +10,37 @@ import re
 
 # Look only at the tail of a response: a pathological 1 MB answer costs no more than a short one.
 MAX_CHARS = 4000
-_BOXED = re.compile(r"\\boxed\{([^{}]{0,64})\}")
+MAX_BOXED_CHARS = 1000
 _INTEGER = re.compile(r"[+-]?\d{1,30}")
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (without nested braces) in the text's tail, or None."""
-    matches = _BOXED.findall(text[-MAX_CHARS:])
-    return matches[-1].strip() if matches else None
+    """The content of the last ``\\boxed{...}`` in the text's tail (nested braces balanced), or None.
+
+    The last box wins even when its content is not an answer: ``\\boxed{5} ... \\boxed{\\frac{11}{2}}``
+    gives ``\\frac{11}{2}``. An unclosed last box gives None. Linear in the tail's length.
+    """
+    tail = text[-MAX_CHARS:]
+    start = tail.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for k in range(begin, min(len(tail), begin + MAX_BOXED_CHARS)):
+        ch = tail[k]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            if depth == 0:
+                return tail[begin:k].strip()
+            depth -= 1
+    return None
 
 
 def boxed_integer_reward(text: str, answer: str) -> float:
     """1.0 when the last ``\\boxed{}`` holds an integer equal to ``answer``, else 0.0.
 
-    ``\\boxed{ -12 }`` and ``\\boxed{+7}`` parse; ``\\boxed{3.0}``, ``\\boxed{1,000}`` and text do not.
+    ``\\boxed{ -12 }`` and ``\\boxed{+7}`` parse; ``\\boxed{3.0}``, ``\\boxed{1,000}``, text and integers
+    of more than 30 digits do not.
     """
     content = last_boxed(text)
     if content is None or not _INTEGER.fullmatch(content):

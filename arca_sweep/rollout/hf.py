@@ -58,14 +58,12 @@ class HFEngine:
         # A fresh GenerationConfig: a checkpoint's own sampling defaults (Qwen3 ships top_k=20,
         # temperature 0.6) must not leak into the run. Temperature and top-p run as our own
         # processors so the recorder sees the distribution tokens are actually drawn from.
+        sampling = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0) if not greedy else {}
         gen = GenerationConfig(
             max_new_tokens=max_new_tokens,
-            do_sample=not greedy,
-            top_k=0,
-            top_p=1.0,
-            temperature=1.0,
             pad_token_id=tok.pad_token_id,
             eos_token_id=self.eos_ids,
+            **sampling,
         )
         processors = LogitsProcessorList()
         if not greedy:

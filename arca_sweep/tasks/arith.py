@@ -6,6 +6,7 @@ with gold answer ``66``. Reward is 1 when the last boxed integer equals the answ
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 from arca_sweep.rewards import boxed_integer_reward
@@ -14,24 +15,52 @@ from arca_sweep.tasks import Problem
 INSTRUCTION = "Put the final answer in \\boxed{}."
 
 
+def held_out(expr: str) -> bool:
+    """The eval partition: 1/16 of all expressions, by content. Training never draws from it,
+    so eval problems are unseen whatever the seeds and the budget."""
+    return int(hashlib.sha256(expr.encode()).hexdigest()[:8], 16) % 16 == 0
+
+
 def make_problem(
-    seed: int, index: int, min_operands: int, max_operands: int, max_operand: int, ops: str
+    seed: int,
+    index: int,
+    min_operands: int,
+    max_operands: int,
+    max_operand: int,
+    ops: str,
+    split: str = "train",
 ) -> Problem:
-    """Problem ``index`` of the stream ``seed``: operands in [0, max_operand], left-to-right evaluation."""
-    rng = random.Random(f"arith:{seed}:{index}")
-    n = rng.randint(min_operands, max_operands)
-    operands = [rng.randint(0, max_operand) for _ in range(n)]
-    operators = [rng.choice(ops) for _ in range(n - 1)]
-    expr = str(operands[0])
-    steps = []
-    value = operands[0]
-    for op, x in zip(operators, operands[1:], strict=True):
-        new = value + x if op == "+" else value - x if op == "-" else value * x
-        steps.append(f"{value} {op} {x} = {new}")
-        expr += f" {op} {x}"
-        value = new
+    """Problem ``index`` of the stream ``seed``: operands in [0, max_operand], ``*`` before ``+``/``-``,
+    then left to right. Draws again (deterministically) until the expression is in ``split``."""
+    for attempt in range(10_000):
+        rng = random.Random(f"arith:{seed}:{index}:{attempt}")
+        n = rng.randint(min_operands, max_operands)
+        operands = [rng.randint(0, max_operand) for _ in range(n)]
+        operators = [rng.choice(ops) for _ in range(n - 1)]
+        expr = " ".join(
+            [str(operands[0])] + [f"{op} {x}" for op, x in zip(operators, operands[1:], strict=True)]
+        )
+        if held_out(expr) == (split == "eval"):
+            break
+    steps, answer = solve(operands, operators)
     question = f"Compute {expr}. {INSTRUCTION}"
-    return Problem(index=index, question=question, answer=str(value), meta={"steps": steps, "expr": expr})
+    return Problem(index=index, question=question, answer=str(answer), meta={"steps": steps, "expr": expr})
+
+
+def solve(operands: list[int], operators: list[str]) -> tuple[list[str], int]:
+    """Worked steps and value: each ``*`` first (leftmost first), then ``+``/``-`` left to right."""
+    values, ops, steps = list(operands), list(operators), []
+    while "*" in ops:
+        k = ops.index("*")
+        product = values[k] * values[k + 1]
+        steps.append(f"{values[k]} * {values[k + 1]} = {product}")
+        values[k : k + 2], ops[k : k + 1] = [product], []
+    value = values[0]
+    for op, x in zip(ops, values[1:], strict=True):
+        new = value + x if op == "+" else value - x
+        steps.append(f"{value} {op} {x} = {new}")
+        value = new
+    return steps, value
 
 
 def worked_solution(problem: Problem, boxed: bool = True) -> str:
@@ -41,7 +70,7 @@ def worked_solution(problem: Problem, boxed: bool = True) -> str:
 
 
 class ArithTask:
-    """Training stream seeded by ``seed``, evaluation stream by ``eval_seed`` (held out by seed)."""
+    """Training stream seeded by ``seed``; evaluation stream by ``eval_seed``, from the held-out partition."""
 
     def __init__(
         self,
@@ -80,10 +109,22 @@ class ArithTask:
         return list(range(step * num_prompts, (step + 1) * num_prompts))
 
     def train_problem(self, index: int) -> Problem:
-        return make_problem(self.seed, index, **self.shape)
+        return make_problem(self.seed, index, **self.shape, split="train")
 
     def eval_problems(self, num: int) -> list[Problem]:
-        return [make_problem(self.eval_seed, i, **self.shape) for i in range(num)]
+        """The first ``num`` distinct problems of the eval stream."""
+        problems, seen = [], set()
+        for i in range(100 * num):
+            p = make_problem(self.eval_seed, i, **self.shape, split="eval")
+            if p.question not in seen:
+                seen.add(p.question)
+                problems.append(p)
+                if len(problems) == num:
+                    return problems
+        raise ValueError(
+            f"the eval partition of this arith shape has fewer than {num} distinct problems; "
+            "lower budget.eval_size or widen data.max_operand / data.max_operands"
+        )
 
     def reward(self, response_text: str, problem: Problem) -> float:
         return boxed_integer_reward(response_text, problem.answer)
