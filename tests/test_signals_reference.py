@@ -172,3 +172,44 @@ def test_learner_gradient_matches_naive_loss(setup, signal, agg):
     flat_want = torch.cat([g.flatten() for g in want_grads])
     scale = min(1.0, cfg.optim.grad_clip / (flat_want.norm().item() + 1e-6))
     torch.testing.assert_close(flat_got, flat_want * scale, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides,forwards,adapter_off",
+    [
+        ((), 2, 1),  # shadow diagnostics on: policy + one adapter-off pass
+        (("credit=uniform", "diagnostics.shadow=false"), 1, 0),
+        (("credit=surprisal", "diagnostics.shadow=false"), 1, 0),
+        (("credit=surprisal", "diagnostics.shadow=false", "loss.beta=0.1"), 2, 1),
+        (("credit=arca", "diagnostics.shadow=false"), 2, 1),
+    ],
+)
+def test_at_most_two_forwards_per_micro_batch(setup, overrides, forwards, adapter_off):
+    """SPEC: the policy forward with grad, and one no-grad adapter-off pass only when needed."""
+    _, model, batch = setup
+    cfg = make_config("learner.micro_batch_size=2", *overrides)
+    learner = Learner(model, cfg, temperature=1.0)
+    decoder = model.get_base_model().model
+    calls = []
+    hook = decoder.register_forward_hook(lambda *a: calls.append(torch.is_grad_enabled()))
+    original = model.disable_adapter
+    disabled = []
+
+    def counting_disable_adapter():
+        disabled.append(1)
+        return original()
+
+    model.disable_adapter = counting_disable_adapter
+    try:
+        snapshot = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        learner.step(batch, torch.tensor([1.0, -0.5, 0.25]))
+    finally:
+        hook.remove()
+        del model.disable_adapter
+        with torch.no_grad():
+            for p, s in zip((p for p in model.parameters() if p.requires_grad), snapshot, strict=True):
+                p.copy_(s)
+    micro_batches = 2  # 3 sequences, micro_batch_size 2
+    assert len(calls) == forwards * micro_batches
+    assert len(disabled) == adapter_off * micro_batches
+    assert sum(calls) == micro_batches, "exactly one forward per micro-batch carries a graph"
