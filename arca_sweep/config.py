@@ -87,6 +87,8 @@ class RolloutConfig:
 class LoggerConfig:
     name: str = MISSING  # jsonl (metrics.jsonl is always written)
     progress: bool = True  # a progress bar per arm
+    samples_every: int = 10  # write sample rollouts with every signal's token weights (0: never)
+    samples_per_step: int = 4  # how many (one per prompt), for heatmaps
 
 
 @dataclass

@@ -3,7 +3,8 @@
     python -m arca_sweep                                  # one arm of the embedded default
     python -m arca_sweep credit=entropy rank=16 budget=smoke
 
-Writes into the arm's output dir: ``metrics.jsonl`` (a line per step), ``checkpoint.pt`` (every
+Writes into the arm's output dir: ``metrics.jsonl`` (a line per step), ``samples.jsonl`` (sample
+rollouts with every signal's token weights, every ``logger.samples_every`` steps), ``checkpoint.pt`` (every
 ``budget.checkpoint_every`` steps), ``adapter/`` (the final peft adapter) and ``summary.json``.
 Re-running the same command resumes from the checkpoint; a finished arm is skipped.
 """
@@ -75,6 +76,7 @@ def run(cfg, out_dir: Path, overrides: list[str] | None = None) -> dict:
     format_tokens = FormatTokens(tokenizer)
     eval_problems = task.eval_problems(b.eval_size)
     metrics_log = JsonlLogger(out_dir / "metrics.jsonl")
+    samples_log = JsonlLogger(out_dir / "samples.jsonl")
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
     start = 0
@@ -82,9 +84,11 @@ def run(cfg, out_dir: Path, overrides: list[str] | None = None) -> dict:
         _check_same_config(state["config"], resolved, out_dir)
         start = checkpoint.restore(state, model, learner.optimizer)
         metrics_log.truncate_after(start)
+        samples_log.truncate_after(start)
         print(f"resuming {out_dir} after step {start}")
     else:
         metrics_log.truncate_after(-1)
+        samples_log.truncate_after(-1)
         metrics_log.log({"step": 0, **evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens)})
 
     bar = tqdm(
@@ -144,6 +148,20 @@ def run(cfg, out_dir: Path, overrides: list[str] | None = None) -> dict:
         if step == b.steps or (b.eval_every and step % b.eval_every == 0):
             metrics.update(evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens))
         metrics_log.log(metrics)
+        if cfg.logger.samples_every and (step == 1 or step % cfg.logger.samples_every == 0):
+            for sample in rollout_samples(
+                step,
+                batch,
+                problems,
+                rewards,
+                advantages,
+                result,
+                tokenizer,
+                format_tokens,
+                b.group_size,
+                cfg.logger.samples_per_step,
+            ):
+                samples_log.log(sample)
         if step % b.checkpoint_every == 0 or step == b.steps:
             checkpoint.save(out_dir, step=step, model=model, optimizer=learner.optimizer, config=resolved)
         bar.set_postfix(
@@ -157,6 +175,32 @@ def run(cfg, out_dir: Path, overrides: list[str] | None = None) -> dict:
     summary = summarize(metrics_log.records(), overrides or [], time.time() - t_start, start)
     summary_path.write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def rollout_samples(
+    step, batch, problems, rewards, advantages, result, tokenizer, format_tokens, group_size: int, limit: int
+) -> list[dict]:
+    """The first sample of each of the first ``limit`` prompts, token by token, with every signal's weights."""
+    out = []
+    for row in range(0, min(limit * group_size, len(batch.texts)), group_size):
+        mask = batch.response_mask[row]
+        ids = batch.response_ids[row][mask].tolist()
+        out.append(
+            {
+                "step": step,
+                "row": row,
+                "question": problems[row // group_size].question,
+                "reward": rewards[row].item(),
+                "advantage": advantages[row].item(),
+                "tokens": [tokenizer.decode([i]) for i in ids],
+                "is_format": [format_tokens.is_format(i) for i in ids],
+                "weights": {
+                    name: [round(x, 4) for x in w[row][mask.to(w.device)].tolist()]
+                    for name, w in result.shadow_weights.items()
+                },
+            }
+        )
+    return out
 
 
 def summarize(records: list[dict], overrides: list[str], wall_s: float, resumed_from: int) -> dict:
