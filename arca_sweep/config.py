@@ -89,6 +89,12 @@ class LoggerConfig:
     progress: bool = True  # a progress bar per arm
     samples_every: int = 10  # write sample rollouts with every signal's token weights (0: never)
     samples_per_step: int = 4  # how many (one per prompt), for heatmaps
+    project: str = "arca-sweep"  # wandb only, from here on
+    entity: str | None = None
+    group: str | None = None  # null: the sweep dir's name
+    mode: str = "offline"  # offline | online | disabled
+    job_type: str = "train"
+    init_timeout_s: float = 30.0
 
 
 @dataclass
@@ -164,7 +170,8 @@ CHOICES: dict[str, Any] = {
     "advantage.scale": ("std", "none"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "rollout.name": ("hf",),
-    "logger.name": ("jsonl",),
+    "logger.name": ("jsonl", "wandb"),
+    "logger.mode": ("offline", "online", "disabled"),
     "data.name": ("arith",),
     "device": ("auto", "cpu", "cuda"),
 }

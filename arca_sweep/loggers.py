@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
+import warnings
 from pathlib import Path
 
 
@@ -41,3 +43,116 @@ class JsonlLogger:
         with self.path.open("a") as f:
             f.write(json.dumps({k: _clean(v) for k, v in metrics.items()}) + "\n")
             f.flush()
+
+
+class RunLog:
+    """An arm's logs: ``metrics.jsonl`` and ``samples.jsonl`` always, first; then the tracker, if any."""
+
+    def __init__(self, out_dir: Path, tracker=None):
+        self.metrics = JsonlLogger(out_dir / "metrics.jsonl")
+        self.samples = JsonlLogger(out_dir / "samples.jsonl")
+        self.tracker = tracker
+
+    def truncate_after(self, step: int) -> None:
+        self.metrics.truncate_after(step)
+        self.samples.truncate_after(step)
+
+    def log(self, metrics: dict) -> None:
+        self.metrics.log(metrics)
+        if self.tracker:
+            self.tracker.log(metrics)
+
+    def log_samples(self, step: int, samples: list[dict]) -> None:
+        for sample in samples:
+            self.samples.log(sample)
+        if self.tracker:
+            self.tracker.log_samples(step, samples)
+
+    def finish(self, summary: dict) -> None:
+        if self.tracker:
+            self.tracker.finish(summary)
+
+
+class WandbTracker:
+    """``logger=wandb``: the arm as one W&B run, next to (never instead of) ``metrics.jsonl``.
+
+    ``group`` is the sweep (its dir name unless ``logger.group`` is set), ``name`` the arm's overrides
+    without the seed, tags ``model=/rank=/credit=/budget=``, ``config`` the resolved config, and an
+    ``id`` kept in the arm dir (``wandb_run_id.txt``, beside the checkpoint) with ``resume="allow"``,
+    so a requeued or relaunched arm continues the same W&B run. Offline unless ``logger.mode=online``;
+    when W&B cannot be reached the run warns once and continues offline, losing nothing.
+    """
+
+    def __init__(
+        self, logger_cfg, out_dir: Path, config: dict, name: str, group: str | None, tags: list[str]
+    ):
+        import wandb
+
+        self.wandb = wandb
+        id_file = out_dir / "wandb_run_id.txt"
+        if not id_file.exists():
+            id_file.write_text(uuid.uuid4().hex[:12] + "\n")
+        kwargs = dict(
+            project=logger_cfg.project,
+            entity=logger_cfg.entity,
+            group=logger_cfg.group or group,
+            name=name,
+            tags=tags,
+            job_type=logger_cfg.job_type,
+            config=config,
+            id=id_file.read_text().strip(),
+            resume="allow",
+            dir=str(out_dir),
+            reinit="finish_previous",
+        )
+        self.run = self._init(kwargs, logger_cfg.mode, logger_cfg.init_timeout_s)
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+
+    def _init(self, kwargs: dict, mode: str, timeout_s: float):
+        settings = self.wandb.Settings(init_timeout=timeout_s, silent=True)
+        try:
+            return self.wandb.init(mode=mode, settings=settings, **kwargs)
+        except Exception as e:  # unreachable server, no API key, ...: keep going offline
+            if mode != "online":
+                raise
+            warnings.warn(
+                f"W&B online init failed ({type(e).__name__}: {e}); continuing offline. "
+                f"Upload later with `wandb sync {kwargs['dir']}/wandb/offline-run-*`.",
+                stacklevel=2,
+            )
+            return self.wandb.init(mode="offline", settings=settings, **kwargs)
+
+    def log(self, metrics: dict) -> None:
+        self.run.log({k: _clean(v) for k, v in metrics.items() if not isinstance(v, str)})
+
+    def log_samples(self, step: int, samples: list[dict]) -> None:
+        """A bounded table of sample rollouts, each rendered as a token-weight heatmap."""
+        from arca_sweep.heatmap import sample_html
+
+        table = self.wandb.Table(columns=["step", "row", "reward", "advantage", "question", "weights"])
+        for s in samples:
+            table.add_data(
+                step, s["row"], s["reward"], s["advantage"], s["question"], self.wandb.Html(sample_html(s))
+            )
+        self.run.log({"samples/rollouts": table, "step": step})
+
+    def finish(self, summary: dict) -> None:
+        self.run.summary.update({k: v for k, v in summary.items() if k != "run_means"})
+        self.run.summary.update(summary.get("run_means", {}))
+        self.run.finish()
+
+
+def build_tracker(
+    logger_cfg, out_dir: Path, config: dict, overrides: list[str], sweep_dir: str | None, choices: dict
+) -> WandbTracker | None:
+    """The optional experiment tracker named by ``logger.name`` (``jsonl`` has none)."""
+    if logger_cfg.name == "jsonl":
+        return None
+    name = (
+        ",".join(o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] not in ("seed", "logger"))
+        or "default"
+    )
+    tags = [f"{g}={choices[g]}" for g in ("model", "rank", "credit", "budget") if g in choices]
+    group = Path(sweep_dir).name if sweep_dir else None
+    return WandbTracker(logger_cfg, out_dir, config, name=name, group=group, tags=tags)

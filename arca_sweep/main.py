@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from arca_sweep.config import register_configs
@@ -43,11 +44,15 @@ def main(cfg) -> None:
     from arca_sweep.train import run
 
     hc = HydraConfig.get()
-    run(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+    sweep_dir = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
+    run(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), sweep_dir, dict(hc.runtime.choices))
 
 
 def cli() -> None:
-    sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
+    args = quote_numeric_choices(sys.argv[1:])
+    # `-m` may stand anywhere (`... -m hydra.sweep.dir=X`): argparse rejects overrides on both sides of it.
+    multirun = [a for a in args if a in ("-m", "--multirun")]
+    sys.argv[1:] = multirun + [a for a in args if a not in multirun]
     main()
 
 

@@ -26,7 +26,7 @@ from arca_sweep import checkpoint
 from arca_sweep.config import validate
 from arca_sweep.diagnostics import FormatTokens, credit_metrics
 from arca_sweep.learner import Learner, group_advantages
-from arca_sweep.loggers import JsonlLogger
+from arca_sweep.loggers import RunLog, build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
 from arca_sweep.rollout import build_engine
 from arca_sweep.tasks import batch_hash, build_task
@@ -52,7 +52,13 @@ def evaluate(engine, tokenizer, task, problems, max_new_tokens: int) -> dict[str
     return {"eval/accuracy": float(np.mean(correct))}
 
 
-def run(cfg, out_dir: Path, overrides: list[str] | None = None) -> dict:
+def run(
+    cfg,
+    out_dir: Path,
+    overrides: list[str] | None = None,
+    sweep_dir: str | None = None,
+    choices: dict | None = None,
+) -> dict:
     validate(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / "summary.json"
@@ -75,21 +81,20 @@ def run(cfg, out_dir: Path, overrides: list[str] | None = None) -> dict:
     learner = Learner(model, cfg, temperature=cfg.rollout.temperature)
     format_tokens = FormatTokens(tokenizer)
     eval_problems = task.eval_problems(b.eval_size)
-    metrics_log = JsonlLogger(out_dir / "metrics.jsonl")
-    samples_log = JsonlLogger(out_dir / "samples.jsonl")
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    log = RunLog(
+        out_dir, build_tracker(cfg.logger, out_dir, resolved, overrides or [], sweep_dir, choices or {})
+    )
 
     start = 0
     if (state := checkpoint.load(out_dir)) is not None:
         _check_same_config(state["config"], resolved, out_dir)
         start = checkpoint.restore(state, model, learner.optimizer)
-        metrics_log.truncate_after(start)
-        samples_log.truncate_after(start)
+        log.truncate_after(start)
         print(f"resuming {out_dir} after step {start}")
     else:
-        metrics_log.truncate_after(-1)
-        samples_log.truncate_after(-1)
-        metrics_log.log({"step": 0, **evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens)})
+        log.truncate_after(-1)
+        log.log({"step": 0, **evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens)})
 
     bar = tqdm(
         range(start + 1, b.steps + 1),
@@ -107,61 +112,41 @@ def run(cfg, out_dir: Path, overrides: list[str] | None = None) -> dict:
         batch = engine.generate(encode_prompts(tokenizer, problems), b.group_size, b.max_new_tokens)
         rollout_s = time.time() - t0
         # ---- reward and group advantage
-        rewards = torch.tensor(
-            [task.reward(text, problems[i // b.group_size]) for i, text in enumerate(batch.texts)]
-        )
+        group_of = [problems[i // b.group_size] for i in range(len(batch.texts))]
+        rewards = torch.tensor([task.reward(text, p) for text, p in zip(batch.texts, group_of, strict=True)])
         advantages, frac_zero_std = group_advantages(rewards, b.group_size, cfg.advantage.scale)
         # ---- credit, loss, update (two forwards at most: policy, and reference with the adapter off)
         t1 = time.time()
         result = learner.step(batch, advantages.to(device))
         engine.sync(model)
         learner_s = time.time() - t1
-        # ---- log
-        mask = batch.response_mask.to(device)
-        n_tokens = int(mask.sum())
-        logp_diff = (batch.sampling_logprobs.to(device) - result.logp).abs()[mask]
+        # ---- log, evaluate, checkpoint
         metrics = {
             "step": step,
             "data/batch_hash": batch_hash(indices),
             "reward/mean": rewards.mean().item(),
             "reward/frac_zero_std": frac_zero_std,
-            "loss": result.loss,
-            "grad_norm": result.grad_norm,
-            "response/length_mean": n_tokens / mask.shape[0],
-            "response/finish_stop": float(np.mean([r == "stop" for r in batch.finish_reasons])),
-            "credit/fallback_frac": result.fallback_frac,
-            **credit_metrics(
-                result.weights,
-                result.shadow_weights,
-                mask,
-                format_tokens.mask(batch.response_ids).to(device),
-                cfg.credit.name,
-                cfg.diagnostics.uniform_at,
-                cfg.diagnostics.concentrated_at,
-            ),
-            "rollout/logp_diff_mean": logp_diff.mean().item(),
-            "rollout/logp_diff_max": logp_diff.max().item(),
-            "perf/rollout_s": rollout_s,
-            "perf/learner_s": learner_s,
-            "perf/tokens_per_s": n_tokens / (rollout_s + learner_s),
+            **step_metrics(cfg, batch, result, format_tokens, rollout_s, learner_s),
         }
         if step == b.steps or (b.eval_every and step % b.eval_every == 0):
             metrics.update(evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens))
-        metrics_log.log(metrics)
+        log.log(metrics)
         if cfg.logger.samples_every and (step == 1 or step % cfg.logger.samples_every == 0):
-            for sample in rollout_samples(
+            log.log_samples(
                 step,
-                batch,
-                problems,
-                rewards,
-                advantages,
-                result,
-                tokenizer,
-                format_tokens,
-                b.group_size,
-                cfg.logger.samples_per_step,
-            ):
-                samples_log.log(sample)
+                rollout_samples(
+                    step,
+                    batch,
+                    problems,
+                    rewards,
+                    advantages,
+                    result,
+                    tokenizer,
+                    format_tokens,
+                    b.group_size,
+                    cfg.logger.samples_per_step,
+                ),
+            )
         if step % b.checkpoint_every == 0 or step == b.steps:
             checkpoint.save(out_dir, step=step, model=model, optimizer=learner.optimizer, config=resolved)
         bar.set_postfix(
@@ -172,9 +157,39 @@ def run(cfg, out_dir: Path, overrides: list[str] | None = None) -> dict:
     bar.close()
 
     model.save_pretrained(out_dir / "adapter")
-    summary = summarize(metrics_log.records(), overrides or [], time.time() - t_start, start)
+    summary = summarize(log.metrics.records(), overrides or [], time.time() - t_start, start)
     summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    log.finish(summary)
     return summary
+
+
+def step_metrics(cfg, batch, result, format_tokens, rollout_s: float, learner_s: float) -> dict:
+    """Loss, credit diagnostics (training and shadow signals), sampler-vs-learner log-probs, timing."""
+    device = result.logp.device
+    mask = batch.response_mask.to(device)
+    n_tokens = int(mask.sum())
+    logp_diff = (batch.sampling_logprobs.to(device) - result.logp).abs()[mask]
+    return {
+        "loss": result.loss,
+        "grad_norm": result.grad_norm,
+        "response/length_mean": n_tokens / mask.shape[0],
+        "response/finish_stop": float(np.mean([r == "stop" for r in batch.finish_reasons])),
+        "credit/fallback_frac": result.fallback_frac,
+        **credit_metrics(
+            result.weights,
+            result.shadow_weights,
+            mask,
+            format_tokens.mask(batch.response_ids).to(device),
+            cfg.credit.name,
+            cfg.diagnostics.uniform_at,
+            cfg.diagnostics.concentrated_at,
+        ),
+        "rollout/logp_diff_mean": logp_diff.mean().item(),
+        "rollout/logp_diff_max": logp_diff.max().item(),
+        "perf/rollout_s": rollout_s,
+        "perf/learner_s": learner_s,
+        "perf/tokens_per_s": n_tokens / (rollout_s + learner_s),
+    }
 
 
 def rollout_samples(
