@@ -66,13 +66,28 @@ class BudgetConfig:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # arith
+    name: str = MISSING  # arith | math | math500
     seed: int = 0  # the prompt order: shared by every arm of a sweep, independent of the run seed
+    # arith
     eval_seed: int = 1_000_003
     min_operands: int = 2
     max_operands: int = 3
     max_operand: int = 99
     ops: str = "+-"
+    # math / math500: training and evaluation sources, each a local file or a hub dataset
+    path: str | None = None  # local JSONL or Parquet of training rows (offline)
+    hub_id: str | None = None
+    hub_configs: list[str] | None = None  # e.g. the seven subjects of EleutherAI/hendrycks_math
+    split: str = "train"
+    eval_path: str | None = None
+    eval_hub_id: str | None = None
+    eval_hub_configs: list[str] | None = None
+    eval_split: str = "test"
+    levels: list[int] | None = None  # keep only these MATH levels (1-5); null: all
+    subjects: list[str] | None = None  # keep only these subjects; null: all
+    enable_thinking: bool = False  # Qwen3 chat template switch
+    grader_workers: int = 2  # math-verify worker processes
+    grader_timeout_s: float = 5.0  # hard per-answer limit; over it scores 0 and counts as a timeout
 
 
 @dataclass

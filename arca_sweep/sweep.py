@@ -1,4 +1,5 @@
-"""End of a multirun: a table of every arm (stdout and ``sweep_summary.md`` in the sweep dir)."""
+"""End of a multirun: a table of every arm (stdout and ``sweep_summary.md`` in the sweep dir) and the
+sweep report (``report.md``, plots, ``heatmaps.html``; :mod:`arca_sweep.report`)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,6 @@ class SweepSummaryCallback(Callback):
         table = sweep_table(sweep_dir)
         (sweep_dir / "sweep_summary.md").write_text(table)
         print(table)
+        from arca_sweep.report import build_report
+
+        print(f"report: {build_report(sweep_dir)}")
