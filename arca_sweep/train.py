@@ -35,21 +35,34 @@ from arca_sweep.tasks import batch_hash, build_task
 RESUME_FREE_KEYS = {"logger.progress", "threads", "device"}
 
 
-def encode_prompts(tokenizer, problems) -> list[list[int]]:
+def encode_prompts(tokenizer, problems, enable_thinking: bool = False) -> list[list[int]]:
+    """Each question as a user turn through the model's chat template (Qwen3: thinking off by default)."""
     texts = [
         tokenizer.apply_chat_template(
-            [{"role": "user", "content": p.question}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": p.question}],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=enable_thinking,
         )
         for p in problems
     ]
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
-def evaluate(engine, tokenizer, task, problems, max_new_tokens: int) -> dict[str, float]:
-    """Greedy pass@1 on the held-out eval set."""
-    batch = engine.generate(encode_prompts(tokenizer, problems), 1, max_new_tokens, greedy=True)
-    correct = [task.reward(text, p) for text, p in zip(batch.texts, problems, strict=True)]
-    return {"eval/accuracy": float(np.mean(correct))}
+def evaluate(engine, tokenizer, task, problems, max_new_tokens: int, enable_thinking: bool = False) -> dict:
+    """Greedy pass@1 on the held-out eval set, overall and per level and subject where rows carry them."""
+    batch = engine.generate(
+        encode_prompts(tokenizer, problems, enable_thinking), 1, max_new_tokens, greedy=True
+    )
+    correct = task.rewards(batch.texts, problems)
+    out = {"eval/accuracy": float(np.mean(correct))}
+    for key in ("level", "subject"):
+        groups: dict[str, list[float]] = {}
+        for c, p in zip(correct, problems, strict=True):
+            if p.meta.get(key) is not None:
+                groups.setdefault(str(p.meta[key]), []).append(c)
+        out.update({f"eval/accuracy/{key}/{g}": float(np.mean(v)) for g, v in sorted(groups.items())})
+    return out
 
 
 def run(
@@ -72,7 +85,7 @@ def run(
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    b = cfg.budget
+    b, think = cfg.budget, cfg.data.enable_thinking
 
     tokenizer = load_tokenizer(cfg.model)
     model = load_policy(cfg.model, cfg.rank, device, cfg.seed)
@@ -94,7 +107,7 @@ def run(
         print(f"resuming {out_dir} after step {start}")
     else:
         log.truncate_after(-1)
-        log.log({"step": 0, **evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens)})
+        log.log({"step": 0, **evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens, think)})
 
     bar = tqdm(
         range(start + 1, b.steps + 1),
@@ -109,11 +122,11 @@ def run(
         t0 = time.time()
         indices = task.train_indices(step - 1, b.prompts_per_step)
         problems = [task.train_problem(i) for i in indices]
-        batch = engine.generate(encode_prompts(tokenizer, problems), b.group_size, b.max_new_tokens)
+        batch = engine.generate(encode_prompts(tokenizer, problems, think), b.group_size, b.max_new_tokens)
         rollout_s = time.time() - t0
         # ---- reward and group advantage
         group_of = [problems[i // b.group_size] for i in range(len(batch.texts))]
-        rewards = torch.tensor([task.reward(text, p) for text, p in zip(batch.texts, group_of, strict=True)])
+        rewards = torch.tensor(task.rewards(batch.texts, group_of))
         advantages, frac_zero_std = group_advantages(rewards, b.group_size, cfg.advantage.scale)
         # ---- credit, loss, update (two forwards at most: policy, and reference with the adapter off)
         t1 = time.time()
@@ -129,7 +142,8 @@ def run(
             **step_metrics(cfg, batch, result, format_tokens, rollout_s, learner_s),
         }
         if step == b.steps or (b.eval_every and step % b.eval_every == 0):
-            metrics.update(evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens))
+            metrics.update(evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens, think))
+        metrics.update(task.stats)
         log.log(metrics)
         if cfg.logger.samples_every and (step == 1 or step % cfg.logger.samples_every == 0):
             log.log_samples(
@@ -156,6 +170,7 @@ def run(
         )
     bar.close()
 
+    task.close()
     model.save_pretrained(out_dir / "adapter")
     summary = summarize(log.metrics.records(), overrides or [], time.time() - t_start, start)
     summary_path.write_text(json.dumps(summary, indent=1) + "\n")
@@ -240,6 +255,9 @@ def summarize(records: list[dict], overrides: list[str], wall_s: float, resumed_
         "resumed_from_step": resumed_from,
         "eval/accuracy_initial": evals[0]["eval/accuracy"] if evals else None,
         "eval/accuracy_final": evals[-1]["eval/accuracy"] if evals else None,
+        "eval/final_breakdown": {
+            k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("eval/accuracy/")
+        },
         "run_means": means,
     }
 

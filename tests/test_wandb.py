@@ -19,7 +19,7 @@ def run_files(arm: Path) -> list[Path]:
 @pytest.mark.slow
 def test_offline_run_carries_config_summary_and_keeps_its_id_on_resume(tmp_path):
     sweep = tmp_path / "sweep"
-    cli(
+    command = (
         "credit=entropy",
         "rank=16",
         "budget=smoke",
@@ -27,8 +27,8 @@ def test_offline_run_carries_config_summary_and_keeps_its_id_on_resume(tmp_path)
         "seed=3",
         "-m",
         f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
     )
+    cli(*command, cwd=tmp_path)
     arm = next(p for p in sweep.iterdir() if p.is_dir())
     (file,) = run_files(arm)
     view = run_view(file)
@@ -44,16 +44,7 @@ def test_offline_run_carries_config_summary_and_keeps_its_id_on_resume(tmp_path)
 
     # Resume: the arm is unfinished again (its summary gone), the same command continues the same W&B run.
     (arm / "summary.json").unlink()
-    cli(
-        "credit=entropy",
-        "rank=16",
-        "budget=smoke",
-        "logger=wandb",
-        "seed=3",
-        "-m",
-        f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
-    )
+    cli(*command, cwd=tmp_path)
     files = run_files(arm)
     assert len(files) == 2 and {run_view(f)["id"] for f in files} == {view["id"]}
 

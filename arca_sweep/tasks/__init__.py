@@ -30,6 +30,14 @@ class Task(Protocol):
 
     def reward(self, response_text: str, problem: Problem) -> float: ...
 
+    def rewards(self, response_texts: list[str], problems: list[Problem]) -> list[float]: ...
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """Counters for the run's metrics (skipped rows, grader timeouts), cumulative."""
+
+    def close(self) -> None: ...
+
 
 def batch_hash(indices: list[int]) -> str:
     """A short stable hash of a step's prompt indices: equal across arms that saw the same prompts."""

@@ -128,3 +128,13 @@ class ArithTask:
 
     def reward(self, response_text: str, problem: Problem) -> float:
         return boxed_integer_reward(response_text, problem.answer)
+
+    def rewards(self, response_texts: list[str], problems: list[Problem]) -> list[float]:
+        return [self.reward(t, p) for t, p in zip(response_texts, problems, strict=True)]
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return {}
+
+    def close(self) -> None:
+        pass
