@@ -187,7 +187,7 @@ CHOICES: dict[str, Any] = {
     "rollout.name": ("hf",),
     "logger.name": ("jsonl", "wandb"),
     "logger.mode": ("offline", "online", "disabled"),
-    "data.name": ("arith",),
+    "data.name": ("arith", "math", "math500"),
     "device": ("auto", "cpu", "cuda"),
 }
 POSITIVE = [
@@ -205,6 +205,8 @@ POSITIVE = [
     "learner.chunk_size",
     "optim.lr",
     "optim.grad_clip",
+    "data.grader_workers",
+    "data.grader_timeout_s",
 ]
 NON_NEGATIVE = [
     "budget.eval_every",
@@ -265,6 +267,8 @@ def validate(cfg) -> None:
                 f"data.min_operands={cfg.data.min_operands}, data.max_operands={cfg.data.max_operands}: "
                 "need 2 <= min_operands <= max_operands"
             )
+    if cfg.data.levels is not None and not set(cfg.data.levels) <= {1, 2, 3, 4, 5}:
+        errors.append(f"data.levels={list(cfg.data.levels)} must be MATH levels within 1-5 (or null for all)")
     if cfg.model.name != "tiny" and cfg.model.path is None and cfg.model.hub_id is None:
         errors.append(f"model {cfg.model.name!r}: set model.path (a local checkpoint dir) or model.hub_id")
     if errors:

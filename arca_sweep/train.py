@@ -242,9 +242,11 @@ def summarize(records: list[dict], overrides: list[str], wall_s: float, resumed_
         values = [
             r[key] for r in steps if isinstance(r.get(key), int | float) and not isinstance(r[key], bool)
         ]
+        cumulative = key in {"reward/timeouts", "reward/errors"}  # running totals: a mean means nothing
         if (
             values
             and key != "step"
+            and not cumulative
             and key.split("/")[0] in {"reward", "credit", "shadow", "rollout", "perf"}
         ):
             means[key] = float(np.mean(values))

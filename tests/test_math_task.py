@@ -20,7 +20,8 @@ import pyarrow
 import pyarrow.parquet
 import pytest
 
-from arca_sweep.tasks import Problem
+from arca_sweep.config import validate
+from arca_sweep.tasks import Problem, build_task
 from arca_sweep.tasks.math import (
     INSTRUCTION,
     MathTask,
@@ -348,7 +349,9 @@ def test_rewards_through_the_grader_count_timeouts_and_errors():
 
 
 def test_compose_data_math():
-    data = make_config("data=math").data
+    cfg = make_config("data=math")
+    validate(cfg)
+    data = cfg.data
     assert data.name == "math"
     assert data.hub_id == data.eval_hub_id == "DigitalLearningGmbH/MATH-lighteval"
     assert (data.split, data.eval_split) == ("train", "test")
@@ -363,7 +366,7 @@ def test_compose_data_math500_loads_local_files(files):
     assert (data.eval_hub_id, data.eval_split) == ("HuggingFaceH4/MATH-500", "test")
     assert data.path is None and data.eval_path is None and data.enable_thinking is False
 
-    data = make_config(
+    cfg = make_config(
         "data=math500",
         f"data.path={files['math_jsonl']}",
         f"data.eval_path={files['math500_parquet']}",
@@ -371,8 +374,10 @@ def test_compose_data_math500_loads_local_files(files):
         "data.subjects=[prealgebra,counting_and_probability]",
         "data.seed=7",
         "data.grader_workers=1",
-    ).data
-    task = MathTask.from_config(data)
+    )
+    validate(cfg)
+    task = build_task(cfg.data)
+    assert isinstance(task, MathTask)
     assert [task.train_problem(i).answer for i in range(2)] == ["\\frac{1}{2}", "9"]
     assert [p.answer for p in task.eval_problems(10)] == ["\\left( 3, \\frac{\\pi}{2} \\right)", "7", "11"]
     assert task.seed == 7 and task.grader_workers == 1

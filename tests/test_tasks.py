@@ -205,8 +205,8 @@ def test_build_task():
         seed=5, eval_seed=6, max_operands=2, max_operand=9, ops="+"
     ).train_problem(3)
     with pytest.raises(ValueError, match="data.name") as info:
-        build_task(OmegaConf.create(dict(name="math500")))
-    assert "arith" in str(info.value)
+        build_task(OmegaConf.create(dict(name="gsm8k")))
+    assert "arith" in str(info.value) and "math500" in str(info.value)
 
 
 # ---------------------------------------------------------------- batch_hash

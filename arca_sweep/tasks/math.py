@@ -143,7 +143,7 @@ def build_problems(
     whose subject matches one of them by :func:`subject_key`. None keeps all.
     """
     keep_levels = None if levels is None else set(levels)
-    keep_subjects = None if subjects is None else {s for s in subjects}
+    keep_subjects = None if subjects is None else {subject_key(s) for s in subjects}
     problems: list[Problem] = []
     counts: Counter = Counter({reason: 0 for reason in (*_SKIP_REASONS, "filtered")})
     for row in rows:
@@ -251,17 +251,18 @@ class MathTask:
     def reward(self, response_text: str, problem: Problem) -> float:
         return self.rewards([response_text], [problem])[0]
 
-    def rewards(self, texts: list[str], problems: list[Problem]) -> list[float]:
+    def rewards(self, response_texts: list[str], problems: list[Problem]) -> list[float]:
         """1.0 for each response whose last boxed answer equals its problem's gold answer, else 0.0."""
-        if len(texts) != len(problems):
-            raise ValueError(f"{len(texts)} responses for {len(problems)} problems")
+        if len(response_texts) != len(problems):
+            raise ValueError(f"{len(response_texts)} responses for {len(problems)} problems")
         if self._closed:
             raise RuntimeError("MathTask is closed")
-        if not texts:
+        if not response_texts:
             return []
         if self.grader is None:
             self.grader = Grader(workers=self.grader_workers, timeout_s=self.grader_timeout_s)
-        results = self.grader.grade([(t, p.answer) for t, p in zip(texts, problems, strict=True)])
+        pairs = [(text, p.answer) for text, p in zip(response_texts, problems, strict=True)]
+        results = self.grader.grade(pairs)
         self._grade_counts["reward/timeouts"] += sum(r.status == "timeout" for r in results)
         self._grade_counts["reward/errors"] += sum(r.status == "error" for r in results)
         return [1.0 if r.correct else 0.0 for r in results]
