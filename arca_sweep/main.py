@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -12,11 +13,17 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from arca_sweep.config import register_configs
+from arca_sweep.launching import name_failed_arm
+
+
+def unquote(override: str) -> str:
+    """``rank='16'`` -> ``rank=16``: undo :func:`quote_numeric_choices` for names shown to people."""
+    return override.replace("'", "").replace('"', "")
 
 
 def run_name(override_dirname: str) -> str:
     """An arm's directory name: its overrides (``credit=arca,rank=16``), or ``default``."""
-    return override_dirname.replace("/", "_") or "default"
+    return unquote(override_dirname).replace("/", "_") or "default"
 
 
 if not OmegaConf.has_resolver("arca_run_name"):
@@ -44,8 +51,12 @@ def main(cfg) -> None:
     from arca_sweep.train import run
 
     hc = HydraConfig.get()
-    sweep_dir = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
-    run(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), sweep_dir, dict(hc.runtime.choices))
+    out_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    sweep_dir = hc.sweep.dir if multirun else None
+    overrides = [unquote(o) for o in hc.overrides.task]
+    with name_failed_arm(out_dir, hc.job.name) if multirun else nullcontext():  # arca_sweep/launching.py
+        run(cfg, out_dir, overrides, sweep_dir, dict(hc.runtime.choices))
 
 
 def cli() -> None:

@@ -80,7 +80,7 @@ def run(
         print(f"arm already finished, skipping: {out_dir}\n{json.dumps(summary, indent=1)}")
         return summary
     t_start = time.time()
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))  # the job's CPUs, not the node's
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

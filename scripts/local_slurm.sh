@@ -12,7 +12,7 @@
 # sacct and submitit find it from any shell. `up` and `down` are idempotent; `up` after `down` starts
 # a fresh cluster (job ids restart at 1). Accounting (slurmdbd) stays on: without it sacct fails and
 # submitit waits forever on a job that died without output.
-# Debian 12 / Ubuntu packages (slurm-wlm 22.05+). Needs root: SlurmUser=root, apt-get, /etc/slurm.
+# Tested on Debian 12 (slurm-wlm 22.05, MariaDB 10.11). Needs root: SlurmUser=root, apt-get, /etc/slurm.
 set -euo pipefail
 
 STATE=${ARCA_SLURM_DIR:-/tmp/arca-slurm}
@@ -33,6 +33,9 @@ die() {
 say() { echo "local_slurm: $*"; }
 
 alive() { [[ -r /proc/$1/stat && $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]; }
+dead() { ! alive "$1"; }
+munge_works() { munge -n -S "$STATE/munge/munge.socket" | unmunge -S "$STATE/munge/munge.socket"; }
+queue_empty() { [[ -z $(squeue -h -o %A 2>/dev/null) ]]; }
 
 pid_of() { # the pid of a daemon this script started and that still runs (same argv[0]), or nothing
 	local file=$STATE/run/$1.pid pid
@@ -57,13 +60,13 @@ install_packages() {
 	say "installing ${PACKAGES[*]} (Debian packages)"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+	apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 "${PACKAGES[@]}" >/dev/null
 }
 
 write_configs() {
 	local cpus mem_mb
 	cpus=$(nproc)
-	mem_mb=$(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 * 9 / 10))
+	mem_mb=$(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) * 9 / 10 / 1024)) # 90%: slurmd drains a node that has less
 	mkdir -p "$STATE"/{etc,run,log,munge,mysql,ctld,spool}
 	chmod 700 "$STATE/munge"
 	cat >"$STATE/etc/slurm.conf" <<EOF
@@ -132,9 +135,9 @@ start() { # start NAME CMD...: in its own session, unless this script's copy alr
 	echo $! >"$STATE/run/$name.pid"
 }
 
-wait_for() { # wait_for WHAT SECONDS CMD...: until CMD succeeds
-	local what=$1 deadline=$((SECONDS + $2))
-	shift 2
+wait_for() { # wait_for SECONDS CMD...: until CMD succeeds; fails after SECONDS
+	local deadline=$((SECONDS + $1))
+	shift
 	until "$@" >/dev/null 2>&1; do
 		((SECONDS < deadline)) || return 1
 		sleep 0.5
@@ -155,9 +158,7 @@ up() {
 	if ! any_running; then # a fresh cluster: no state from an earlier one
 		rm -rf "$STATE"
 		write_configs
-		mungekey --create --keyfile="$STATE/munge/munge.key" 2>/dev/null ||
-			dd if=/dev/urandom of="$STATE/munge/munge.key" bs=1024 count=1 status=none
-		chmod 400 "$STATE/munge/munge.key"
+		mungekey --create --keyfile="$STATE/munge/munge.key"
 		mariadb-install-db --no-defaults --datadir="$STATE/mysql" --user=root \
 			--auth-root-authentication-method=socket --skip-test-db >"$STATE/log/mariadb-install.out" 2>&1 ||
 			fail_start "mariadb-install-db" mariadb-install
@@ -167,15 +168,14 @@ up() {
 	start munged munged --foreground --force --key-file="$STATE/munge/munge.key" \
 		--socket="$STATE/munge/munge.socket" --pid-file="$STATE/run/munged.daemon.pid" \
 		--log-file="$STATE/log/munged.log" --seed-file="$STATE/munge/munged.seed"
-	wait_for munged 20 bash -c "munge -n -S '$STATE/munge/munge.socket' | unmunge -S '$STATE/munge/munge.socket'" ||
-		fail_start munged munged
+	wait_for 20 munge_works || fail_start munged munged
 	start mariadbd mariadbd --no-defaults --datadir="$STATE/mysql" --socket="$MYSQL_UNIX_PORT" \
 		--pid-file="$STATE/run/mariadbd.daemon.pid" --skip-networking --user=root
-	wait_for mariadbd 30 mariadb-admin --no-defaults --socket="$MYSQL_UNIX_PORT" ping || fail_start mariadbd mariadbd
+	wait_for 30 mariadb-admin --no-defaults --socket="$MYSQL_UNIX_PORT" ping || fail_start mariadbd mariadbd
 	start slurmdbd slurmdbd -D
-	wait_for slurmdbd 30 sacctmgr -n show cluster || fail_start slurmdbd slurmdbd
+	wait_for 30 sacctmgr -n show cluster || fail_start slurmdbd slurmdbd
 	start slurmctld slurmctld -D -i
-	wait_for slurmctld 30 scontrol ping || fail_start slurmctld slurmctld
+	wait_for 30 scontrol ping || fail_start slurmctld slurmctld
 	start slurmd slurmd -D -N "$NODE"
 
 	local deadline=$((SECONDS + UP_TIMEOUT_S)) state
@@ -192,18 +192,18 @@ up() {
 down() {
 	if pid_of slurmctld >/dev/null; then # cancel this cluster's jobs so no job process outlives it
 		local jobs
-		jobs=$(squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')
-		if [[ -n ${jobs// /} ]]; then
-			say "cancelling jobs $jobs"
-			scancel $jobs 2>/dev/null || true
-			wait_for "jobs to end" 60 bash -c '[[ -z $(squeue -h -o %A) ]]' || say "some jobs are still ending"
+		mapfile -t jobs < <(squeue -h -o %A 2>/dev/null | sort -u)
+		if ((${#jobs[@]})); then
+			say "cancelling jobs ${jobs[*]}"
+			scancel "${jobs[@]}" 2>/dev/null || true
+			wait_for 60 queue_empty || say "some jobs are still ending"
 		fi
 	fi
 	local i pid
 	for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do
 		if pid=$(pid_of "${DAEMONS[i]}"); then
 			kill -TERM "$pid"
-			wait_for "${DAEMONS[i]} to stop" 30 eval "! alive $pid" || kill -KILL "$pid"
+			wait_for 30 dead "$pid" || kill -KILL "$pid"
 			say "stopped ${DAEMONS[i]} ($pid)"
 		fi
 		rm -f "$STATE/run/${DAEMONS[i]}.pid"
@@ -215,14 +215,14 @@ down() {
 }
 
 status() {
-	local d pid ok=0
+	local d pid stopped=0
 	for d in "${DAEMONS[@]}"; do
 		if pid=$(pid_of "$d"); then echo "$d: running ($pid)"; else
 			echo "$d: not running"
-			ok=1
+			stopped=1
 		fi
 	done
-	((ok == 0)) || return 1
+	((stopped == 0)) || return 1
 	sinfo -N -o "%N %P %T %c %m"
 	squeue
 	[[ $(node_state) =~ ^(idle|mixed|allocated) ]]
