@@ -19,8 +19,8 @@ def test_grpo_raises_accuracy(tmp_path):
 
     Measured on this 2-core machine (`python -m arca_sweep credit=arca budget=demo seed=S`):
     greedy eval accuracy 0.635 at step 0 for every seed (peft starts with B = 0, greedy decoding),
-    0.740 / 0.700 / 0.700 at step 60 for seeds 0 / 1 / 2: gains of +0.105 / +0.065 / +0.065, a seed
-    spread (sd of the final accuracy) of about 0.023. A gain of EVAL_MARGIN = 0.04 is about two
+    0.740 / 0.700 / 0.715 at step 60 for seeds 0 / 1 / 2: gains of +0.105 / +0.065 / +0.080, a seed
+    spread (sd of the final accuracy) of about 0.020. A gain of EVAL_MARGIN = 0.04 is about two
     seed-spreads above zero, and below every measured gain. The training reward is a much larger
     sample (640 rollouts per 10 steps, sd of a 10-step mean about 0.03): it went from 0.32-0.38 over
     the first 10 steps to 0.62-0.69 over the last 10 for every seed and every credit signal of the
