@@ -8,32 +8,20 @@ from __future__ import annotations
 
 import re
 
+from arca_sweep.grading import extract_boxed
+
 # Look only at the tail of a response: a pathological 1 MB answer costs no more than a short one.
 MAX_CHARS = 4000
-MAX_BOXED_CHARS = 1000
 _INTEGER = re.compile(r"[+-]?\d{1,30}")
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` in the text's tail (nested braces balanced), or None.
+    """The content of the last ``\\boxed{...}`` in the text's tail (:func:`arca_sweep.grading.extract_boxed`).
 
     The last box wins even when its content is not an answer: ``\\boxed{5} ... \\boxed{\\frac{11}{2}}``
     gives ``\\frac{11}{2}``. An unclosed last box gives None. Linear in the tail's length.
     """
-    tail = text[-MAX_CHARS:]
-    start = tail.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, begin = 0, start + len("\\boxed{")
-    for k in range(begin, min(len(tail), begin + MAX_BOXED_CHARS)):
-        ch = tail[k]
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            if depth == 0:
-                return tail[begin:k].strip()
-            depth -= 1
-    return None
+    return extract_boxed(text[-MAX_CHARS:])
 
 
 def boxed_integer_reward(text: str, answer: str) -> float:

@@ -260,7 +260,7 @@ REWARD_CASES = [
     ("", "7", 0.0),
     ("\\boxed{}", "7", 0.0),  # empty boxed
     ("\\boxed{ }", "0", 0.0),
-    ("\\boxed 7", "7", 0.0),
+    ("\\boxed 7", "7", 1.0),  # the brace-less form counts, as in MATH solutions
     ("\\boxed{7", "7", 0.0),  # unclosed
     ("boxed{7}", "7", 0.0),  # no backslash
     ("\\boxed{" + "9" * 40 + "}", "9" * 40, 0.0),  # too long to be an answer here: rejected, not raised
