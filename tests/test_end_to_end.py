@@ -109,6 +109,8 @@ def test_used_by_sweep_smoke(tmp_path):
         r = records(arm)[1]
         # the training signal is its own shadow
         assert r["credit/gini/mean"] == pytest.approx(r[f"shadow/{credit_name}/gini/mean"])
+    for name in ("report.md", "regime_shares.png", "gini_etr.png", "reward_accuracy.png", "heatmaps.html"):
+        assert (sweep / name).stat().st_size > 1000, name
     table = (sweep / "sweep_summary.md").read_text()
     assert all(a.name in table for a in arms) and "same prompts in the same order" in table
     assert "sweep_summary" not in proc.stderr and "budget=smoke,credit=arca,rank=16" in proc.stdout
