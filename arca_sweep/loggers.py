@@ -121,6 +121,7 @@ class WandbTracker:
                 f"Upload later with `wandb sync {kwargs['dir']}/wandb/offline-run-*`.",
                 stacklevel=2,
             )
+            self.wandb.teardown()  # the failed online attempt still holds the run id in wandb's service
             return self.wandb.init(mode="offline", settings=settings, **kwargs)
 
     def log(self, metrics: dict) -> None:
@@ -150,7 +151,11 @@ def build_tracker(
     if logger_cfg.name == "jsonl":
         return None
     name = (
-        ",".join(o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] not in ("seed", "logger"))
+        ",".join(
+            sorted(
+                o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] not in ("seed", "logger")
+            )
+        )
         or "default"
     )
     tags = [f"{g}={choices[g]}" for g in ("model", "rank", "credit", "budget") if g in choices]
