@@ -101,7 +101,9 @@ class RolloutConfig:
     # (arca_sweep.rollout.GUARD_DEFAULTS); a negative value turns the guard off.
     guard_max_logp_diff: float | None = None
     # vllm only
-    sync: str = "adapter"  # adapter (a new LoRARequest per update) | merged (merged weights reloaded)
+    sync: str = (
+        "merged"  # merged (adapted weights merged and reloaded) | adapter (a new LoRARequest per update)
+    )
     dtype: str | None = None  # null: the learner's dtype (log-prob parity needs the same one)
     max_model_len: int | None = None  # null: the model's max_position_embeddings
     gpu_memory_utilization: float = 0.5  # GPU: share of the device vLLM may take (the learner needs the rest)

@@ -78,8 +78,14 @@ def build_engine(rollout_cfg, model, tokenizer) -> RolloutEngine:
 
 
 def guard_bound(rollout_cfg, learner_dtype: torch.dtype) -> float | None:
-    """The largest |sampler - learner| log-prob difference a step may show (None: guard off)."""
+    """The largest |sampler - learner| log-prob difference a step may show (None: guard off).
+
+    Off under top-p < 1: the sampler renormalizes over the nucleus, the learner scores the full
+    distribution, so their log-probs differ by design (by -log of the nucleus mass).
+    """
     bound = rollout_cfg.guard_max_logp_diff
+    if rollout_cfg.top_p < 1.0 and bound is None:
+        return None
     if bound is None:
         dtypes = {str(learner_dtype).removeprefix("torch."), rollout_cfg.dtype} - {None}
         return max(GUARD_DEFAULTS[d] for d in dtypes)

@@ -24,6 +24,7 @@ seed drawn from the project's torch RNG, so a run's randomness stays the project
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import shutil
@@ -82,10 +83,12 @@ def lora_rank_bound(r: int) -> int:
 
 
 def merged_state_dict(model) -> dict[str, torch.Tensor]:
-    """The base model's weights with the active adapter folded in (W + scale * B A), in HF names.
+    """The adapted layers' weights with the active adapter folded in (W + scale * B A), in HF names.
 
-    Out of place: the peft model is not modified. A tied ``lm_head.weight`` is dropped (vLLM ties it
-    to the embedding itself and rejects a separate copy).
+    Only layers the adapter touches: every other weight equals the engine's copy of the base model
+    already (on Qwen3-1.7B width this skips the 311M-parameter embedding; sync took 6.0 s with every
+    weight sent). Out of place: the peft model is not modified. A tied ``lm_head.weight`` is never
+    sent (vLLM ties it to the embedding itself).
     """
     from peft.tuners.lora import LoraLayer
 
@@ -101,10 +104,9 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
         module_name = name.rsplit(".", 1)[0].removesuffix(".base_layer")
         clean = name.replace(".base_layer.", ".")
         if clean.endswith(".weight") and module_name in deltas and ".base_layer." in name:
-            tensor = tensor + deltas[module_name].to(tensor.dtype)
-        out[clean] = tensor
+            out[clean] = tensor + deltas[module_name].to(tensor.dtype)
     if base.config.tie_word_embeddings:
-        out.pop("lm_head.weight", None)
+        out.pop("lm_head.weight", None)  # an adapted lm_head cannot be tied
     return out
 
 
@@ -174,7 +176,13 @@ class VLLMEngine:
         weights = merged_state_dict(model)
         # In place, through vLLM's own reload path (it re-runs the post-load weight processing that a
         # plain model.load_weights would skip). In-process, the tensors are passed, not serialized.
-        self.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=iter(weights.items())))
+        reload_log = logging.getLogger("vllm.model_executor.model_loader.reload.inplace")
+        level = reload_log.level
+        reload_log.setLevel(logging.ERROR)  # it lists every weight not sent: all but the adapted ones
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=iter(weights.items())))
+        finally:
+            reload_log.setLevel(level)
         self.llm.reset_prefix_cache()
 
     def _wake(self) -> None:
