@@ -7,10 +7,11 @@ adapter over after every update, in one of two ways (``rollout.sync``):
   ``LoRARequest(name, new_int_id, path)``, removing the previous one. vLLM caches adapters by their
   integer id: reusing an id with a new path silently keeps the old weights, so every sync takes a
   new id.
-- ``merged``: compute W + scale * B A for every LoRA layer out of place (the learner's weights are
-  never modified, so no merge/unmerge rounding accumulates), load the merged weights into the
-  engine's model (``collective_rpc("reload_weights")``), drop a tied ``lm_head.weight``,
-  and reset the prefix cache (cached KV blocks were computed with the old weights).
+- ``merged`` (the default: faster generation, BENCHMARKS.md): W + scale * B A for every adapted
+  layer, out of place (the learner's weights are never modified, so no merge/unmerge rounding
+  accumulates), loaded into the engine's model with ``collective_rpc("reload_weights")`` (a tied
+  ``lm_head.weight`` is never sent), then the prefix cache is reset (its KV blocks came from the
+  old weights).
 
 Sampling log-probs are vLLM's ``processed_logprobs``: the log-softmax after temperature and top-p,
 i.e. the distribution each token was drawn from, as the HF engine records them.
