@@ -13,59 +13,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from arca_sweep.config import validate
-from arca_sweep.main import CONF_DIR, quote_numeric_choices
-from arca_sweep.model import load_policy, load_tokenizer
-from arca_sweep.rollout import build_engine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test helpers: one random Qwen3 builder
+from arca_sweep.config import validate  # noqa: E402
+from arca_sweep.model import load_policy, load_tokenizer  # noqa: E402
+from arca_sweep.rollout import build_engine  # noqa: E402
+from tests.conftest import make_config, randomize_adapter  # noqa: E402
+from tests.test_paper_preset import random_qwen3  # noqa: E402
 
 MODELS = {
     # name: (prompts, samples per prompt, max_new_tokens)
     "tiny": (16, 4, 64),
     "qwen3-1.7b-width-2-layers": (4, 4, 32),
 }
-
-
-def make_config(*overrides: str):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=quote_numeric_choices(list(overrides)))
-
-
-def randomize_adapter(model, seed: int, scale: float = 0.05) -> None:
-    """A non-zero adapter (peft starts with B = 0): every LoRA matrix random."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-
-
-def random_qwen3_1_7b_width(path: Path, tokenizer) -> Path:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    config = Qwen3Config(
-        vocab_size=151_936,
-        hidden_size=2048,
-        intermediate_size=6144,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        num_hidden_layers=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=40_960,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-    )
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)  # ids beyond the tiny vocabulary decode to nothing: fine for timing
-    return path
 
 
 def bench(model_overrides: list[str], prompts: int, samples: int, max_new_tokens: int, repeats: int) -> dict:
@@ -122,7 +88,8 @@ def main() -> None:
             overrides = ["model=tiny"]
             if name != "tiny":
                 tok = load_tokenizer(make_config().model)
-                path = random_qwen3_1_7b_width(Path(tmp) / name, tok)
+                path = random_qwen3(Path(tmp) / name, "qwen3_1_7b", layers=2)
+                tok.save_pretrained(path)  # ids beyond the tiny vocabulary decode to nothing: fine for timing
                 overrides = ["model=qwen3_1_7b", f"model.path={path}", "model.dtype=float32"]
                 overrides.append("rollout.max_model_len=1024")  # the KV cache for 40,960 tokens would not fit
             print(f"{name}: {prompts} prompts x {samples} samples, up to {max_new} new tokens, T=1, rank 8")

@@ -103,6 +103,14 @@ def check_engine_weights(logp_diff_max: float, bound: float | None, step: int) -
         )
 
 
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS and the generation config's (Qwen3 chat: <|im_end|> and <|endoftext|>)."""
+    eos = {tokenizer.eos_token_id}
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    return sorted(eos)
+
+
 def finish_masks(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, list[str]]:
     """Mask through the first EOS (inclusive) of each row, and its finish reason."""
     is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))

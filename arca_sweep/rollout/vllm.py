@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arca_sweep.rollout import RolloutBatch
+from arca_sweep.rollout import RolloutBatch, eos_token_ids
 
 # In-process engine core: ~3 s start-up instead of ~20 s, and collective_rpc reaches the model directly.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -117,10 +117,7 @@ class VLLMEngine:
         from vllm import LLM
 
         self.cfg, self.tokenizer = cfg, tokenizer
-        eos = {tokenizer.eos_token_id}
-        gen_eos = getattr(model.generation_config, "eos_token_id", None)
-        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-        self.eos_ids = sorted(eos)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         base = model.get_base_model()
         dtype = cfg.dtype or str(next(model.parameters()).dtype).removeprefix("torch.")
         on_cpu = not torch.cuda.is_available()
