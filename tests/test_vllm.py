@@ -152,3 +152,22 @@ def test_grpo_smoke_run_with_vllm_rollouts(tmp_path, mode):
     bound = guard_bound(make_config("rollout=vllm").rollout, torch.float32)
     assert all(r["rollout/logp_diff_max"] < bound for r in rows), [r["rollout/logp_diff_max"] for r in rows]
     assert json.loads((arm / "summary.json").read_text())["steps"] == 3
+
+
+@pytest.mark.slow
+def test_a_run_whose_engine_misses_a_sync_stops_with_the_guard_error(tmp_path, monkeypatch):
+    from arca_sweep import train
+    from arca_sweep.rollout.vllm import VLLMEngine
+
+    real_sync = VLLMEngine.sync
+    calls = []
+
+    def sync_only_at_start(self, model):  # the construction-time sync, then never again
+        calls.append(1)
+        if len(calls) == 1:
+            real_sync(self, model)
+
+    monkeypatch.setattr(VLLMEngine, "sync", sync_only_at_start)
+    cfg = config("budget=smoke", "logger.progress=false")
+    with pytest.raises(EngineWeightsMismatch, match="step 2: .* do not match the learner"):
+        train.run(cfg, tmp_path / "arm")
