@@ -124,6 +124,21 @@ def test_adapter_sync_takes_a_new_lora_id_every_time(engines):
     assert engine.llm.llm_engine.list_loras() <= {ids[1]}  # the previous adapter was removed
 
 
+def test_engine_leaves_the_learners_threads_and_rng_alone(engines, tiny_tokenizer):
+    """vLLM seeds the global RNGs and patches torch.set_num_threads: neither may reach the learner."""
+    engine, _ = engines["merged"]
+    torch.set_num_threads(1)
+    torch.manual_seed(123)
+    torch.randint(0, 2**31 - len(PROMPTS), ())  # generate's one draw: the requests' first seed
+    after_draw = torch.random.get_rng_state()
+    torch.manual_seed(123)
+    engine.generate(prompt_ids(tiny_tokenizer), 1, max_new_tokens=8)
+    assert torch.equal(torch.random.get_rng_state(), after_draw)
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(2)
+    assert torch.get_num_threads() == 2  # the real setter, not vLLM's no-op
+
+
 def test_explicit_vllm_without_vllm_names_the_extra(monkeypatch):
     import arca_sweep.rollout.vllm as v
 
