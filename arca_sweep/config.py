@@ -92,10 +92,26 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    name: str = MISSING  # hf
+    name: str = MISSING  # auto (vllm with CUDA and vLLM installed, else hf) | hf | vllm
     temperature: float = 1.0
     top_p: float = 1.0
-    batch_size: int = 64  # sequences per generate call
+    batch_size: int = 64  # sequences per generate call (hf; vllm schedules the whole batch itself)
+    # Stop when the engine's sampling log-probs differ from the learner's by more than this on a step
+    # (the engine is not sampling from the learner's weights). null: the dtype's default
+    # (arca_sweep.rollout.GUARD_DEFAULTS); a negative value turns the guard off.
+    guard_max_logp_diff: float | None = None
+    # vllm only
+    sync: str = (
+        "merged"  # merged (adapted weights merged and reloaded) | adapter (a new LoRARequest per update)
+    )
+    dtype: str | None = None  # null: the learner's dtype (log-prob parity needs the same one)
+    max_model_len: int | None = None  # null: the model's max_position_embeddings
+    gpu_memory_utilization: float = 0.5  # GPU: share of the device vLLM may take (the learner needs the rest)
+    enable_sleep_mode: bool = False  # GPU: release the engine's memory while the learner steps
+    kv_cache_memory_bytes: int | None = (
+        None  # KV cache size; null: 1 GiB on CPU, gpu_memory_utilization on GPU
+    )
+    enforce_eager: bool = False  # no CUDA graphs / torch.compile (faster start-up, slower decoding)
 
 
 @dataclass
@@ -184,7 +200,8 @@ CHOICES: dict[str, Any] = {
     "loss.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     "advantage.scale": ("std", "none"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "rollout.name": ("hf",),
+    "rollout.name": ("auto", "hf", "vllm"),
+    "rollout.sync": ("adapter", "merged"),
     "logger.name": ("jsonl", "wandb"),
     "logger.mode": ("offline", "online", "disabled"),
     "data.name": ("arith", "math", "math500"),
@@ -247,6 +264,14 @@ def validate(cfg) -> None:
     if cfg.budget.group_size < 2:
         errors.append(
             f"budget.group_size={cfg.budget.group_size} must be >= 2 (GRPO compares within a group)"
+        )
+    if not 0.0 < cfg.rollout.gpu_memory_utilization <= 1.0:
+        errors.append(
+            f"rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization} must be in (0, 1]"
+        )
+    if cfg.rollout.dtype is not None and cfg.rollout.dtype not in CHOICES["model.dtype"]:
+        errors.append(
+            f"rollout.dtype={cfg.rollout.dtype!r} is not valid; choose one of: null, {', '.join(CHOICES['model.dtype'])}"
         )
     if not 0.0 < cfg.rollout.top_p <= 1.0:
         errors.append(f"rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")

@@ -28,7 +28,7 @@ from arca_sweep.diagnostics import FormatTokens, credit_metrics
 from arca_sweep.learner import Learner, group_advantages
 from arca_sweep.loggers import RunLog, build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
-from arca_sweep.rollout import build_engine
+from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
 from arca_sweep.tasks import batch_hash, build_task
 
 # Keys that may differ between an interrupted run and its resumption.
@@ -92,6 +92,7 @@ def run(
     task = build_task(cfg.data)
     engine = build_engine(cfg.rollout, model, tokenizer)
     learner = Learner(model, cfg, temperature=cfg.rollout.temperature)
+    max_logp_diff = guard_bound(cfg.rollout, next(model.parameters()).dtype)
     format_tokens = FormatTokens(tokenizer)
     eval_problems = task.eval_problems(b.eval_size)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -103,6 +104,7 @@ def run(
     if (state := checkpoint.load(out_dir)) is not None:
         _check_same_config(state["config"], resolved, out_dir)
         start = checkpoint.restore(state, model, learner.optimizer)
+        engine.sync(model)
         log.truncate_after(start)
         print(f"resuming {out_dir} after step {start}")
     else:
@@ -141,6 +143,8 @@ def run(
             "reward/frac_zero_std": frac_zero_std,
             **step_metrics(cfg, batch, result, format_tokens, rollout_s, learner_s),
         }
+        # ---- guard: the batch must have been sampled from the weights the learner just scored
+        check_engine_weights(metrics["rollout/logp_diff_max"], max_logp_diff, step)
         if step == b.steps or (b.eval_every and step % b.eval_every == 0):
             metrics.update(evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens, think))
         metrics.update(task.stats)

@@ -6,7 +6,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from arca_sweep.rollout import RolloutBatch, finish_masks
+from arca_sweep.rollout import RolloutBatch, eos_token_ids, finish_masks
 
 
 class SampledLogProbRecorder(LogitsProcessor):
@@ -34,10 +34,7 @@ class SampledLogProbRecorder(LogitsProcessor):
 class HFEngine:
     def __init__(self, cfg, model, tokenizer):
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
-        eos = {tokenizer.eos_token_id}
-        gen_eos = getattr(model.generation_config, "eos_token_id", None)
-        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-        self.eos_ids = sorted(eos)
+        self.eos_ids = eos_token_ids(model, tokenizer)
 
     def sync(self, model) -> None:
         self.model = model  # generate runs on the live peft model: nothing to copy

@@ -1,0 +1,109 @@
+"""Generated tokens/s of the rollout engines, side by side: rollout=hf, rollout=vllm with adapter sync,
+rollout=vllm with merged sync. Sampling at temperature 1 with a random non-zero rank-8 adapter, as in
+training; each engine is synced and warmed up once before the timed generate calls.
+
+    python scripts/bench_rollout.py                 # tiny model + a Qwen3-1.7B-width 2-layer model
+    python scripts/bench_rollout.py --models tiny   # only the packaged tiny model
+
+The Qwen3-1.7B-width model (hidden 2048, 151,936-token vocabulary, 2 layers) is built from its config
+with random weights and saved to a temporary directory: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test helpers: one random Qwen3 builder
+from arca_sweep.config import validate  # noqa: E402
+from arca_sweep.model import load_policy, load_tokenizer  # noqa: E402
+from arca_sweep.rollout import build_engine  # noqa: E402
+from tests.conftest import make_config, randomize_adapter  # noqa: E402
+from tests.test_paper_preset import random_qwen3  # noqa: E402
+
+MODELS = {
+    # name: (prompts, samples per prompt, max_new_tokens)
+    "tiny": (16, 4, 64),
+    "qwen3-1.7b-width-2-layers": (4, 4, 32),
+}
+
+
+def bench(model_overrides: list[str], prompts: int, samples: int, max_new_tokens: int, repeats: int) -> dict:
+    rows = {}
+    for engine_name, extra in [
+        ("hf", ["rollout=hf"]),
+        ("vllm adapter", ["rollout=vllm", "rollout.sync=adapter"]),
+        ("vllm merged", ["rollout=vllm", "rollout.sync=merged"]),
+    ]:
+        cfg = make_config(*model_overrides, "rank=8", "device=cpu", *extra)
+        validate(cfg)
+        tokenizer = load_tokenizer(cfg.model)
+        model = load_policy(cfg.model, cfg.rank, torch.device("cpu"), seed=0)
+        randomize_adapter(model, seed=0)
+        t0 = time.time()
+        engine = build_engine(cfg.rollout, model, tokenizer)
+        start_s = time.time() - t0
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Compute 12 + 7."}], tokenize=False, add_generation_prompt=True
+        )
+        ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"]] * prompts
+        engine.generate(ids, samples, max_new_tokens)  # warm-up
+        t0 = time.time()
+        engine.sync(model)
+        sync_s = time.time() - t0
+        tokens, gen_s = 0, 0.0
+        for _ in range(repeats):
+            t0 = time.time()
+            batch = engine.generate(ids, samples, max_new_tokens)
+            gen_s += time.time() - t0
+            tokens += int(batch.response_mask.sum())
+        rows[engine_name] = dict(tokens_per_s=tokens / gen_s, start_s=start_s, sync_s=sync_s, tokens=tokens)
+        print(
+            f"  {engine_name:13s} {tokens / gen_s:9.1f} tok/s  start {start_s:5.1f} s  sync {sync_s:6.3f} s",
+            flush=True,
+        )
+        del engine, model
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vllm is imported later, by the engine
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            prompts, samples, max_new = MODELS[name]
+            overrides = ["model=tiny"]
+            if name != "tiny":
+                tok = load_tokenizer(make_config().model)
+                path = random_qwen3(Path(tmp) / name, "qwen3_1_7b", layers=2)
+                tok.save_pretrained(path)  # ids beyond the tiny vocabulary decode to nothing: fine for timing
+                overrides = ["model=qwen3_1_7b", f"model.path={path}", "model.dtype=float32"]
+                overrides.append("rollout.max_model_len=1024")  # the KV cache for 40,960 tokens would not fit
+            print(f"{name}: {prompts} prompts x {samples} samples, up to {max_new} new tokens, T=1, rank 8")
+            results[name] = bench(overrides, prompts, samples, max_new, args.repeats)
+    print("\n| model | engine | generated tokens/s | vs hf | start-up s | sync s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, rows in results.items():
+        hf = rows["hf"]["tokens_per_s"]
+        for engine_name, r in rows.items():
+            print(
+                f"| {name} | {engine_name} | {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / hf:.2f}x "
+                f"| {r['start_s']:.1f} | {r['sync_s']:.3f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
