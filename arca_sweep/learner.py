@@ -114,6 +114,8 @@ class Learner:
             need.add("ref_logp")  # free once the reference LM head runs
         self.need = need
         self.need_vocab = need & {"entropy", "ref_logp", "ref_entropy", "kl"}
+        if self.need_vocab:
+            self.need_vocab.add("logp")  # the policy's logits are computed there anyway: read log pi(y) once
         self.need_ref = bool(need & {"ref_logp", "ref_entropy", "kl", "ref_hidden"})
 
     def step(self, batch: RolloutBatch, advantages: torch.Tensor) -> StepResult:
@@ -183,7 +185,6 @@ class Learner:
                     response_positions(h) for h in forward_hidden(self.model, input_ids, attn, layer)
                 )
         final, at_layer = (response_positions(h) for h in forward_hidden(self.model, input_ids, attn, layer))
-        logp_flat = target_logprob(final, head.weight, targets, self.temperature, self.cfg.learner.chunk_size)
         vocab = vocab_stats(
             final.detach(),
             head.weight,
@@ -192,6 +193,9 @@ class Learner:
             temperature=self.temperature,
             chunk_size=self.cfg.learner.chunk_size,
             need=self.need_vocab,
+        )
+        logp_flat = target_logprob(
+            final, head.weight, targets, self.temperature, self.cfg.learner.chunk_size, value=vocab.logp
         )
 
         def unflatten(x):

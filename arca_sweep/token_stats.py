@@ -30,13 +30,12 @@ class _ChunkedTargetLogProb(torch.autograd.Function):
     """log softmax(h @ W.T / temperature)[y], chunked over tokens in forward and backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, chunk_size):
-        out = torch.empty(
-            hidden.shape[0], dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device
+    def forward(ctx, hidden, weight, targets, temperature, chunk_size, value):
+        out = (
+            value.clone()
+            if value is not None
+            else _target_logp(hidden, weight, targets, temperature, chunk_size)
         )
-        for s in range(0, hidden.shape[0], chunk_size):
-            z = _chunk_logits(hidden[s : s + chunk_size], weight, temperature)
-            out[s : s + chunk_size] = z.gather(1, targets[s : s + chunk_size, None])[:, 0] - z.logsumexp(-1)
         ctx.save_for_backward(hidden, weight, targets)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         return out
@@ -61,18 +60,40 @@ class _ChunkedTargetLogProb(torch.autograd.Function):
                 grad_h[s : s + cs] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
             if grad_w is not None:
                 grad_w += g.T @ h.to(g.dtype)
-        return grad_h, (grad_w.to(weight.dtype) if grad_w is not None else None), None, None, None
+        return grad_h, (grad_w.to(weight.dtype) if grad_w is not None else None), None, None, None, None
 
 
-def target_logprob(hidden, weight, targets, temperature: float = 1.0, chunk_size: int = 1024):
-    """log pi(y_n) for each row of ``hidden`` [N, D]; differentiable in ``hidden`` (and ``weight``)."""
-    return _ChunkedTargetLogProb.apply(hidden, weight, targets, float(temperature), int(chunk_size))
+def _pick(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(z)[y] of one chunk of logits."""
+    return z.gather(1, targets[:, None])[:, 0] - z.logsumexp(-1)
+
+
+@torch.no_grad()
+def _target_logp(hidden, weight, targets, temperature: float, chunk_size: int) -> torch.Tensor:
+    out = torch.empty(
+        hidden.shape[0], dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device
+    )
+    for s in range(0, hidden.shape[0], chunk_size):
+        out[s : s + chunk_size] = _pick(
+            _chunk_logits(hidden[s : s + chunk_size], weight, temperature), targets[s : s + chunk_size]
+        )
+    return out
+
+
+def target_logprob(hidden, weight, targets, temperature: float = 1.0, chunk_size: int = 1024, value=None):
+    """log pi(y_n) for each row of ``hidden`` [N, D]; differentiable in ``hidden`` (and ``weight``).
+
+    ``value``: the same log-probs already computed (``vocab_stats(..., need={"logp", ...})`` reads
+    the same logits), so the forward skips its own pass over the LM head; the backward is unchanged.
+    """
+    return _ChunkedTargetLogProb.apply(hidden, weight, targets, float(temperature), int(chunk_size), value)
 
 
 @dataclass
 class VocabStats:
     """Detached full-vocabulary quantities per token, each [N] (None when not asked for)."""
 
+    logp: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
     ref_entropy: torch.Tensor | None = None
@@ -90,12 +111,13 @@ def vocab_stats(
     chunk_size: int = 1024,
     need: frozenset[str] | set[str] = frozenset(),
 ) -> VocabStats:
-    """Entropies, reference log-probs and exact KL from policy and reference hidden states.
+    """Policy log-probs, entropies, reference log-probs and exact KL from policy and reference hidden states.
 
-    ``need`` names the fields wanted among ``entropy, ref_logp, ref_entropy, kl``; the reference
-    ones need ``ref_hidden`` (the same positions with the adapter disabled).
+    ``need`` names the fields wanted among ``logp, entropy, ref_logp, ref_entropy, kl``; the reference
+    ones need ``ref_hidden`` (the same positions with the adapter disabled). Each chunk's policy and
+    reference logits are computed once, whatever is asked for.
     """
-    fields = {"entropy", "ref_logp", "ref_entropy", "kl"}
+    fields = {"logp", "entropy", "ref_logp", "ref_entropy", "kl"}
     if unknown := set(need) - fields:
         raise ValueError(f"unknown vocab stats {sorted(unknown)}; valid: {sorted(fields)}")
     needs_ref = bool({"ref_logp", "ref_entropy", "kl"} & set(need))
@@ -107,8 +129,11 @@ def vocab_stats(
     for s in range(0, n, chunk_size):
         e = slice(s, s + chunk_size)
         logp = logq = None
-        if {"entropy", "kl"} & set(need):
-            logp = _chunk_logits(hidden[e], weight, temperature).log_softmax(-1)
+        if {"logp", "entropy", "kl"} & set(need):
+            z = _chunk_logits(hidden[e], weight, temperature)
+            if "logp" in need:
+                out["logp"][e] = _pick(z, targets[e])
+            logp = z.log_softmax(-1)
             if "entropy" in need:
                 out["entropy"][e] = -(logp.exp() * logp).sum(-1)
         if needs_ref:

@@ -39,10 +39,11 @@ def test_chunked_equals_naive_full_vocabulary(temperature, chunk, dtype, atol):
         ref_hidden,
         temperature=temperature,
         chunk_size=chunk,
-        need={"entropy", "ref_logp", "ref_entropy", "kl"},
+        need={"logp", "entropy", "ref_logp", "ref_entropy", "kl"},
     )
     logp = target_logprob(hidden, weight, targets, temperature, chunk)
     torch.testing.assert_close(logp, want["logp"], atol=atol, rtol=0)
+    assert torch.equal(got.logp, logp), "one chunked pass, the same log-probs as target_logprob's own"
     for key in ("entropy", "ref_logp", "ref_entropy", "kl"):
         torch.testing.assert_close(getattr(got, key), want[key], atol=atol, rtol=0, msg=key)
     assert (got.kl > -1e-6).all()
@@ -79,3 +80,19 @@ def test_reference_fields_need_reference_hidden():
         vocab_stats(h, torch.zeros(4, 3), torch.zeros(2, dtype=torch.long), need={"kl"})
     with pytest.raises(ValueError, match="unknown"):
         vocab_stats(h, torch.zeros(4, 3), torch.zeros(2, dtype=torch.long), need={"entropyy"})
+
+
+def test_precomputed_value_gives_the_same_output_and_gradient():
+    """target_logprob(value=...) skips its forward pass over the LM head; nothing else changes."""
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(997, 8, generator=g)
+    targets = torch.randint(0, 997, (13,), generator=g)
+    hidden = torch.randn(13, 8, generator=g)
+    coef = torch.randn(13, generator=g)
+    grads = []
+    for value in (None, vocab_stats(hidden, weight, targets, need={"logp"}, chunk_size=4).logp):
+        h = hidden.clone().requires_grad_()
+        out = target_logprob(h, weight, targets, 1.0, 4, value=value)
+        (out * coef).sum().backward()
+        grads.append((out.detach(), h.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
