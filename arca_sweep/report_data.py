@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from arca_sweep import heatmap
-from arca_sweep.report_stats import as_number, mean
+from arca_sweep.evaluation import results_path
+from arca_sweep.report_stats import as_number, last_quarter, mean
 
 REGIMES = ("uniform", "middle", "concentrated")
 
@@ -23,16 +26,36 @@ class NotASweepError(ValueError):
 # Reading the arms
 # ------------------------------------------------------------------------------------------------
 
+# Overrides that cannot change an arm's results: never part of its cell (SPEC: statistics of a comparison).
+NEUTRAL_KEYS = {"seed", "threads", "device"}
+NEUTRAL_PREFIXES = ("logger", "hydra")
+_DIR_ITEM = re.compile(r",(?=[+~]*[\w./-]+=)")  # a comma that starts the next key=value of a dir name
+
+
+def is_neutral(key: str) -> bool:
+    """``seed``, ``threads``, ``device``, ``logger``/``logger.*`` and ``hydra.*`` do not define a cell."""
+    return key in NEUTRAL_KEYS or any(key == p or key.startswith(p + ".") for p in NEUTRAL_PREFIXES)
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """``rank='16'`` -> ``("rank", "16")``; ``+optim.foo=1`` -> ``("optim.foo", "1")``."""
+    key, _, value = str(text).partition("=")
+    return key.lstrip("+~").strip(), value.strip().replace("'", "").replace('"', "")
+
 
 @dataclass
 class Arm:
     path: Path
-    credit: str
+    credit: str  # the training signal (credit.name of its config)
     rank: int | str
     seed: int | str
+    overrides: dict[str, str] = field(default_factory=dict)  # every non-neutral override of the arm
+    config: dict = field(default_factory=dict)  # .hydra/config.yaml
+    choices: dict = field(default_factory=dict)  # config group choices (.hydra/hydra.yaml)
     records: list[dict] = field(default_factory=list)  # metrics.jsonl
     samples: list[dict] = field(default_factory=list)  # samples.jsonl
     finished: bool = False  # summary.json exists
+    cell: tuple = ()  # ((axis, value), ...) over the sweep's axes; set by load_arms
 
     @property
     def name(self) -> str:
@@ -45,7 +68,25 @@ class Arm:
 
     @property
     def label(self) -> str:
-        return f"{self.credit} r={self.rank}"
+        return cell_label(self.cell)
+
+    def value(self, key: str) -> str:
+        """The arm's value of ``key``: its override, else its config group choice, else its config entry."""
+        if key in self.overrides:
+            return self.overrides[key]
+        if self.choices.get(key) is not None:
+            return str(self.choices[key])
+        node = self.config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return "-"
+            node = node[part]
+        return str(node)
+
+
+def cell_label(cell: tuple) -> str:
+    """``credit=arca, credit.normalize=mean``; ``all arms`` for a sweep without axes."""
+    return ", ".join(f"{k}={v}" for k, v in cell) or "all arms"
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -63,21 +104,53 @@ def _jsonl(path: Path) -> list[dict]:
     return out
 
 
+def _yaml(path: Path):
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def arm_overrides(path: Path) -> dict[str, str]:
+    """The arm's non-neutral overrides: from ``.hydra/overrides.yaml``, else parsed from its dir name."""
+    listed = _yaml(path / ".hydra" / "overrides.yaml")
+    if not isinstance(listed, list):
+        listed = [item for item in _DIR_ITEM.split(path.name) if "=" in item]
+    pairs = (parse_override(o) for o in listed)
+    return {k: v for k, v in pairs if not is_neutral(k)}
+
+
 def load_arm(path: Path) -> Arm:
-    config = yaml.safe_load((path / ".hydra" / "config.yaml").read_text()) or {}
+    config = _yaml(path / ".hydra" / "config.yaml") or {}
+    hydra = (_yaml(path / ".hydra" / "hydra.yaml") or {}).get("hydra") or {}
     return Arm(
         path=path,
         credit=str((config.get("credit") or {}).get("name", "?")),
         rank=(config.get("rank") or {}).get("r", "?"),
         seed=config.get("seed", "?"),
+        overrides=arm_overrides(path),
+        config=config,
+        choices=(hydra.get("runtime") or {}).get("choices") or {},
         records=_jsonl(path / "metrics.jsonl"),
         samples=_jsonl(path / "samples.jsonl"),
         finished=(path / "summary.json").exists(),
     )
 
 
+def sweep_axes(arms: list[Arm]) -> list[str]:
+    """The keys whose values differ between arms (seed and neutral keys aside), sorted. Every
+    override counts, whatever config it names: ``optim.lr=...`` is an axis like ``credit=...``."""
+    keys = sorted({k for arm in arms for k in arm.overrides})
+    return [k for k in keys if len({arm.value(k) for arm in arms}) > 1]
+
+
+def natural_key(value: str) -> tuple:
+    """Numbers before words, numbers by value: ``4 < 8 < 64 < arca``."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
 def load_arms(sweep_dir: Path) -> list[Arm]:
-    """Every arm under ``sweep_dir``, sorted by credit, rank, seed, name."""
+    """Every arm under ``sweep_dir``, each with its cell over the sweep's axes, sorted by cell, seed, name."""
     if not sweep_dir.is_dir():
         raise NotASweepError(f"{sweep_dir} is not a directory")
     arms = [load_arm(p) for p in sorted(sweep_dir.iterdir()) if (p / ".hydra" / "config.yaml").is_file()]
@@ -86,11 +159,14 @@ def load_arms(sweep_dir: Path) -> list[Arm]:
             f"{sweep_dir} is not a sweep dir: no arm subdirectory with .hydra/config.yaml "
             "(pass the hydra.sweep.dir of a multirun, e.g. outputs/multirun/<date>/<time>)"
         )
-    return sorted(arms, key=lambda a: (a.credit, _rank_key(a.rank), str(a.seed), a.name))
+    axes = sweep_axes(arms)
+    for arm in arms:
+        arm.cell = tuple((k, arm.value(k)) for k in axes)
+    return sorted(arms, key=lambda a: (cell_sort_key(a.cell), natural_key(str(a.seed)), a.name))
 
 
-def _rank_key(rank) -> tuple:
-    return (0, rank, "") if isinstance(rank, int | float) else (1, 0, str(rank))
+def cell_sort_key(cell: tuple) -> tuple:
+    return tuple(natural_key(v) for _, v in cell)
 
 
 def run_mean(arm: Arm, key: str) -> float | None:
@@ -107,15 +183,11 @@ def accuracy(arm: Arm, which: str) -> float | None:
 
 
 def groups(arms: list[Arm]) -> dict[tuple, list[Arm]]:
-    """Arms by (credit, rank), in sorted order (arms are already sorted)."""
+    """Arms by cell (their seeds), in sorted order (arms are already sorted)."""
     out: dict[tuple, list[Arm]] = {}
     for arm in arms:
-        out.setdefault((arm.credit, arm.rank), []).append(arm)
+        out.setdefault(arm.cell, []).append(arm)
     return out
-
-
-def ranks_of(arms: list[Arm]) -> list:
-    return sorted({a.rank for a in arms}, key=_rank_key)
 
 
 def signals_of(arms: list[Arm]) -> list[str]:
@@ -135,3 +207,46 @@ def shadow_means(arms: list[Arm], signal: str) -> dict[str, float | None]:
     keys = {r: f"shadow/{signal}/regime/{r}" for r in REGIMES}
     keys |= {"gini": f"shadow/{signal}/gini/mean", "etr": f"shadow/{signal}/etr/mean"}
     return {name: mean(r.get(key) for arm in arms for r in arm.steps) for name, key in keys.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-unit results, for intervals and paired comparisons
+# ------------------------------------------------------------------------------------------------
+
+
+def final_eval_step(arm: Arm) -> int | None:
+    """The step of the arm's last eval (the last ``metrics.jsonl`` record with an accuracy)."""
+    steps = [r["step"] for r in arm.records if as_number(r.get("eval/accuracy")) is not None]
+    return steps[-1] if steps else None
+
+
+def eval_correct(arm: Arm, step: int | None = None) -> dict | None:
+    """``{problem id: 0/1}`` of the eval at ``step`` (default: the last) from ``eval/step_<n>.jsonl``;
+    None when the arm has no such file (an older run, or a run without per-problem results)."""
+    step = final_eval_step(arm) if step is None else step
+    if step is None:
+        return None
+    path = results_path(arm.path, step)
+    if not path.is_file():
+        return None
+    rows = _jsonl(path)
+    return {json.dumps(r["id"]): int(r["correct"]) for r in rows if "id" in r and "correct" in r} or None
+
+
+def last_quarter_rewards(arm: Arm, key: str = "reward/mean") -> dict | None:
+    """``{step: value}`` of ``key`` over the last quarter of the arm's training steps (ceil(T / 4))."""
+    steps = last_quarter(arm.steps)
+    out = {r["step"]: as_number(r.get(key)) for r in steps}
+    out = {s: v for s, v in out.items() if v is not None}
+    return out or None
+
+
+def unit_matrix(per_seed: list[dict]) -> tuple[list, np.ndarray] | None:
+    """Rows of ``{unit: value}`` (one per seed) as a ``[seeds, units]`` matrix over the units every
+    row has, in the first row's order; None if a row is missing or no unit is shared."""
+    if not per_seed or any(row is None for row in per_seed):
+        return None
+    units = [u for u in per_seed[0] if all(u in row for row in per_seed[1:])]
+    if not units:
+        return None
+    return units, np.array([[row[u] for u in units] for row in per_seed], dtype=float)

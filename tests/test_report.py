@@ -20,6 +20,14 @@ from arca_sweep.report import build_report, main
 SIGNALS = ["uniform", "surprisal", "entropy", "divergence", "arca"]
 REGIMES = ["uniform", "middle", "concentrated"]
 FIGURES = ["regime_shares.png", "gini_etr.png", "reward_accuracy.png"]
+N_PROBLEMS = 40
+TRUE_ACCURACY = {"arca": 0.7, "entropy": 0.5, "uniform": 0.5}
+RUN_MEAN_KEYS = [
+    ("gini", "credit/gini/mean"),
+    ("etr", "credit/etr/mean"),
+    *((r, f"credit/regime/{r}") for r in REGIMES),
+    ("tokens/s", "perf/tokens_per_s"),
+]
 REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------------------------
@@ -85,7 +93,22 @@ def write_arm(
         "seed": seed,
     }
     (arm / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    overrides = [
+        "budget=smoke",
+        f"credit={credit}",
+        f"rank='{rank}'",
+        f"seed={seed}",
+        "logger.progress=false",
+    ]
+    (arm / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     records = fake_metrics(rng, credit, steps)
+    for r in records:
+        if "eval/accuracy" in r:  # per-problem results whose mean is the logged accuracy
+            correct = (rng.random(N_PROBLEMS) < TRUE_ACCURACY.get(credit, 0.5)).astype(int)
+            r["eval/accuracy"] = float(correct.mean())
+            rows = [{"id": i, "position": i, "correct": int(c), "answer": "1"} for i, c in enumerate(correct)]
+            (arm / "eval").mkdir(exist_ok=True)
+            (arm / "eval" / f"step_{r['step']}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
     (arm / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if samples:
         lines = [fake_sample(step, row, rng) for step in (1, steps) for row in (0, 4)]
@@ -139,42 +162,45 @@ def values(records: list[dict], key: str, first_step: int = 1) -> list[float]:
     return [r[key] for r in records if r["step"] >= first_step and r.get(key) is not None]
 
 
+def cell_of(config: dict) -> tuple[str, str]:
+    return config["credit"]["name"], str(config["rank"]["r"])
+
+
+def mean_std(v: list[float]) -> tuple:
+    """As the report prints it: mean ± sample std over seeds, the value alone for one seed."""
+    return (np.mean(v), np.std(v, ddof=1)) if len(v) > 1 else (np.mean(v),)
+
+
 def expected_final_table(sweep_dir: Path) -> dict[tuple[str, str], dict[str, tuple]]:
     cells: dict = {}
     for config, records in finished_arms(sweep_dir):
-        cell = cells.setdefault((config["credit"]["name"], str(config["rank"]["r"])), {})
+        cell = cells.setdefault(cell_of(config), {})
         evals = values(records, "eval/accuracy", first_step=0)
         cell.setdefault("final acc", []).append(evals[-1])
         cell.setdefault("initial acc", []).append(evals[0])
-        for column, key in [
-            ("gini", "credit/gini/mean"),
-            ("etr", "credit/etr/mean"),
-            *((r, f"credit/regime/{r}") for r in REGIMES),
-            ("tokens/s", "perf/tokens_per_s"),
-        ]:
+        rewards = values(records, "reward/mean")
+        cell.setdefault("reward (last 1/4)", []).append(np.mean(rewards[-int(np.ceil(len(rewards) / 4)) :]))
+        for column, key in RUN_MEAN_KEYS:
             cell.setdefault(column, []).append(np.mean(values(records, key)))
     out = {}
     for group, cell in cells.items():
-        out[group] = {column: (np.mean(v),) for column, v in cell.items()}
-        if len(cell["final acc"]) > 1:  # mean ± sample std over seeds; one seed: the value alone
-            out[group]["final acc"] = (np.mean(cell["final acc"]), np.std(cell["final acc"], ddof=1))
+        out[group] = {column: mean_std(v) for column, v in cell.items()}
+        out[group]["initial acc"] = (np.mean(cell["initial acc"]),)
         out[group]["n seeds"] = (len(cell["final acc"]),)
     return out
 
 
-def expected_regime_table(sweep_dir: Path) -> dict[tuple[str, str], dict[str, tuple]]:
-    out = {}
-    arms = finished_arms(sweep_dir)
-    for rank in {str(c["rank"]["r"]) for c, _ in arms}:
-        of_rank = [records for c, records in arms if str(c["rank"]["r"]) == rank]
+def expected_regime_table(sweep_dir: Path) -> dict[tuple[str, str, str], dict[str, tuple]]:
+    """Per cell and signal: each arm's mean over its steps, then mean ± std over the seeds."""
+    per_seed: dict = {}
+    for config, records in finished_arms(sweep_dir):
         for signal in SIGNALS:
             keys = {k: f"shadow/{signal}/regime/{k}" for k in REGIMES}
             keys |= {"gini": f"shadow/{signal}/gini/mean", "etr": f"shadow/{signal}/etr/mean"}
-            out[(rank, signal)] = {
-                col: (np.mean([v for records in of_rank for v in values(records, key)]),)
-                for col, key in keys.items()
-            }
-    return out
+            row = per_seed.setdefault((*cell_of(config), signal), {})
+            for col, key in keys.items():
+                row.setdefault(col, []).append(np.mean(values(records, key)))
+    return {k: {col: mean_std(v) for col, v in row.items()} for k, row in per_seed.items()}
 
 
 def parse_table(markdown: str, heading: str) -> list[dict[str, str]]:
@@ -192,10 +218,10 @@ def parse_table(markdown: str, heading: str) -> list[dict[str, str]]:
 
 
 def parse_cell(cell: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in cell.split("±"))
+    return tuple(float(x) for x in cell.strip("[]").replace(",", "±").split("±"))
 
 
-def assert_matches(rows: list[dict], expected: dict, key_columns: tuple[str, str]) -> None:
+def assert_matches(rows: list[dict], expected: dict, key_columns: tuple[str, ...]) -> None:
     assert {tuple(row[c] for c in key_columns) for row in rows} == set(expected)
     for row in rows:
         for column, want in expected[tuple(row[c] for c in key_columns)].items():
@@ -224,9 +250,10 @@ def test_report_files(sweep):
     for signal in SIGNALS:
         assert f"<th>{signal}</th>" in page or f'<th class="training">{signal}</th>' in page
     assert "&lt;script&gt;" in page and "<script" not in page
-    # the latest step's samples of each arm (finished or not), at most 12 sections
-    assert 1 <= page.count("<section>") <= 12
-    assert "step 5 · row 0" in page and "step 1 · row" not in page
+    # per cell, its first seed's first, middle and last sample steps (here 1 and 5), one rollout each
+    assert page.count("<section>") == 4 * 2
+    assert page.count("step 5 · row 0") == 4 and page.count("step 1 · row 0") == 4
+    assert "credit=arca, rank=8, seed 0: trained with arca, step 5" in page
 
 
 def test_report_lists_unfinished_arm(sweep):
@@ -249,7 +276,7 @@ def test_report_numbers_match_metrics(sweep):
     assert_matches(final, expected_final_table(sweep_dir), ("credit", "rank"))
     regimes = parse_table(text, "## Regime shares per signal")
     assert [r["signal"] for r in regimes[:5]] == SIGNALS
-    assert_matches(regimes, expected_regime_table(sweep_dir), ("rank", "signal"))
+    assert_matches(regimes, expected_regime_table(sweep_dir), ("credit", "rank", "signal"))
 
 
 def test_report_degenerate_sweeps(tmp_path):
@@ -265,6 +292,7 @@ def test_report_degenerate_sweeps(tmp_path):
     (row,) = parse_table(text, "## Final table")
     assert row["n seeds"] == "1" and "±" not in row["final acc"]  # one seed: the value alone
     assert row["tokens/s"] != "-" and row["gini"] == "-"  # the only step's gini is null
+    assert row["credit"] == "arca" and row["budget"] == "smoke"  # the empty arm has no budget: an axis
     assert "No sample rollouts" in (single / "heatmaps.html").read_text()
 
     ranks_only = make_sweep(tmp_path / "ranks", credits=("arca",), ranks=(4, 8, 64), seeds=(0,), steps=2)
@@ -384,7 +412,7 @@ def test_report_of_real_smoke_sweep(tmp_path):
     assert "2 arms: 2 finished, 0 not finished." in text
     assert_matches(parse_table(text, "## Final table"), expected_final_table(sweep_dir), ("credit", "rank"))
     regimes = parse_table(text, "## Regime shares per signal")
-    assert_matches(regimes, expected_regime_table(sweep_dir), ("rank", "signal"))
+    assert_matches(regimes, expected_regime_table(sweep_dir), ("credit", "rank", "signal"))
     # the training signal's own shadow regimes are its credit regimes: same passes, same weights
     for config, records in finished_arms(sweep_dir):
         credit = config["credit"]["name"]
