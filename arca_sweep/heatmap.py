@@ -2,8 +2,10 @@
 signal, so the rows of a sample compare token by token. Pure functions, strings in, HTML out.
 
 Colour scale (fixed, the same for every row, sample and page): weights have mean 1 over a response
-(``credit.normalize``), so the background runs white at ``w = 0``, light blue at ``w = 1`` (uniform
-credit) and dark blue at ``w >= 3``, linearly between these stops. Format tokens (whitespace,
+(``credit.normalize``), and a concentrated signal puts tens on a few tokens, so the colour follows
+log10(w): white at ``w <= 0.1``, light blue at ``w = 1`` (uniform credit), then darker blues at 2, 3,
+5, 10 and 20, to the darkest at ``w >= 50``, linearly in log10(w) between these stops (so 3, 10 and
+50 read apart). Format tokens (whitespace,
 punctuation, special and template tokens) get a dotted red outline; a space shows as ``·``, a
 newline as ``↵``, a tab as ``→``. The exact weight is in each token's tooltip. Token text is
 model output: it is always HTML-escaped.
@@ -17,8 +19,29 @@ import math
 # The display order of the five signals (baseline first, ARCA last); others follow alphabetically.
 SIGNAL_ORDER = ("uniform", "surprisal", "entropy", "divergence", "arca")
 
-# (weight, RGB) stops of the colour scale; every channel decreases with the weight.
-COLOUR_STOPS = ((0.0, (255, 255, 255)), (1.0, (198, 219, 239)), (3.0, (8, 48, 107)))
+# (weight, RGB) stops of the colour scale, interpolated in log10(weight) (ColorBrewer's Blues);
+# every channel decreases with the weight.
+COLOUR_STOPS = (
+    (0.1, (255, 255, 255)),
+    (1.0, (198, 219, 239)),
+    (2.0, (158, 202, 225)),
+    (3.0, (107, 174, 214)),
+    (5.0, (66, 146, 198)),
+    (10.0, (33, 113, 181)),
+    (20.0, (8, 81, 156)),
+    (50.0, (8, 48, 107)),
+)
+LEGEND_WEIGHTS = (
+    (0.0, "≤0.1"),
+    (0.5, "0.5"),
+    (1.0, "1"),
+    (2.0, "2"),
+    (3.0, "3"),
+    (5.0, "5"),
+    (10.0, "10"),
+    (20.0, "20"),
+    (50.0, "≥50"),
+)
 MISSING_COLOUR = "#d9d9d9"  # a token without a (finite) weight
 VISIBLE_WHITESPACE = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
 
@@ -49,8 +72,8 @@ def ordered_signals(names) -> list[str]:
 
 
 def weight_rgb(weight: float | None) -> tuple[int, int, int] | None:
-    """The background colour of a token of this weight (piecewise linear over :data:`COLOUR_STOPS`,
-    clamped at both ends); ``None`` for a missing or non-finite weight."""
+    """The background colour of a token of this weight (piecewise linear in log10(weight) over
+    :data:`COLOUR_STOPS`, clamped at both ends); ``None`` for a missing or non-finite weight."""
     if weight is None or not math.isfinite(weight):
         return None
     (w0, c0), *_ = COLOUR_STOPS
@@ -58,7 +81,7 @@ def weight_rgb(weight: float | None) -> tuple[int, int, int] | None:
         return c0
     for (lo, c_lo), (hi, c_hi) in zip(COLOUR_STOPS, COLOUR_STOPS[1:], strict=False):
         if weight <= hi:
-            t = (weight - lo) / (hi - lo)
+            t = math.log10(weight / lo) / math.log10(hi / lo)
             return tuple(round(a + t * (b - a)) for a, b in zip(c_lo, c_hi, strict=True))
     return COLOUR_STOPS[-1][1]
 
@@ -137,10 +160,10 @@ def legend_html() -> str:
     swatches = "".join(
         f'<span class="swatch{" dark" if _is_dark(w) else ""}" style="background:{weight_colour(w)}">'
         f"{label}</span>"
-        for w, label in ((0.0, "0"), (0.5, "0.5"), (1.0, "1"), (1.5, "1.5"), (2.0, "2"), (3.0, "≥3"))
+        for w, label in LEGEND_WEIGHTS
     )
     return (
-        '<div class="legend"><span>token weight:</span>'
+        '<div class="legend"><span>token weight (log scale):</span>'
         f"<span>{swatches}</span>"
         f'<span class="swatch" style="background:{MISSING_COLOUR}">missing</span>'
         '<span><span class="tok fmt">format token</span></span>'

@@ -73,13 +73,19 @@ class RunLog:
             self.tracker.finish(summary)
 
 
+RUN_MEAN_PREFIX = "run_mean/"
+NAME_FREE_KEYS = {"seed", "threads", "device"}  # with logger*: not in a W&B run's name
+
+
 class WandbTracker:
     """``logger=wandb``: the arm as one W&B run, next to (never instead of) ``metrics.jsonl``.
 
-    ``group`` is the sweep (its dir name unless ``logger.group`` is set), ``name`` the arm's overrides
-    without the seed, tags ``model=/rank=/credit=/budget=``, ``config`` the resolved config, and an
+    ``group`` is the sweep (``<experiment>/<sweep dir name>``, or the dir name alone without an
+    experiment preset, unless ``logger.group`` is set), ``name`` the arm's overrides without the seed
+    and the keys that cannot change results (``logger.*``, ``threads``, ``device``), tags ``model=/rank=/credit=/budget=``, ``config`` the resolved config, and an
     ``id`` kept in the arm dir (``wandb_run_id.txt``, beside the checkpoint) with ``resume="allow"``,
-    so a requeued or relaunched arm continues the same W&B run. Offline unless ``logger.mode=online``;
+    so a requeued or relaunched arm continues the same W&B run. At the end the run means go under
+    ``run_mean/...`` (never over the per-step keys). Offline unless ``logger.mode=online``;
     when W&B cannot be reached the run warns once and continues offline, losing nothing.
     """
 
@@ -139,8 +145,10 @@ class WandbTracker:
         self.run.log({"samples/rollouts": table, "step": step})
 
     def finish(self, summary: dict) -> None:
+        """The arm's summary; its run means under ``run_mean/<key>``, apart from the per-step keys,
+        whose summary stays W&B's default: the last logged value."""
         self.run.summary.update({k: v for k, v in summary.items() if k != "run_means"})
-        self.run.summary.update(summary.get("run_means", {}))
+        self.run.summary.update({f"{RUN_MEAN_PREFIX}{k}": v for k, v in summary.get("run_means", {}).items()})
         self.run.finish()
 
 
@@ -150,14 +158,18 @@ def build_tracker(
     """The optional experiment tracker named by ``logger.name`` (``jsonl`` has none)."""
     if logger_cfg.name == "jsonl":
         return None
-    name = (
-        ",".join(
-            sorted(
-                o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] not in ("seed", "logger")
-            )
-        )
-        or "default"
-    )
+    name = ",".join(sorted(o for o in overrides if not _name_free(o.lstrip("+~").split("=")[0]))) or "default"
     tags = [f"{g}={choices[g]}" for g in ("model", "rank", "credit", "budget") if g in choices]
-    group = Path(sweep_dir).name if sweep_dir else None
-    return WandbTracker(logger_cfg, out_dir, config, name=name, group=group, tags=tags)
+    return WandbTracker(
+        logger_cfg, out_dir, config, name=name, group=default_group(config, sweep_dir), tags=tags
+    )
+
+
+def _name_free(key: str) -> bool:
+    return key in NAME_FREE_KEYS or key == "logger" or key.startswith("logger.")
+
+
+def default_group(config: dict, sweep_dir: str | None) -> str | None:
+    """``<experiment>/<sweep dir name>`` (either alone when the other is missing); None for neither."""
+    parts = [p for p in (config.get("experiment"), Path(sweep_dir).name if sweep_dir else None) if p]
+    return "/".join(str(p) for p in parts) or None

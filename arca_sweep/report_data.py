@@ -108,13 +108,17 @@ def _yaml(path: Path):
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
-def arm_overrides(path: Path) -> dict[str, str]:
-    """The arm's non-neutral overrides: from ``.hydra/overrides.yaml``, else parsed from its dir name."""
+def all_overrides(path: Path) -> dict[str, str]:
+    """The arm's overrides: from ``.hydra/overrides.yaml``, else parsed from its dir name."""
     listed = _yaml(path / ".hydra" / "overrides.yaml")
     if not isinstance(listed, list):
         listed = [item for item in _DIR_ITEM.split(path.name) if "=" in item]
-    pairs = (parse_override(o) for o in listed)
-    return {k: v for k, v in pairs if not is_neutral(k)}
+    return dict(parse_override(o) for o in listed)
+
+
+def arm_overrides(path: Path) -> dict[str, str]:
+    """The arm's non-neutral overrides (those that define its cell)."""
+    return {k: v for k, v in all_overrides(path).items() if not is_neutral(k)}
 
 
 def load_arm(path: Path) -> Arm:
@@ -124,7 +128,7 @@ def load_arm(path: Path) -> Arm:
         path=path,
         credit=str((config.get("credit") or {}).get("name", "?")),
         rank=(config.get("rank") or {}).get("r", "?"),
-        seed=config.get("seed", "?"),
+        seed=config.get("seed", all_overrides(path).get("seed", "?")),
         overrides=arm_overrides(path),
         config=config,
         choices=(hydra.get("runtime") or {}).get("choices") or {},

@@ -33,8 +33,10 @@ from arca_sweep.model import load_policy, load_tokenizer, resolve_device
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
 from arca_sweep.tasks import batch_hash, build_task
 
-# Keys that may differ between an interrupted run and its resumption.
+# Keys that may differ between an interrupted run and its resumption (none changes results): these,
+# and every logger.* key, so W&B can be turned on or off for a resumed arm.
 RESUME_FREE_KEYS = {"logger.progress", "threads", "device"}
+RESUME_FREE_PREFIXES = ("logger.",)
 
 
 def run(
@@ -254,7 +256,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def _check_same_config(saved: dict, current: dict, out_dir: Path) -> None:
     a, b = _flatten(saved), _flatten(current)
-    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUME_FREE_KEYS)
+    free = [k for k in a.keys() | b.keys() if k in RESUME_FREE_KEYS or k.startswith(RESUME_FREE_PREFIXES)]
+    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in free)
     if diff:
         raise RuntimeError(
             f"{out_dir} holds a checkpoint of a different config ({', '.join(diff)} differ); "

@@ -344,14 +344,20 @@ def test_sample_html_escapes_and_marks_format_tokens():
     assert "<th>entropy</th>" in only and only.count(heatmap.MISSING_COLOUR) == 5 and "arca" not in only
 
 
-def test_colour_scale_monotone_and_fixed():
-    grid = np.linspace(-0.5, 6.0, 200)
+def test_colour_scale_monotone_log_and_fixed():
+    grid = np.geomspace(0.01, 200.0, 400)
     rgb = np.array([heatmap.weight_rgb(w) for w in grid])
     assert (np.diff(rgb, axis=0) <= 0).all()  # every channel darkens as the weight grows
     luminance = rgb @ [0.299, 0.587, 0.114]
     assert luminance[-1] < luminance[0] - 150
-    assert heatmap.weight_colour(0.0) == "#ffffff"
-    assert heatmap.weight_colour(3.0) == heatmap.weight_colour(10.0) != heatmap.weight_colour(1.0)
+    assert heatmap.weight_colour(0.0) == heatmap.weight_colour(0.1) == "#ffffff"
+    assert heatmap.weight_colour(50.0) == heatmap.weight_colour(500.0) != heatmap.weight_colour(20.0)
+    # weights between 1 and 50 read apart: each step of the legend is a visibly darker colour
+    lum = {w: np.array(heatmap.weight_rgb(w)) @ [0.299, 0.587, 0.114] for w in (1, 3, 10, 20, 50)}
+    assert all(lum[a] - lum[b] > 15 for a, b in [(1, 3), (3, 10), (10, 20), (20, 50)]), lum
+    # log scale: equal ratios inside a stop interval move the colour equally
+    r = [np.array(heatmap.weight_rgb(w), dtype=float) for w in (5.0, 5.0 * 2**0.5, 10.0)]
+    assert np.allclose(r[1] - r[0], r[2] - r[1], atol=1.0)
     assert heatmap.weight_colour(None) == heatmap.weight_colour(float("nan")) == heatmap.MISSING_COLOUR
 
 
@@ -359,7 +365,7 @@ def test_page_html_is_standalone():
     page = heatmap.page_html("a <title>", [("arm <x>", "<figure>f</figure>")])
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert "<title>a &lt;title&gt;</title>" in page and "<h3>arm &lt;x&gt;</h3><figure>f</figure>" in page
-    assert 'class="legend"' in page and "≥3" in page
+    assert 'class="legend"' in page and "≥50" in page and "log scale" in page
 
 
 # ------------------------------------------------------------------------------------------------

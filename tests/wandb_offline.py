@@ -43,6 +43,11 @@ def records(path: Path) -> list:
     return parsed
 
 
+def _key(item) -> str:
+    """An item's key: ``key``, or (newer W&B clients) its ``nested_key`` path joined with dots."""
+    return item.key or ".".join(item.nested_key)
+
+
 def run_view(path: Path) -> dict:
     """The run's id, group, name, tags, job type, config and final summary, as plain values."""
     view = {"config": {}, "summary": {}, "history_steps": []}
@@ -60,9 +65,9 @@ def run_view(path: Path) -> dict:
         elif kind == "config":
             view["config"].update({u.key: json.loads(u.value_json) for u in r.config.update})
         elif kind == "summary":
-            view["summary"].update({u.key: json.loads(u.value_json) for u in r.summary.update})
+            view["summary"].update({_key(u): json.loads(u.value_json) for u in r.summary.update})
         elif kind == "history":
-            items = {i.key: i.value_json for i in r.history.item}
+            items = {_key(i): i.value_json for i in r.history.item}
             if "step" in items:
                 view["history_steps"].append(json.loads(items["step"]))
     return view
