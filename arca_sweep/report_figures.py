@@ -166,13 +166,13 @@ def reward_accuracy_figure(arms: list[Arm], smooth: int = 1) -> Figure:
     axes = fig.subplots(1, 2)
     styles = cell_styles(arms)
     panels = [
-        ("reward/mean", smooth, f"mean reward of the rollouts (trailing {smooth}-step mean)"),
-        ("eval/accuracy", 1, "eval accuracy (greedy)"),
+        ("reward/mean", smooth, f"rollouts' mean reward (trailing {smooth}-step mean)"),
+        ("eval/accuracy", 1, "eval accuracy (greedy pass@1)"),
     ]
     for ax, (key, window, title) in zip(axes, panels, strict=True):
         for cell, group in groups(arms).items():
             _plot_band(ax, group, key, window, styles[cell], _seeds_label(group))
-        ax.set_title(title + "; band: range over seeds", fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(key)
@@ -181,4 +181,5 @@ def reward_accuracy_figure(arms: list[Arm], smooth: int = 1) -> Figure:
         if not ax.lines:
             _empty(ax, "nothing logged yet")
     _legend(fig, axes, "cell")
+    fig.suptitle("Line: mean over a cell's seeds; band: their range (min to max)", fontsize=10)
     return fig

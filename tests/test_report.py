@@ -404,28 +404,163 @@ def test_cli_bad_dir_exits_2(tmp_path, capsys, make):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_report_of_real_smoke_sweep(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "arca_sweep", "credit=arca,entropy", "rank=8", "budget=smoke"]
-    cmd += [f"hydra.sweep.dir={sweep_dir}", "logger.progress=false", "-m"]
-    run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+def reference_bootstrap(values: np.ndarray, n_resamples: int = 10_000, seed: int = 0) -> np.ndarray:
+    """The report's documented resampling (seeds [B, S], then problems [B, N], from default_rng(seed)),
+    each resample's mean computed from its draw counts: (c_seeds @ values @ c_units) / (S N)."""
+    n_seeds, n_units = values.shape
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(0, n_seeds, (n_resamples, n_seeds))
+    unit_draws = rng.integers(0, n_units, (n_resamples, n_units))
+    return np.array(
+        [
+            np.bincount(s, minlength=n_seeds) @ values @ np.bincount(u, minlength=n_units) / values.size
+            for s, u in zip(seed_draws, unit_draws, strict=True)
+        ]
+    )
+
+
+def reference_wilson(k: int, n: int) -> tuple[float, float]:
+    z = 1.959963984540054
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def per_problem(arm: Path) -> dict:
+    """{problem id: correct} of the arm's last eval, read straight from its eval/step_<n>.jsonl."""
+    last = max(int(p.stem.split("_")[1]) for p in (arm / "eval").glob("step_*.jsonl"))
+    rows = [json.loads(line) for line in (arm / "eval" / f"step_{last}.jsonl").read_text().splitlines()]
+    return {r["id"]: r["correct"] for r in rows}
+
+
+def assert_close(cell: str, want: float) -> None:
+    assert abs(float(cell) - want) <= 5e-4 + 1e-9, (cell, want)
+
+
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory) -> Path:
+    """The issue's sweep over a non-default axis: credit.normalize x credit, two seeds, 2 steps."""
+    root = tmp_path_factory.mktemp("real")
+    sweep_dir = root / "sweep"
+    cmd = [sys.executable, "-m", "arca_sweep", "credit.normalize=mean,softmax", "credit=arca,uniform"]
+    cmd += [
+        "budget=smoke",
+        "budget.steps=2",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep_dir}",
+        "logger.progress=false",
+    ]
+    run = subprocess.run([*cmd, "-m"], cwd=root, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
-    out = run_report_cli(sweep_dir)
+    return sweep_dir
+
+
+@pytest.mark.slow
+def test_real_sweep_keeps_every_cell_apart(real_sweep):
+    out = run_report_cli(real_sweep)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str(sweep_dir / "report.md")
-    text = (sweep_dir / "report.md").read_text()
-    assert "2 arms: 2 finished, 0 not finished." in text
-    assert_matches(parse_table(text, "## Final table"), expected_final_table(sweep_dir), ("credit", "rank"))
-    regimes = parse_table(text, "## Regime shares per signal")
-    assert_matches(regimes, expected_regime_table(sweep_dir), ("credit", "rank", "signal"))
+    assert out.stdout.strip() == str(real_sweep / "report.md")
+    text = (real_sweep / "report.md").read_text()
+    assert (
+        "8 arms: 8 finished, 0 not finished. 4 cells over the sweep's axes (credit, credit.normalize)" in text
+    )
+    final = parse_table(text, "## Final table")
+    cells = {(r["credit"], r["credit.normalize"]) for r in final}
+    assert cells == {(c, n) for c in ("arca", "uniform") for n in ("mean", "softmax")} and len(final) == 4
+    assert all(r["n seeds"] == "2" for r in final), "two seeds per cell, no cell merged"
+    # each cell's numbers are its own arms' only
+    by_cell: dict = {}
+    for arm in real_sweep.iterdir():
+        if (arm / "summary.json").exists():
+            config = yaml.safe_load((arm / ".hydra" / "config.yaml").read_text())
+            by_cell.setdefault((config["credit"]["name"], config["credit"]["normalize"]), []).append(arm)
+    for row in final:
+        arms = by_cell[(row["credit"], row["credit.normalize"])]
+        finals = [
+            values(records, "eval/accuracy", 0)[-1]
+            for records in (
+                [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()] for a in arms
+            )
+        ]
+        assert_close(row["final acc"].split("±")[0], np.mean(finals))
+    # every figure's legend names the cell by its axes
+    from arca_sweep.report_data import load_arms
+    from arca_sweep.report_figures import gini_etr_figure, regime_figure, reward_accuracy_figure
+
+    arms = load_arms(real_sweep)
+    want = {
+        f"credit={c}, credit.normalize={n} (2 seeds)"
+        for c in ("arca", "uniform")
+        for n in ("mean", "softmax")
+    }
+    for figure in (reward_accuracy_figure(arms, 5), gini_etr_figure(arms, 5)):
+        (legend,) = figure.legends
+        assert {t.get_text() for t in legend.get_texts()} == want
+    titles = {ax.get_title() for ax in regime_figure(arms).axes if ax.get_visible()}
+    assert titles == want
     # the training signal's own shadow regimes are its credit regimes: same passes, same weights
-    for config, records in finished_arms(sweep_dir):
-        credit = config["credit"]["name"]
-        for r in records[1:]:
-            assert r[f"shadow/{credit}/regime/uniform"] == pytest.approx(r["credit/regime/uniform"])
+    for arm in (a for group in by_cell.values() for a in group):
+        config = yaml.safe_load((arm / ".hydra" / "config.yaml").read_text())
+        for r in [json.loads(x) for x in (arm / "metrics.jsonl").read_text().splitlines()][1:]:
+            assert r[f"shadow/{config['credit']['name']}/regime/uniform"] == pytest.approx(
+                r["credit/regime/uniform"]
+            )
     for png in FIGURES:
-        image = imread(sweep_dir / png)
+        image = imread(real_sweep / png)
         assert image.shape[0] > 100 and np.ptp(image[..., :3]) > 0.5
-    page = (sweep_dir / "heatmaps.html").read_text()
+    page = (real_sweep / "heatmaps.html").read_text()
     assert all(signal in page for signal in SIGNALS) and "&lt;|im_end|&gt;" in page
+
+
+@pytest.mark.slow
+def test_real_sweep_intervals_and_p_values_recomputed_from_per_problem_files(real_sweep):
+    text = build_report(real_sweep).read_text()
+    arms: dict = {}
+    for arm in real_sweep.iterdir():
+        if (arm / "summary.json").exists():
+            config = yaml.safe_load((arm / ".hydra" / "config.yaml").read_text())
+            key = (config["credit"]["name"], config["credit"]["normalize"])
+            arms.setdefault(key, {})[config["seed"]] = arm
+    ids = list(per_problem(arms[("arca", "mean")][0]))
+
+    def matrix(cell) -> np.ndarray:
+        return np.array([[per_problem(arms[cell][seed])[i] for i in ids] for seed in (0, 1)], dtype=float)
+
+    def rewards(cell) -> np.ndarray:  # the last quarter of 2 steps: step 2
+        rows = [
+            [json.loads(x) for x in (arms[cell][seed] / "metrics.jsonl").read_text().splitlines()]
+            for seed in (0, 1)
+        ]
+        return np.array([[r["reward/mean"] for r in recs if r["step"] == 2] for recs in rows])
+
+    for row in parse_table(text, "## Final table"):
+        cell = (row["credit"], row["credit.normalize"])
+        means = reference_bootstrap(matrix(cell))
+        low, high = row["acc 95% CI"].strip("[]").split(",")
+        assert_close(low, np.percentile(means, 2.5))
+        assert_close(high, np.percentile(means, 97.5))
+    for row in parse_table(text, "### Final accuracy per seed"):
+        correct = per_problem(arms[(row["credit"], row["credit.normalize"])][int(row["seed"])])
+        k, n = sum(correct.values()), len(correct)
+        assert row["correct / n"] == f"{k} / {n}"
+        lo, hi = row["Wilson 95%"].strip("[]").split(",")
+        assert_close(lo, reference_wilson(k, n)[0])
+        assert_close(hi, reference_wilson(k, n)[1])
+    sections = {"### Final eval accuracy": matrix, "### Mean training reward": rewards}
+    for heading, extract in sections.items():
+        rows = parse_table(text, heading)
+        assert {(r["credit"], r["credit.normalize"]) for r in rows} == {("arca", "mean"), ("arca", "softmax")}
+        for row in rows:
+            normalize = row["credit.normalize"]
+            assert row["baseline"] == f"credit=uniform, credit.normalize={normalize}"
+            d = extract(("arca", normalize)) - extract(("uniform", normalize))
+            means = reference_bootstrap(d)
+            m = d.mean()
+            assert_close(row["difference"], m)
+            low, high = (float(x) for x in row["95% CI"].strip("[]").split(","))
+            assert_close(low, np.percentile(means, 2.5))
+            assert_close(high, np.percentile(means, 97.5))
+            p = (1 + np.sum(np.abs(means - m) >= abs(m) - 1e-12)) / (len(means) + 1)
+            assert abs(float(row["p"]) - min(1.0, p)) <= 5e-5 and row["test"] == "paired bootstrap"
+            holds_zero = np.percentile(means, 2.5) <= 0 <= np.percentile(means, 97.5)
+            assert (row["verdict"] == "no difference shown") == holds_zero
