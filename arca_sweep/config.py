@@ -32,7 +32,7 @@ class RankConfig:
 
     r: int = MISSING
     alpha: float = MISSING
-    dropout: float = 0.0
+    dropout: float = 0.0  # must be 0: the model runs in eval mode (validate rejects anything else)
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -153,6 +153,7 @@ class OptimConfig:
 class LearnerConfig:
     micro_batch_size: int = 64  # sequences per forward/backward
     chunk_size: int = 1024  # tokens per full-vocabulary chunk
+    gradient_checkpointing: bool = False  # recompute decoder-layer activations in backward (non-reentrant)
 
 
 @dataclass
@@ -275,6 +276,11 @@ def validate(cfg) -> None:
         )
     if not 0.0 < cfg.rollout.top_p <= 1.0:
         errors.append(f"rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
+    if cfg.rank.dropout != 0:
+        errors.append(
+            f"rank.dropout={cfg.rank.dropout} is not supported: the model runs in eval mode (no dropout "
+            "anywhere), so sampling, scoring and the reference pass see one deterministic policy; set rank.dropout=0"
+        )
     if not 0.0 <= cfg.credit.mix <= 1.0:
         errors.append(f"credit.mix={cfg.credit.mix} must be in [0, 1]")
     if cfg.credit.clip_max is not None and cfg.credit.clip_max < 1.0:
