@@ -134,6 +134,9 @@ class LossConfig:
     clip_low: float = 0.2  # eps_low
     clip_high: float = 0.2  # eps_high
     beta: float = 0.0  # weight of the k3-KL penalty to pi_ref
+    # sampler/learner mismatch: auto (none in float32, token in bf16/fp16) | none | token | sequence
+    rollout_correction: str = "auto"
+    rollout_is_cap: float = 2.0  # C in c = min(ratio, C) (verl's and TRL's default)
 
 
 @dataclass
@@ -199,6 +202,7 @@ CHOICES: dict[str, Any] = {
     "credit.mode": ("clamp", "abs"),
     "credit.estimator": ("exact", "k3"),
     "loss.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+    "loss.rollout_correction": ("auto", "none", "token", "sequence"),
     "advantage.scale": ("std", "none"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "rollout.name": ("auto", "hf", "vllm"),
@@ -222,6 +226,7 @@ POSITIVE = [
     "learner.micro_batch_size",
     "learner.chunk_size",
     "optim.lr",
+    "loss.rollout_is_cap",
     "optim.grad_clip",
     "data.grader_workers",
     "data.grader_timeout_s",

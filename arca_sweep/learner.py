@@ -17,6 +17,7 @@ import torch.utils.checkpoint
 
 from arca_sweep import credit
 from arca_sweep.rollout import RolloutBatch
+from arca_sweep.rollout_correction import resolve_mode, rollout_correction_weights
 from arca_sweep.token_stats import target_logprob, vocab_stats
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -36,17 +37,37 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std")
     return adv.flatten().float(), frac_zero_std
 
 
+K3_LOG_RATIO_BOUND = 20.0  # verl core_algos.kl_penalty("low_var_kl"): clamp ref - logp to +-20 before exp
+K3_BOUND = 10.0  # ... and the estimate to [-10, 10] after it
+
+
 def ppo_clip_token_loss(
-    logp, logp_old, token_adv, clip_low: float, clip_high: float, ref_logp=None, beta: float = 0.0
+    logp,
+    logp_old,
+    token_adv,
+    clip_low: float,
+    clip_high: float,
+    ref_logp=None,
+    beta: float = 0.0,
+    is_weight=None,
 ):
-    """Per-token loss -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta * k3, with
-    rho = exp(logp - logp_old) and k3 = exp(ref - logp) - (ref - logp) - 1 (an unbiased,
-    non-negative estimate of KL(pi_theta || pi_ref))."""
+    """Per-token loss c * -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta * k3, with
+    rho = exp(logp - logp_old), c the detached rollout-correction weight (``is_weight``, 1 if None;
+    :mod:`arca_sweep.rollout_correction`, applied to the policy-gradient term only, as verl and TRL)
+    and k3 = exp(d) - d - 1, d = clamp(ref - logp, -20, 20), clamped to at most 10 (an unbiased,
+    non-negative estimate of KL(pi_theta || pi_ref)).
+
+    The two k3 clamps are verl's (``kl_penalty(..., "low_var_kl")``): without the first, a token
+    the reference finds 90 nats likelier overflows exp to inf in float32; the second bounds one
+    token's penalty (and zeroes its gradient) where the estimator is far off its small-KL regime.
+    """
     ratio = torch.exp(logp - logp_old)
     loss = -torch.minimum(ratio * token_adv, ratio.clamp(1 - clip_low, 1 + clip_high) * token_adv)
+    if is_weight is not None:
+        loss = loss * is_weight.detach()
     if beta:
-        log_r = ref_logp - logp
-        loss = loss + beta * (torch.exp(log_r) - log_r - 1)
+        log_r = (ref_logp - logp).clamp(-K3_LOG_RATIO_BOUND, K3_LOG_RATIO_BOUND)
+        loss = loss + beta * (torch.exp(log_r) - log_r - 1).clamp(-K3_BOUND, K3_BOUND)
     return loss
 
 
@@ -185,6 +206,7 @@ class Learner:
         if self.need_vocab:
             self.need_vocab.add("logp")  # the policy's logits are computed there anyway: read log pi(y) once
         self.need_ref = bool(need & {"ref_logp", "ref_entropy", "kl", "ref_hidden"})
+        self.rollout_correction = resolve_mode(cfg.loss.rollout_correction, next(model.parameters()).dtype)
         self.need_ref_head = bool(need & {"ref_logp", "ref_entropy", "kl"})  # else stop at credit.layer
 
     def step(self, batch: RolloutBatch, advantages: torch.Tensor) -> StepResult:
@@ -214,6 +236,7 @@ class Learner:
                 lc.clip_high,
                 stats.ref_logp,
                 lc.beta,
+                is_weight=self.rollout_is_weight(batch, rows, logp, stats.mask),
             )
             loss = aggregate_loss(token_loss, stats.mask, lc.agg, **totals)
             loss.backward()
@@ -231,6 +254,19 @@ class Learner:
             shadow_weights={s: torch.cat(v) for s, v in shadow.items()},
             grad_norm=grad_norm,
             fallback_frac=fallbacks / mask_all.shape[0],
+        )
+
+    def rollout_is_weight(self, batch: RolloutBatch, rows, logp, mask):
+        """The rollout-correction weights c [b, R] of these rows (None under ``none``)."""
+        if self.rollout_correction == "none":
+            return None
+        if batch.sampling_logprobs is None:
+            raise ValueError(
+                f"loss.rollout_correction={self.rollout_correction} needs the engine's sampling log-probs"
+            )
+        mu = batch.sampling_logprobs[rows].to(logp.device)
+        return rollout_correction_weights(
+            logp.detach(), mu, mask, self.rollout_correction, self.cfg.loss.rollout_is_cap
         )
 
     def score(self, batch: RolloutBatch, rows: torch.Tensor):
