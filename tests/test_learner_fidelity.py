@@ -166,3 +166,20 @@ def test_gradient_checkpointing_actually_recomputes(tiny_tokenizer):
         with saved_tensors_hooks(pack, lambda t: t):
             learner.step(batch, torch.tensor([1.0, -0.5, 0.25]))
     assert counts[True] < counts[False] / 2, counts
+
+
+# ---------------------------------------------------------------- a salience sum beyond float32
+
+
+def test_a_salience_row_whose_float32_sum_overflows_is_normalized_not_dropped():
+    s = torch.tensor([[3e38, 1e38, 1e38, 1e38, 0.0], [1.0, 2.0, 3.0, 0.0, 0.0]], dtype=torch.float32)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    assert torch.isinf(s[0].sum())  # float32 overflows
+    assert not credit.fallback_rows(s, mask).any()
+    w = credit.normalize(s, mask)
+    want = s[0].double() / s[0].double().mean()
+    torch.testing.assert_close(w[0].double(), want, rtol=1e-6, atol=1e-6)
+    assert w[0].mean().item() == pytest.approx(1.0)
+    # a genuinely infinite salience still falls back, and is counted
+    s[1, 0] = torch.inf
+    assert credit.fallback_rows(s, mask).tolist() == [False, True]
