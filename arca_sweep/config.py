@@ -32,7 +32,7 @@ class RankConfig:
 
     r: int = MISSING
     alpha: float = MISSING
-    dropout: float = 0.0
+    dropout: float = 0.0  # must be 0: the model runs in eval mode (validate rejects anything else)
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -134,6 +134,9 @@ class LossConfig:
     clip_low: float = 0.2  # eps_low
     clip_high: float = 0.2  # eps_high
     beta: float = 0.0  # weight of the k3-KL penalty to pi_ref
+    # sampler/learner mismatch: auto (none in float32, token in bf16/fp16) | none | token | sequence
+    rollout_correction: str = "auto"
+    rollout_is_cap: float = 2.0  # C in c = min(ratio, C) (verl's and TRL's default)
 
 
 @dataclass
@@ -153,6 +156,7 @@ class OptimConfig:
 class LearnerConfig:
     micro_batch_size: int = 64  # sequences per forward/backward
     chunk_size: int = 1024  # tokens per full-vocabulary chunk
+    gradient_checkpointing: bool = False  # recompute decoder-layer activations in backward (non-reentrant)
 
 
 @dataclass
@@ -198,6 +202,7 @@ CHOICES: dict[str, Any] = {
     "credit.mode": ("clamp", "abs"),
     "credit.estimator": ("exact", "k3"),
     "loss.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+    "loss.rollout_correction": ("auto", "none", "token", "sequence"),
     "advantage.scale": ("std", "none"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "rollout.name": ("auto", "hf", "vllm"),
@@ -221,6 +226,7 @@ POSITIVE = [
     "learner.micro_batch_size",
     "learner.chunk_size",
     "optim.lr",
+    "loss.rollout_is_cap",
     "optim.grad_clip",
     "data.grader_workers",
     "data.grader_timeout_s",
@@ -275,6 +281,11 @@ def validate(cfg) -> None:
         )
     if not 0.0 < cfg.rollout.top_p <= 1.0:
         errors.append(f"rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
+    if cfg.rank.dropout != 0:
+        errors.append(
+            f"rank.dropout={cfg.rank.dropout} is not supported: the model runs in eval mode (no dropout "
+            "anywhere), so sampling, scoring and the reference pass see one deterministic policy; set rank.dropout=0"
+        )
     if not 0.0 <= cfg.credit.mix <= 1.0:
         errors.append(f"credit.mix={cfg.credit.mix} must be in [0, 1]")
     if cfg.credit.clip_max is not None and cfg.credit.clip_max < 1.0:

@@ -218,9 +218,13 @@ def _mean_one(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def fallback_rows(salience: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``[B]`` bool: nonempty rows where the ``mean`` method falls back to ``w = 1``, i.e. where the
-    valid ``sum s`` is 0 or not finite (for s >= 0: not a positive finite number)."""
+    valid ``sum s`` is 0 or not finite (for s >= 0: not a positive finite number).
+
+    The sum is taken in float64: finite float32 saliences near float32's max (a k3 divergence of
+    ~80 nats is e^80 = 5.5e34) would overflow a float32 sum to inf and fall back silently, although
+    :func:`_mean_one` normalizes them fine (it divides by the row max first)."""
     mask = mask.bool()
-    total = torch.where(mask, salience.detach(), 0).sum(dim=-1)
+    total = torch.where(mask, salience.detach().double(), 0).sum(dim=-1)
     return mask.any(dim=-1) & ~(torch.isfinite(total) & (total > 0))
 
 

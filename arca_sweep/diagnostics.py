@@ -5,28 +5,59 @@ training signal, and which tokens are format tokens."""
 from __future__ import annotations
 
 import string
+import unicodedata
 
 import torch
 
 from arca_sweep import credit
 
 PUNCTUATION = set(string.punctuation)
+# Chat-template and reasoning markup of the Qwen3 family (and ChatML): format, whatever the tokenizer
+# marks special. Qwen3's <think> / </think> are added but not special tokens.
+TEMPLATE_TAGS = frozenset(
+    {
+        "<think>",
+        "</think>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<tool_call>",
+        "</tool_call>",
+        "<tool_response>",
+        "</tool_response>",
+    }
+)
+
+
+def is_format_text(text: str) -> bool:
+    """A token text that carries no content: a template tag (:data:`TEMPLATE_TAGS`, surrounding
+    whitespace allowed), or only whitespace, ASCII punctuation, Unicode punctuation (categories
+    ``P*``: ``。，：“”—…``) and invisible format characters (``Cf``: zero-width space, BOM)."""
+    if text.strip() in TEMPLATE_TAGS:
+        return True
+    return all(
+        ch.isspace()
+        or ch in PUNCTUATION
+        or unicodedata.category(ch)[0] == "P"
+        or unicodedata.category(ch) == "Cf"
+        for ch in text
+    )
 
 
 class FormatTokens:
-    """Token ids that carry format, not content: special and chat-template tokens, and tokens
-    whose text is only whitespace and punctuation (``\\n``, ``{``, ``}.``, ``\\boxed`` is not)."""
+    """Token ids that carry format, not content: special tokens, the tokenizer's added tokens (chat
+    template, thinking and tool tags), and tokens whose text :func:`is_format_text` accepts (``\\n``,
+    ``{``, ``}.``, ``，``; ``\\boxed`` is not)."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.special = set(tokenizer.all_special_ids)
+        self.special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
         self.cache: dict[int, bool] = {}
 
     def is_format(self, token_id: int) -> bool:
         if token_id not in self.cache:
-            text = self.tokenizer.decode([token_id])
-            self.cache[token_id] = token_id in self.special or all(
-                ch.isspace() or ch in PUNCTUATION for ch in text
+            self.cache[token_id] = token_id in self.special or is_format_text(
+                self.tokenizer.decode([token_id])
             )
         return self.cache[token_id]
 

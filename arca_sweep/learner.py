@@ -8,12 +8,16 @@ predicts it (the position of y_{t-1}, or the last prompt token for t = 1).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 
 from arca_sweep import credit
 from arca_sweep.rollout import RolloutBatch
+from arca_sweep.rollout_correction import resolve_mode, rollout_correction_weights
 from arca_sweep.token_stats import target_logprob, vocab_stats
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -33,17 +37,37 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std")
     return adv.flatten().float(), frac_zero_std
 
 
+K3_LOG_RATIO_BOUND = 20.0  # verl core_algos.kl_penalty("low_var_kl"): clamp ref - logp to +-20 before exp
+K3_BOUND = 10.0  # ... and the estimate to [-10, 10] after it
+
+
 def ppo_clip_token_loss(
-    logp, logp_old, token_adv, clip_low: float, clip_high: float, ref_logp=None, beta: float = 0.0
+    logp,
+    logp_old,
+    token_adv,
+    clip_low: float,
+    clip_high: float,
+    ref_logp=None,
+    beta: float = 0.0,
+    is_weight=None,
 ):
-    """Per-token loss -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta * k3, with
-    rho = exp(logp - logp_old) and k3 = exp(ref - logp) - (ref - logp) - 1 (an unbiased,
-    non-negative estimate of KL(pi_theta || pi_ref))."""
+    """Per-token loss c * -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta * k3, with
+    rho = exp(logp - logp_old), c the detached rollout-correction weight (``is_weight``, 1 if None;
+    :mod:`arca_sweep.rollout_correction`, applied to the policy-gradient term only, as verl and TRL)
+    and k3 = exp(d) - d - 1, d = clamp(ref - logp, -20, 20), clamped to at most 10 (an unbiased,
+    non-negative estimate of KL(pi_theta || pi_ref)).
+
+    The two k3 clamps are verl's (``kl_penalty(..., "low_var_kl")``): without the first, a token
+    the reference finds 90 nats likelier overflows exp to inf in float32; the second bounds one
+    token's penalty (and zeroes its gradient) where the estimator is far off its small-KL regime.
+    """
     ratio = torch.exp(logp - logp_old)
     loss = -torch.minimum(ratio * token_adv, ratio.clamp(1 - clip_low, 1 + clip_high) * token_adv)
+    if is_weight is not None:
+        loss = loss * is_weight.detach()
     if beta:
-        log_r = ref_logp - logp
-        loss = loss + beta * (torch.exp(log_r) - log_r - 1)
+        log_r = (ref_logp - logp).clamp(-K3_LOG_RATIO_BOUND, K3_LOG_RATIO_BOUND)
+        loss = loss + beta * (torch.exp(log_r) - log_r - 1).clamp(-K3_BOUND, K3_BOUND)
     return loss
 
 
@@ -69,22 +93,87 @@ def _decoder_and_head(model):
     return getattr(base, base.base_model_prefix), base.get_output_embeddings()
 
 
-def forward_hidden(model, input_ids, attention_mask, layer: int):
+class _StopForward(Exception):
+    """Carries the hidden state out of the decoder once the last layer it depends on has run."""
+
+    def __init__(self, hidden: torch.Tensor):
+        self.hidden = hidden
+
+
+def hidden_index(layer: int, num_layers: int) -> int:
+    """``hidden_states`` index of ``credit.layer`` in ``0..num_layers`` (0: the embeddings; k: the
+    output of decoder layer k, 1-based; num_layers: the final, normed state fed to the LM head)."""
+    k = layer if layer >= 0 else num_layers + 1 + layer
+    if not 0 <= k <= num_layers:
+        raise ValueError(f"credit.layer={layer} is out of range for a model of {num_layers} decoder layers")
+    return k
+
+
+@contextlib.contextmanager
+def _checkpointed(decoder):
+    """Non-reentrant activation checkpointing of every decoder layer, for this forward only.
+
+    transformers checkpoints a layer only when ``layer.training`` is set; the model stays in eval mode
+    (no dropout: only the layer's own flag is set, not its submodules'), and the flags are restored
+    after the call so ``generate`` (which needs its KV cache) never sees them.
+    """
+    layers = list(decoder.layers)
+    saved = [
+        (m.gradient_checkpointing, m.training, m.__dict__.get("_gradient_checkpointing_func")) for m in layers
+    ]
+    for m in layers:
+        m.gradient_checkpointing, m.training = True, True
+        m._gradient_checkpointing_func = functools.partial(
+            torch.utils.checkpoint.checkpoint, use_reentrant=False
+        )
+    try:
+        yield
+    finally:
+        for m, (flag, training, fn) in zip(layers, saved, strict=True):
+            m.gradient_checkpointing, m.training = flag, training
+            if fn is None:
+                m.__dict__.pop("_gradient_checkpointing_func", None)
+            else:
+                m._gradient_checkpointing_func = fn
+
+
+def forward_hidden(
+    model, input_ids, attention_mask, layer: int, *, final: bool = True, checkpoint: bool = False
+):
     """(final hidden [B, L, D] fed to the LM head, hidden at ``layer``) of one forward.
 
     Position ids follow the attention mask, as in generation, so left padding changes nothing.
+    ``final=False``: only the hidden state at ``layer`` is wanted (ARCA's reference pass without the
+    LM head); the forward stops after the last decoder layer it depends on and returns
+    ``(None, hidden)``. ``checkpoint``: recompute each layer's activations in backward.
     """
     decoder, _ = _decoder_and_head(model)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = decoder(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        output_hidden_states=layer != -1,
-        use_cache=False,
-    )
-    final = out.last_hidden_state
-    return final, final if layer == -1 else out.hidden_states[layer]
+    k = hidden_index(layer, len(decoder.layers))
+    stop = not final and k < len(decoder.layers)
+    if stop:  # the output of decoder layer k (1-based), or of the embedding for k = 0
+        last = decoder.layers[k - 1] if k else decoder.get_input_embeddings()
+
+        def hook(module, args, output):
+            raise _StopForward(output[0] if isinstance(output, tuple) else output)
+
+        handle = last.register_forward_hook(hook)
+    try:
+        with _checkpointed(decoder) if checkpoint else contextlib.nullcontext():
+            out = decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                output_hidden_states=layer != -1,
+                use_cache=False,
+            )
+    except _StopForward as early:
+        return None, early.hidden
+    finally:
+        if stop:
+            handle.remove()
+    final_state = out.last_hidden_state
+    return final_state, final_state if layer == -1 else out.hidden_states[layer]
 
 
 @dataclass
@@ -117,6 +206,8 @@ class Learner:
         if self.need_vocab:
             self.need_vocab.add("logp")  # the policy's logits are computed there anyway: read log pi(y) once
         self.need_ref = bool(need & {"ref_logp", "ref_entropy", "kl", "ref_hidden"})
+        self.rollout_correction = resolve_mode(cfg.loss.rollout_correction, next(model.parameters()).dtype)
+        self.need_ref_head = bool(need & {"ref_logp", "ref_entropy", "kl"})  # else stop at credit.layer
 
     def step(self, batch: RolloutBatch, advantages: torch.Tensor) -> StepResult:
         """One update: per micro-batch, score, weight the advantages, backward; then clip and step."""
@@ -145,6 +236,7 @@ class Learner:
                 lc.clip_high,
                 stats.ref_logp,
                 lc.beta,
+                is_weight=self.rollout_is_weight(batch, rows, logp, stats.mask),
             )
             loss = aggregate_loss(token_loss, stats.mask, lc.agg, **totals)
             loss.backward()
@@ -162,6 +254,19 @@ class Learner:
             shadow_weights={s: torch.cat(v) for s, v in shadow.items()},
             grad_norm=grad_norm,
             fallback_frac=fallbacks / mask_all.shape[0],
+        )
+
+    def rollout_is_weight(self, batch: RolloutBatch, rows, logp, mask):
+        """The rollout-correction weights c [b, R] of these rows (None under ``none``)."""
+        if self.rollout_correction == "none":
+            return None
+        if batch.sampling_logprobs is None:
+            raise ValueError(
+                f"loss.rollout_correction={self.rollout_correction} needs the engine's sampling log-probs"
+            )
+        mu = batch.sampling_logprobs[rows].to(logp.device)
+        return rollout_correction_weights(
+            logp.detach(), mu, mask, self.rollout_correction, self.cfg.loss.rollout_is_cap
         )
 
     def score(self, batch: RolloutBatch, rows: torch.Tensor):
@@ -182,9 +287,14 @@ class Learner:
         if self.need_ref:
             with torch.no_grad(), self.model.disable_adapter():
                 ref_final, ref_layer = (
-                    response_positions(h) for h in forward_hidden(self.model, input_ids, attn, layer)
+                    None if h is None else response_positions(h)
+                    for h in forward_hidden(self.model, input_ids, attn, layer, final=self.need_ref_head)
                 )
-        final, at_layer = (response_positions(h) for h in forward_hidden(self.model, input_ids, attn, layer))
+        checkpoint = self.cfg.learner.gradient_checkpointing
+        final, at_layer = (
+            response_positions(h)
+            for h in forward_hidden(self.model, input_ids, attn, layer, checkpoint=checkpoint)
+        )
         vocab = vocab_stats(
             final.detach(),
             head.weight,

@@ -79,6 +79,10 @@ def load_policy(model_cfg, rank_cfg, device: torch.device, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed if rank_cfg.init_seed is None else rank_cfg.init_seed)
         model = get_peft_model(base, lora)
+    # get_peft_model leaves the model in train mode. Eval mode for good: no dropout anywhere (LoRA,
+    # attention, residual), so sampling, scoring, the reference pass and eval are deterministic and
+    # agree with each other; gradients do not need train mode.
+    model.eval()
     return model
 
 

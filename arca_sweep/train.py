@@ -31,6 +31,7 @@ from arca_sweep.learner import Learner, group_advantages
 from arca_sweep.loggers import RunLog, build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
+from arca_sweep.rollout_correction import rollout_is_metrics
 from arca_sweep.tasks import batch_hash, build_task
 
 # Keys that may differ between an interrupted run and its resumption (none changes results): these,
@@ -118,7 +119,9 @@ def run(
             "data/batch_hash": batch_hash(indices),
             "reward/mean": rewards.mean().item(),
             "reward/frac_zero_std": frac_zero_std,
-            **step_metrics(cfg, batch, result, format_tokens, rollout_s, learner_s),
+            **step_metrics(
+                cfg, batch, result, format_tokens, rollout_s, learner_s, learner.rollout_correction
+            ),
         }
         # ---- guard: the batch must have been sampled from the weights the learner just scored
         check_engine_weights(metrics["rollout/logp_diff_max"], max_logp_diff, step)
@@ -160,7 +163,9 @@ def run(
     return summary
 
 
-def step_metrics(cfg, batch, result, format_tokens, rollout_s: float, learner_s: float) -> dict:
+def step_metrics(
+    cfg, batch, result, format_tokens, rollout_s: float, learner_s: float, rollout_correction: str = "none"
+) -> dict:
     """Loss, credit diagnostics (training and shadow signals), sampler-vs-learner log-probs, timing."""
     device = result.logp.device
     mask = batch.response_mask.to(device)
@@ -183,6 +188,13 @@ def step_metrics(cfg, batch, result, format_tokens, rollout_s: float, learner_s:
         ),
         "rollout/logp_diff_mean": logp_diff.mean().item(),
         "rollout/logp_diff_max": logp_diff.max().item(),
+        **rollout_is_metrics(
+            result.logp,
+            batch.sampling_logprobs.to(device),
+            mask,
+            rollout_correction,
+            cfg.loss.rollout_is_cap,
+        ),
         "perf/rollout_s": rollout_s,
         "perf/learner_s": learner_s,
         "perf/tokens_per_s": n_tokens / (rollout_s + learner_s),

@@ -2,11 +2,61 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from arca_sweep.rollout import RolloutBatch, eos_token_ids, finish_masks
+
+# Every GenerationConfig field that changes the next-token distribution, at its no-op value. transformers
+# fills each field left None from the checkpoint's generation_config.json (Qwen3: do_sample=true,
+# temperature 0.6, top_k 20, top_p 0.95), then from its own defaults (top_k 50): None is not "off".
+NEUTRAL_SAMPLING = dict(
+    num_beams=1,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    typical_p=1.0,
+    epsilon_cutoff=0.0,
+    eta_cutoff=0.0,
+    repetition_penalty=1.0,
+    encoder_repetition_penalty=1.0,
+    no_repeat_ngram_size=0,
+    encoder_no_repeat_ngram_size=0,
+    length_penalty=1.0,
+    min_length=0,
+    min_new_tokens=0,
+    renormalize_logits=False,
+    remove_invalid_values=False,
+)
+
+
+def pinned_generation_config(greedy: bool, **fields) -> GenerationConfig:
+    """Argmax decoding (``greedy``) or plain ancestral sampling from softmax(logits): every
+    distribution-changing field pinned to its no-op value. Temperature and top-p run as our own
+    processors, before the log-prob recorder, so it records the distribution tokens are drawn from."""
+    return GenerationConfig(do_sample=not greedy, **NEUTRAL_SAMPLING, **fields)
+
+
+@contextlib.contextmanager
+def checkpoint_defaults_hidden(model):
+    """Hide the checkpoint's generation_config.json from ``generate`` for the call.
+
+    Fields without a no-op value (``min_p``, ``top_h``, ``sequence_bias``, ``suppress_tokens``,
+    ``bad_words_ids``, forced tokens, watermarking, ...) act whenever they are not None, and
+    transformers would fill them from the checkpoint; HF also appends its own warpers *after* our
+    processors (so after the recorder). A blank config leaves only transformers' global defaults,
+    which :data:`NEUTRAL_SAMPLING` pins.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = base.generation_config
+    base.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        base.generation_config = saved
 
 
 class SampledLogProbRecorder(LogitsProcessor):
@@ -52,15 +102,8 @@ class HFEngine:
         tok, device = self.tokenizer, self.model.device
         enc = tok.pad({"input_ids": rows}, return_tensors="pt", padding_side="left")
         input_ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        # A fresh GenerationConfig: a checkpoint's own sampling defaults (Qwen3 ships top_k=20,
-        # temperature 0.6) must not leak into the run. Temperature and top-p run as our own
-        # processors so the recorder sees the distribution tokens are actually drawn from.
-        sampling = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0) if not greedy else {}
-        gen = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=self.eos_ids,
-            **sampling,
+        gen = pinned_generation_config(
+            greedy, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=self.eos_ids
         )
         processors = LogitsProcessorList()
         if not greedy:
@@ -70,9 +113,10 @@ class HFEngine:
                 processors.append(TopPLogitsWarper(self.cfg.top_p))
         recorder = SampledLogProbRecorder()
         processors.append(recorder)
-        out = self.model.generate(
-            input_ids=input_ids, attention_mask=attn, generation_config=gen, logits_processor=processors
-        )
+        with checkpoint_defaults_hidden(self.model):
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attn, generation_config=gen, logits_processor=processors
+            )
         response = out[:, input_ids.shape[1] :]
         recorder.collect(response[:, -1])
         mask, reasons = finish_masks(response, self.eos_ids)

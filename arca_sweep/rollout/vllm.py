@@ -199,7 +199,11 @@ class VLLMEngine:
                 max_tokens=max_new_tokens,
                 temperature=0.0 if greedy else self.cfg.temperature,
                 top_p=1.0 if greedy else self.cfg.top_p,
-                top_k=0,
+                top_k=0,  # the rest pinned too: with generation_config="vllm" no checkpoint default
+                min_p=0.0,  # reaches the engine, and these stay exact if vLLM's own defaults change
+                presence_penalty=0.0,
+                frequency_penalty=0.0,
+                repetition_penalty=1.0,
                 seed=first_seed + i,
                 stop_token_ids=self.eos_ids,
                 logprobs=None if greedy else 0,
