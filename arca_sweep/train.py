@@ -22,11 +22,11 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from arca_sweep import checkpoint
+from arca_sweep.arm_dir import ArmDir, RunLog, restore
 from arca_sweep.config import validate
 from arca_sweep.diagnostics import FormatTokens, credit_metrics
 from arca_sweep.learner import Learner, group_advantages
-from arca_sweep.loggers import RunLog, build_tracker
+from arca_sweep.loggers import build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
 from arca_sweep.tasks import batch_hash, build_task
@@ -73,10 +73,9 @@ def run(
     choices: dict | None = None,
 ) -> dict:
     validate(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = out_dir / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
+    arm = ArmDir(out_dir)
+    arm.create()
+    if (summary := arm.read_summary()) is not None:
         print(f"arm already finished, skipping: {out_dir}\n{json.dumps(summary, indent=1)}")
         return summary
     t_start = time.time()
@@ -101,9 +100,9 @@ def run(
     )
 
     start = 0
-    if (state := checkpoint.load(out_dir)) is not None:
+    if (state := arm.load_checkpoint()) is not None:
         _check_same_config(state["config"], resolved, out_dir)
-        start = checkpoint.restore(state, model, learner.optimizer)
+        start = restore(state, model, learner.optimizer)
         engine.sync(model)
         log.truncate_after(start)
         print(f"resuming {out_dir} after step {start}")
@@ -166,7 +165,7 @@ def run(
                 ),
             )
         if step % b.checkpoint_every == 0 or step == b.steps:
-            checkpoint.save(out_dir, step=step, model=model, optimizer=learner.optimizer, config=resolved)
+            arm.save_checkpoint(step=step, model=model, optimizer=learner.optimizer, config=resolved)
         bar.set_postfix(
             reward=f"{metrics['reward/mean']:.2f}",
             gini=f"{metrics['credit/gini/mean']:.2f}",
@@ -177,7 +176,7 @@ def run(
     task.close()
     model.save_pretrained(out_dir / "adapter")
     summary = summarize(log.metrics.records(), overrides or [], time.time() - t_start, start)
-    summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    arm.write_summary(summary)
     log.finish(summary)
     return summary
 
