@@ -17,6 +17,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from arca_sweep.errors import UserError
+
 
 @dataclass
 class ModelConfig:
@@ -237,7 +239,7 @@ NON_NEGATIVE = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that is out of range or not one of the valid choices."""
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -13,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from arca_sweep.config import register_configs
+from arca_sweep.errors import UserError
 from arca_sweep.launching import name_failed_arm
 
 
@@ -55,8 +57,21 @@ def main(cfg) -> None:
     multirun = hc.mode == RunMode.MULTIRUN
     sweep_dir = hc.sweep.dir if multirun else None
     overrides = [unquote(o) for o in hc.overrides.task]
-    with name_failed_arm(out_dir, hc.job.name) if multirun else nullcontext():  # arca_sweep/launching.py
+    with name_failed_arm(out_dir, hc.job.name) if multirun else user_errors():  # arca_sweep/launching.py
         run(cfg, out_dir, overrides, sweep_dir, dict(hc.runtime.choices))
+
+
+@contextmanager
+def user_errors():
+    """A :class:`UserError` (bad config or data, arm dir in use or damaged, a diverged run) is printed as
+    its message alone, exit code 2; ``ARCA_TRACEBACK=1`` shows the traceback instead."""
+    try:
+        yield
+    except UserError as exc:
+        if os.environ.get("ARCA_TRACEBACK"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def cli() -> None:

@@ -75,9 +75,20 @@ def run(
     validate(cfg)
     arm = ArmDir(out_dir)
     arm.create()
-    if (summary := arm.read_summary()) is not None:
-        print(f"arm already finished, skipping: {out_dir}\n{json.dumps(summary, indent=1)}")
-        return summary
+    with arm.lock():  # one run per arm dir, held to the end (arca_sweep/arm_dir.py)
+        if (summary := arm.read_summary()) is not None:
+            print(f"arm already finished, skipping: {out_dir}\n{json.dumps(summary, indent=1)}")
+            return summary
+        return train(cfg, arm, overrides, sweep_dir, choices)
+
+
+def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, choices: dict | None) -> dict:
+    """The arm's run, from its checkpoint if it has one, under the arm dir's lock."""
+    out_dir = arm.path
+    state = arm.load_checkpoint()  # before any model loads: a damaged one fails fast
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if state is not None:
+        _check_same_config(state["config"], resolved, out_dir)
     t_start = time.time()
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))  # the job's CPUs, not the node's
     random.seed(cfg.seed)
@@ -94,20 +105,18 @@ def run(
     max_logp_diff = guard_bound(cfg.rollout, next(model.parameters()).dtype)
     format_tokens = FormatTokens(tokenizer)
     eval_problems = task.eval_problems(b.eval_size)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     log = RunLog(
         out_dir, build_tracker(cfg.logger, out_dir, resolved, overrides or [], sweep_dir, choices or {})
     )
 
     start = 0
-    if (state := arm.load_checkpoint()) is not None:
-        _check_same_config(state["config"], resolved, out_dir)
+    if state is not None:
         start = restore(state, model, learner.optimizer)
         engine.sync(model)
-        log.truncate_after(start)
+        log.resume(start, state.get("metrics_lines"))
         print(f"resuming {out_dir} after step {start}")
     else:
-        log.truncate_after(-1)
+        log.start()
         log.log({"step": 0, **evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens, think)})
 
     bar = tqdm(
@@ -165,7 +174,13 @@ def run(
                 ),
             )
         if step % b.checkpoint_every == 0 or step == b.steps:
-            arm.save_checkpoint(step=step, model=model, optimizer=learner.optimizer, config=resolved)
+            arm.save_checkpoint(
+                step=step,
+                model=model,
+                optimizer=learner.optimizer,
+                config=resolved,
+                metrics_lines=log.metrics.lines,
+            )
         bar.set_postfix(
             reward=f"{metrics['reward/mean']:.2f}",
             gini=f"{metrics['credit/gini/mean']:.2f}",
@@ -174,7 +189,7 @@ def run(
     bar.close()
 
     task.close()
-    model.save_pretrained(out_dir / "adapter")
+    arm.save_adapter(model)
     summary = summarize(log.metrics.records(), overrides or [], time.time() - t_start, start)
     arm.write_summary(summary)
     log.finish(summary)
