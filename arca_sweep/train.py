@@ -28,6 +28,7 @@ from arca_sweep.diagnostics import FormatTokens, credit_metrics
 from arca_sweep.learner import Learner, group_advantages
 from arca_sweep.loggers import build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
+from arca_sweep.nonfinite import check_finite
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
 from arca_sweep.tasks import batch_hash, build_task
 
@@ -141,6 +142,8 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
         # ---- credit, loss, update (two forwards at most: policy, and reference with the adapter off)
         t1 = time.time()
         result = learner.step(batch, advantages.to(device))
+        # ---- guard: nothing non-finite is logged, saved or sampled from (arca_sweep/nonfinite.py)
+        check_finite(step, batch, result, model, learner.optimizer, cfg.loss.beta, arm.checkpoint_path)
         engine.sync(model)
         learner_s = time.time() - t1
         # ---- log, evaluate, checkpoint
