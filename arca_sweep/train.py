@@ -29,8 +29,9 @@ from arca_sweep.learner import Learner, group_advantages
 from arca_sweep.loggers import build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
 from arca_sweep.nonfinite import check_finite
+from arca_sweep.preflight import prompt_token_limit
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
-from arca_sweep.tasks import batch_hash, build_task
+from arca_sweep.tasks import Problem, batch_hash, build_task
 
 # Keys that may differ between an interrupted run and its resumption.
 RESUME_FREE_KEYS = {"logger.progress", "threads", "device"}
@@ -48,6 +49,20 @@ def encode_prompts(tokenizer, problems, enable_thinking: bool = False) -> list[l
         for p in problems
     ]
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def prompt_fitter(tokenizer, max_tokens: int | None, enable_thinking: bool = False):
+    """``fits(question)``: its templated prompt has at most ``max_tokens`` tokens (None: no limit). A
+    question of over 32 characters per allowed token is too long untokenized (so a 10 MB row costs nothing)."""
+    if max_tokens is None:
+        return None
+
+    def fits(question: str) -> bool:
+        if len(question) > 32 * max_tokens:
+            return False
+        return len(encode_prompts(tokenizer, [Problem(0, question, "")], enable_thinking)[0]) <= max_tokens
+
+    return fits
 
 
 def evaluate(engine, tokenizer, task, problems, max_new_tokens: int, enable_thinking: bool = False) -> dict:
@@ -99,8 +114,8 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
     b, think = cfg.budget, cfg.data.enable_thinking
 
     tokenizer = load_tokenizer(cfg.model)
+    task = build_task(cfg.data, prompt_fitter(tokenizer, prompt_token_limit(cfg), think))  # data before model
     model = load_policy(cfg.model, cfg.rank, device, cfg.seed)
-    task = build_task(cfg.data)
     engine = build_engine(cfg.rollout, model, tokenizer)
     learner = Learner(model, cfg, temperature=cfg.rollout.temperature)
     max_logp_diff = guard_bound(cfg.rollout, next(model.parameters()).dtype)
