@@ -11,11 +11,15 @@ configure :mod:`arca_sweep.learner`.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
+
+from arca_sweep.errors import UserError
 
 
 @dataclass
@@ -87,7 +91,10 @@ class DataConfig:
     subjects: list[str] | None = None  # keep only these subjects; null: all
     enable_thinking: bool = False  # Qwen3 chat template switch
     grader_workers: int = 2  # math-verify worker processes
-    grader_timeout_s: float = 5.0  # hard per-answer limit; over it scores 0 and counts as a timeout
+    grader_timeout_s: float = 5.0  # per-answer CPU-time limit; over it scores 0 and counts as a timeout
+    # Rows whose templated prompt is longer are skipped and counted (data/*_skipped_too_long), like rows
+    # without an answer. null: the model's context (max_position_embeddings) minus budget.max_new_tokens.
+    max_prompt_tokens: int | None = None
 
 
 @dataclass
@@ -243,7 +250,7 @@ NON_NEGATIVE = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that is out of range or not one of the valid choices."""
 
 
@@ -254,9 +261,27 @@ def _get(cfg, dotted: str):
     return node
 
 
-def validate(cfg) -> None:
-    """Raise :class:`ConfigError` naming every bad key, its value and what is valid."""
-    errors = []
+def unknown_keys(node, schema=None, prefix: str = "") -> list[str]:
+    """Keys of ``node`` that the schema does not have (``+foo=1`` adds one), with the valid keys."""
+    schema = schema or Config
+    hints = typing.get_type_hints(schema)
+    out = []
+    for key in node.keys():
+        if key not in hints:
+            out.append(
+                f"{prefix}{key} is not a config key; valid keys here: {', '.join(prefix + k for k in hints)}"
+            )
+        elif dataclasses.is_dataclass(hints[key]) and isinstance(node._get_node(key), DictConfig):
+            out += unknown_keys(node[key], hints[key], f"{prefix}{key}.")
+    return out
+
+
+def validate(cfg, model_checks: bool = True) -> None:
+    """Raise :class:`ConfigError` naming every bad key, its value and what is valid. ``model_checks``:
+    also check against the model's config.json and the task (:mod:`arca_sweep.preflight`)."""
+    errors = unknown_keys(cfg)
+    if errors:  # the rest may read a key that a typo in the group's file left out
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     for key, choices in CHOICES.items():
         valid = choices() if callable(choices) else choices
         if _get(cfg, key) not in valid:
@@ -307,5 +332,20 @@ def validate(cfg) -> None:
         errors.append(f"data.levels={list(cfg.data.levels)} must be MATH levels within 1-5 (or null for all)")
     if cfg.model.name != "tiny" and cfg.model.path is None and cfg.model.hub_id is None:
         errors.append(f"model {cfg.model.name!r}: set model.path (a local checkpoint dir) or model.hub_id")
+    betas = list(cfg.optim.betas)
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        errors.append(f"optim.betas={betas} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    for key in ("seed", "rank.init_seed", "data.seed", "data.eval_seed"):
+        value = _get(cfg, key)
+        if value is not None and not 0 <= value < 2**32:
+            errors.append(f"{key}={value} must be in [0, 2**32) (numpy and torch seeds)")
+    if cfg.data.max_prompt_tokens is not None and cfg.data.max_prompt_tokens < 1:
+        errors.append(f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} must be >= 1, or null")
+    if not cfg.rank.target_modules:
+        errors.append("rank.target_modules is empty: name the modules that take a LoRA, e.g. [q_proj,v_proj]")
+    if model_checks and not errors:
+        from arca_sweep.preflight import model_errors, task_errors
+
+        errors += task_errors(cfg) + model_errors(cfg)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from arca_sweep.errors import DataError, json_value, utf8_text
 from arca_sweep.grading import Grader, extract_boxed
 
 
@@ -37,7 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("file", type=Path, help="JSONL, one JSON object a line (blank lines are skipped)")
     parser.add_argument("--pred-field", required=True, help="field with the model's response text")
     parser.add_argument("--gold-field", required=True, help="field with the gold answer or a boxed solution")
-    parser.add_argument("--timeout-s", type=positive(float), default=5.0, help="wall-time limit per item")
+    parser.add_argument(
+        "--timeout-s",
+        type=positive(float),
+        default=5.0,
+        help="CPU-time limit per item (its worker's own; a wall-clock backstop is 4x that)",
+    )
     parser.add_argument("--workers", type=positive(int), default=2, help="grading worker processes")
     parser.add_argument("--out", type=Path, help="write one JSON line per item: index, line, correct, status")
     return parser.parse_args(argv)
@@ -48,18 +54,12 @@ def load_pairs(path: Path, pred_field: str, gold_field: str) -> tuple[list[tuple
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     pairs, line_numbers = [], []
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text") from None
+    lines = utf8_text(path.read_bytes(), path).split("\n")  # DataError names the line of a bad byte
     for line_number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{path}:{line_number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
+        row = json_value(line, where)  # DataError for bad or too deeply nested JSON
         if not isinstance(row, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
         for field in (pred_field, gold_field):
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs, line_numbers = load_pairs(args.file, args.pred_field, args.gold_field)
         if args.out is not None and not args.out.parent.is_dir():
             raise InputError(f"--out {args.out}: no such directory {args.out.parent}")
-    except (InputError, OSError) as exc:
+    except (InputError, DataError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     start = time.monotonic()

@@ -35,6 +35,9 @@ MAX_PRED_CHARS = 4000
 # A boxed "answer" longer than this is not an answer; it scores 0 without reaching the parser.
 MAX_ANSWER_CHARS = 1000
 WORKER_START_TIMEOUT_S = 120.0
+# The wall-clock backstop per item, as a multiple of its CPU-time limit: only an item that is not running
+# (a worker starved far beyond any normal load, or stuck in a system call) ever meets it.
+WALL_BACKSTOP_FACTOR = 4.0
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
 
@@ -153,9 +156,15 @@ class GradeResult:
     seconds: float  # wall time from dispatch to result, as the parent saw it
 
 
-def _worker_main(conn: Connection) -> None:
-    """A worker: import math-verify once, say "ready", then answer ``(pred, gold)`` until told to stop."""
+def _worker_main(conn: Connection, cpu_limit_s: float) -> None:
+    """A worker: import math-verify once, say "ready", then answer ``(pred, gold)`` until told to stop.
+
+    Each item may use ``cpu_limit_s`` of this process's own CPU time (ITIMER_PROF: user + system, not
+    counting time the process waits for a core). Past it the kernel's SIGPROF, left at its default
+    action, ends the process even inside a long C call (sympy holding the GIL); the parent reads the
+    exit signal as a timeout. So the verdict does not depend on how loaded the machine is."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us.
+    signal.signal(signal.SIGPROF, signal.SIG_DFL)
     try:
         verify("\\boxed{\\frac{1}{2}}", "0.5")  # imports, patches, compiles math-verify's regexes
     except BaseException as exc:  # reported to the parent, which raises
@@ -170,15 +179,20 @@ def _worker_main(conn: Connection) -> None:
         if item is None:
             return
         try:
-            conn.send(("ok", verify(*item)))
+            signal.setitimer(signal.ITIMER_PROF, cpu_limit_s)
+            try:
+                correct = verify(*item)
+            finally:
+                signal.setitimer(signal.ITIMER_PROF, 0)
+            conn.send(("ok", correct))
         except Exception as exc:  # MemoryError, RecursionError, a math-verify bug: this item only
             conn.send(("error", f"{type(exc).__name__}: {exc}"[:500]))
 
 
 class _Worker:
-    def __init__(self, context) -> None:
+    def __init__(self, context, cpu_limit_s: float) -> None:
         self.conn, child_conn = context.Pipe(duplex=True)
-        self.process = context.Process(target=_worker_main, args=(child_conn,), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(child_conn, cpu_limit_s), daemon=True)
         self.process.start()
         child_conn.close()
         self.started_at = time.monotonic()
@@ -196,8 +210,9 @@ class _Worker:
 class Grader:
     """A pool of worker processes that grade ``(pred, gold)`` pairs with :func:`verify`.
 
-    Each item has ``timeout_s`` of wall time from dispatch. An item past it scores 0 with status "timeout"
-    and its worker is killed and replaced; an item whose worker raises or dies (segfault, OOM kill) scores 0
+    Each item has ``timeout_s`` of its worker's own CPU time (so an idle and a busy machine give the same
+    verdict), with a wall-clock backstop of ``WALL_BACKSTOP_FACTOR * timeout_s`` from dispatch. An item past
+    either scores 0 with status "timeout" and its worker is killed and replaced; an item whose worker raises or dies (segfault, OOM kill) scores 0
     with status "error" and never hangs the caller. ``timeouts`` and ``errors`` count both over the
     grader's life. Workers start in a ``spawn`` context (the parent may hold torch threads, so no fork).
     After an exception inside :meth:`grade` (e.g. KeyboardInterrupt) the grader is closed. One ``grade`` at a
@@ -211,10 +226,11 @@ class Grader:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.timeout_s = float(timeout_s)
+        self.wall_limit_s = WALL_BACKSTOP_FACTOR * self.timeout_s
         self.timeouts = 0
         self.errors = 0
         self._context = multiprocessing.get_context("spawn")
-        self._workers = [_Worker(self._context) for _ in range(workers)]
+        self._workers = [_Worker(self._context, self.timeout_s) for _ in range(workers)]
         self._closed = False
 
     def __enter__(self) -> Grader:
@@ -282,7 +298,7 @@ class Grader:
         """Wait for the next result, death or deadline; record what happened. Returns items finished."""
         now = time.monotonic()
         deadlines = [
-            worker.job_started_at + self.timeout_s
+            worker.job_started_at + self.wall_limit_s
             if worker.ready
             else worker.started_at + WORKER_START_TIMEOUT_S
             for worker in self._workers
@@ -315,10 +331,12 @@ class Grader:
                         f"a grading worker exited with code {worker.process.exitcode} on start"
                     )
                 if worker.job is not None:
-                    logger.warning("grading worker died (exit code %s)", worker.process.exitcode)
-                    finished += self._finish(worker, results, False, "error", now)
+                    over_cpu = worker.process.exitcode == -signal.SIGPROF  # its CPU-time limit
+                    if not over_cpu:
+                        logger.warning("grading worker died (exit code %s)", worker.process.exitcode)
+                    finished += self._finish(worker, results, False, "timeout" if over_cpu else "error", now)
                 self._replace(slot)
-            elif worker.job is not None and now >= worker.job_started_at + self.timeout_s:
+            elif worker.job is not None and now >= worker.job_started_at + self.wall_limit_s:
                 finished += self._finish(worker, results, False, "timeout", now)
                 self._replace(slot)
             elif not worker.ready and now >= worker.started_at + WORKER_START_TIMEOUT_S:
@@ -334,4 +352,4 @@ class Grader:
 
     def _replace(self, slot: int) -> None:
         self._workers[slot].kill()
-        self._workers[slot] = _Worker(self._context)
+        self._workers[slot] = _Worker(self._context, self.timeout_s)

@@ -1,5 +1,5 @@
 """Where metrics go. ``metrics.jsonl`` in the arm's output dir is always written first: one JSON
-object per step, each step exactly once (a resumed run first drops lines past its checkpoint).
+object per step, each step exactly once (:mod:`arca_sweep.arm_dir` owns it); then the tracker, if any.
 
 Metric namespace (stable; see README "Metrics"):
 ``reward/*``, ``loss``, ``grad_norm``, ``data/batch_hash``, ``credit/*`` (the training signal's
@@ -9,7 +9,6 @@ weights), ``shadow/<signal>/*`` (every signal's weights from the same passes), `
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 import warnings
@@ -21,56 +20,6 @@ def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-class JsonlLogger:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def records(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-    def truncate_after(self, step: int) -> None:
-        """Keep only the records of steps <= ``step`` (resuming from the checkpoint of ``step``)."""
-        kept = [r for r in self.records() if r["step"] <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(self.path)
-
-    def log(self, metrics: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in metrics.items()}) + "\n")
-            f.flush()
-
-
-class RunLog:
-    """An arm's logs: ``metrics.jsonl`` and ``samples.jsonl`` always, first; then the tracker, if any."""
-
-    def __init__(self, out_dir: Path, tracker=None):
-        self.metrics = JsonlLogger(out_dir / "metrics.jsonl")
-        self.samples = JsonlLogger(out_dir / "samples.jsonl")
-        self.tracker = tracker
-
-    def truncate_after(self, step: int) -> None:
-        self.metrics.truncate_after(step)
-        self.samples.truncate_after(step)
-
-    def log(self, metrics: dict) -> None:
-        self.metrics.log(metrics)
-        if self.tracker:
-            self.tracker.log(metrics)
-
-    def log_samples(self, step: int, samples: list[dict]) -> None:
-        for sample in samples:
-            self.samples.log(sample)
-        if self.tracker:
-            self.tracker.log_samples(step, samples)
-
-    def finish(self, summary: dict) -> None:
-        if self.tracker:
-            self.tracker.finish(summary)
 
 
 RUN_MEAN_PREFIX = "run_mean/"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -13,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from arca_sweep.config import register_configs
+from arca_sweep.errors import UserError
 from arca_sweep.launching import name_failed_arm
 
 
@@ -55,12 +57,66 @@ def main(cfg) -> None:
     multirun = hc.mode == RunMode.MULTIRUN
     sweep_dir = hc.sweep.dir if multirun else None
     overrides = [unquote(o) for o in hc.overrides.task]
-    with name_failed_arm(out_dir, hc.job.name) if multirun else nullcontext():  # arca_sweep/launching.py
+    with name_failed_arm(out_dir, hc.job.name) if multirun else user_errors():  # arca_sweep/launching.py
         run(cfg, out_dir, overrides, sweep_dir, dict(hc.runtime.choices))
+
+
+@contextmanager
+def user_errors():
+    """A :class:`UserError` (bad config or data, arm dir in use or damaged, a diverged run) is printed as
+    its message alone, exit code 2; ``ARCA_TRACEBACK=1`` shows the traceback instead."""
+    try:
+        yield
+    except UserError as exc:
+        if os.environ.get("ARCA_TRACEBACK"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+# Hydra flags that take a value, and those after which Hydra does something else than run one job.
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p"}
+_OTHER_MODES = {"-m", "--multirun", "-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc"}
+_OTHER_MODES |= {"--shell-completion", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
+_OTHER_MODES |= {"--experimental-rerun"}
+
+
+def check_config(args: list[str]) -> None:
+    """Compose and validate the config of a single run (also ``--cfg job``) before Hydra starts it, so a bad
+    value is one message, exit code 2, before anything is written or loaded. A multirun validates each
+    arm as it starts; anything Hydra itself rejects (an unknown group option) is left to Hydra's message."""
+    if any(a in _OTHER_MODES or a.split("=")[0] in _OTHER_MODES for a in args):
+        return
+    overrides, skip = [], False
+    for arg in args:
+        if skip or arg in _VALUE_FLAGS:
+            skip = not skip and arg in _VALUE_FLAGS
+            continue
+        if not arg.startswith("-") and not arg.lstrip("+~").startswith(("hydra.", "hydra/")):
+            overrides.append(arg)
+        elif arg.startswith("-") and arg != "--resolve":
+            return  # a flag we do not know: Hydra decides
+    from hydra import compose, initialize_config_dir
+
+    from arca_sweep.config import ConfigError, validate
+
+    try:
+        with initialize_config_dir(CONF_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+    except Exception:  # Hydra's own error, with its list of choices, comes from main()
+        return
+    with user_errors():
+        try:
+            validate(cfg)
+        except ConfigError:
+            raise
+        except Exception:  # e.g. an interpolation that does not resolve: Hydra explains it better
+            return
 
 
 def cli() -> None:
     args = quote_numeric_choices(sys.argv[1:])
+    check_config(args)
     # `-m` may stand anywhere (`... -m hydra.sweep.dir=X`): argparse rejects overrides on both sides of it.
     multirun = [a for a in args if a in ("-m", "--multirun")]
     sys.argv[1:] = multirun + [a for a in args if a not in multirun]

@@ -23,21 +23,37 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from arca_sweep import checkpoint
+from arca_sweep.arm_dir import ArmDir, RunLog, restore
 from arca_sweep.config import validate
 from arca_sweep.diagnostics import FormatTokens, credit_metrics
 from arca_sweep.evaluation import encode_prompts, evaluate, results_path
 from arca_sweep.learner import Learner, group_advantages
-from arca_sweep.loggers import RunLog, build_tracker
+from arca_sweep.loggers import build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
+from arca_sweep.nonfinite import check_finite
+from arca_sweep.preflight import prompt_token_limit
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
 from arca_sweep.rollout_correction import rollout_is_metrics
-from arca_sweep.tasks import batch_hash, build_task
+from arca_sweep.tasks import Problem, batch_hash, build_task
 
 # Keys that may differ between an interrupted run and its resumption (none changes results): these,
 # and every logger.* key, so W&B can be turned on or off for a resumed arm.
 RESUME_FREE_KEYS = {"logger.progress", "threads", "device"}
 RESUME_FREE_PREFIXES = ("logger.",)
+
+
+def prompt_fitter(tokenizer, max_tokens: int | None, enable_thinking: bool = False):
+    """``fits(question)``: its templated prompt has at most ``max_tokens`` tokens (None: no limit). A
+    question of over 32 characters per allowed token is too long untokenized (so a 10 MB row costs nothing)."""
+    if max_tokens is None:
+        return None
+
+    def fits(question: str) -> bool:
+        if len(question) > 32 * max_tokens:
+            return False
+        return len(encode_prompts(tokenizer, [Problem(0, question, "")], enable_thinking)[0]) <= max_tokens
+
+    return fits
 
 
 def run(
@@ -48,12 +64,22 @@ def run(
     choices: dict | None = None,
 ) -> dict:
     validate(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = out_dir / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        print(f"arm already finished, skipping: {out_dir}\n{json.dumps(summary, indent=1)}")
-        return summary
+    arm = ArmDir(out_dir)
+    arm.create()
+    with arm.lock():  # one run per arm dir, held to the end (arca_sweep/arm_dir.py)
+        if (summary := arm.read_summary()) is not None:
+            print(f"arm already finished, skipping: {out_dir}\n{json.dumps(summary, indent=1)}")
+            return summary
+        return train(cfg, arm, overrides, sweep_dir, choices)
+
+
+def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, choices: dict | None) -> dict:
+    """The arm's run, from its checkpoint if it has one, under the arm dir's lock."""
+    out_dir = arm.path
+    state = arm.load_checkpoint()  # before any model loads: a damaged one fails fast
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if state is not None:
+        _check_same_config(state["config"], resolved, out_dir)
     t_start = time.time()
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))  # the job's CPUs, not the node's
     random.seed(cfg.seed)
@@ -63,27 +89,25 @@ def run(
     b, think = cfg.budget, cfg.data.enable_thinking
 
     tokenizer = load_tokenizer(cfg.model)
+    task = build_task(cfg.data, prompt_fitter(tokenizer, prompt_token_limit(cfg), think))  # data before model
     model = load_policy(cfg.model, cfg.rank, device, cfg.seed)
-    task = build_task(cfg.data)
     engine = build_engine(cfg.rollout, model, tokenizer)
     learner = Learner(model, cfg, temperature=cfg.rollout.temperature)
     max_logp_diff = guard_bound(cfg.rollout, next(model.parameters()).dtype)
     format_tokens = FormatTokens(tokenizer)
     eval_problems = task.eval_problems(b.eval_size)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     log = RunLog(
         out_dir, build_tracker(cfg.logger, out_dir, resolved, overrides or [], sweep_dir, choices or {})
     )
 
     start = 0
-    if (state := checkpoint.load(out_dir)) is not None:
-        _check_same_config(state["config"], resolved, out_dir)
-        start = checkpoint.restore(state, model, learner.optimizer)
+    if state is not None:
+        start = restore(state, model, learner.optimizer)
         engine.sync(model)
-        log.truncate_after(start)
+        log.resume(start, state.get("metrics_lines"))
         print(f"resuming {out_dir} after step {start}")
     else:
-        log.truncate_after(-1)
+        log.start()
         acc = evaluate(
             engine, tokenizer, task, eval_problems, b.max_new_tokens, think, results_path(out_dir, 0)
         )
@@ -111,6 +135,8 @@ def run(
         # ---- credit, loss, update (two forwards at most: policy, and reference with the adapter off)
         t1 = time.time()
         result = learner.step(batch, advantages.to(device))
+        # ---- guard: nothing non-finite is logged, saved or sampled from (arca_sweep/nonfinite.py)
+        check_finite(step, batch, result, model, learner.optimizer, cfg.loss.beta, arm.checkpoint_path)
         engine.sync(model)
         learner_s = time.time() - t1
         # ---- log, evaluate, checkpoint
@@ -147,7 +173,13 @@ def run(
                 ),
             )
         if step % b.checkpoint_every == 0 or step == b.steps:
-            checkpoint.save(out_dir, step=step, model=model, optimizer=learner.optimizer, config=resolved)
+            arm.save_checkpoint(
+                step=step,
+                model=model,
+                optimizer=learner.optimizer,
+                config=resolved,
+                metrics_lines=log.metrics.lines,
+            )
         bar.set_postfix(
             reward=f"{metrics['reward/mean']:.2f}",
             gini=f"{metrics['credit/gini/mean']:.2f}",
@@ -156,9 +188,9 @@ def run(
     bar.close()
 
     task.close()
-    model.save_pretrained(out_dir / "adapter")
+    arm.save_adapter(model)
     summary = summarize(log.metrics.records(), overrides or [], time.time() - t_start, start)
-    summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    arm.write_summary(summary)
     log.finish(summary)
     return summary
 

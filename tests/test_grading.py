@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arca_sweep.grading import Grader, extract_boxed, gold_answer, verify
+from arca_sweep.grading import WALL_BACKSTOP_FACTOR, Grader, extract_boxed, gold_answer, verify
 
 REPO = Path(__file__).resolve().parents[1]
 MATH_DIR = REPO.parent / "shared" / "data" / "math"
@@ -319,7 +319,8 @@ def test_hostile_outputs_score_zero_within_the_limit_and_do_nothing(tmp_path):
         assert {name: r.correct for name, r in results.items()} == {name: False for name in names}
         assert {name: results[name].status for name in hanging} == {name: "timeout" for name in hanging}
         assert {name: results[name].status for name in quick} == {name: "ok" for name in quick}
-        assert all(results[name].seconds < HOSTILE_TIMEOUT_S + 1.0 for name in names)
+        # the limit is CPU time: wall time meets it on an idle machine, and never passes the backstop
+        assert all(results[name].seconds < HOSTILE_TIMEOUT_S * WALL_BACKSTOP_FACTOR + 1.0 for name in names)
         # 4 hangs on 2 workers, plus replacement workers starting: far below the minutes a hang would take
         assert elapsed < 30.0
         assert hostile_grader.timeouts == len(hanging) and hostile_grader.errors == 0

@@ -251,6 +251,8 @@ def test_task_counts_skips_and_filters_training_rows_only(files):
         "data/train_skipped_empty_problem": 2,
         "data/eval_skipped_no_answer": 1,
         "data/eval_skipped_empty_problem": 0,
+        "data/train_skipped_too_long": 0,
+        "data/eval_skipped_too_long": 0,
         "data/train_filtered": 3,
         "reward/timeouts": 0,
         "reward/errors": 0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,12 +45,15 @@ def batch_hash(indices: list[int]) -> str:
     return hashlib.sha256(json.dumps(list(indices)).encode()).hexdigest()[:16]
 
 
-def build_task(data_cfg) -> Task:
-    """The task named by ``data.name``."""
+def build_task(data_cfg, prompt_fits: Callable[[str], bool] | None = None) -> Task:
+    """The task named by ``data.name``. ``prompt_fits(question)``: False skips a row whose prompt is too
+    long (counted in the task's stats); arith's prompts are short by construction."""
     from arca_sweep.tasks.arith import ArithTask
     from arca_sweep.tasks.math import MathTask
 
     registry = {"arith": ArithTask.from_config, "math": MathTask.from_config, "math500": MathTask.from_config}
     if data_cfg.name not in registry:
         raise ValueError(f"data.name={data_cfg.name!r} is not a task; choose one of {sorted(registry)}")
-    return registry[data_cfg.name](data_cfg)
+    if data_cfg.name == "arith":
+        return registry["arith"](data_cfg)
+    return registry[data_cfg.name](data_cfg, prompt_fits)

@@ -21,6 +21,16 @@ def held_out(expr: str) -> bool:
     return int(hashlib.sha256(expr.encode()).hexdigest()[:8], 16) % 16 == 0
 
 
+def eval_capacity(min_operands: int, max_operands: int, max_operand: int, ops: str) -> int:
+    """How many distinct eval problems :meth:`ArithTask.eval_problems` can draw in reasonable time: half of
+    the held-out partition's expected size (1/16 of all expressions; past half, redraws pile up)."""
+    kinds = len(set(ops))
+    expressions = sum(
+        (max_operand + 1) ** n * kinds ** (n - 1) for n in range(min_operands, max_operands + 1)
+    )
+    return expressions // 32
+
+
 def make_problem(
     seed: int,
     index: int,

@@ -19,21 +19,22 @@ Reward: 1.0 when the response's last boxed answer is equivalent to the gold answ
 from __future__ import annotations
 
 import functools
-import json
 import random
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+from arca_sweep.errors import DataError, DataFileNotFound, UserError, json_value, utf8_text
 from arca_sweep.grading import Grader, gold_answer
 from arca_sweep.tasks import Problem
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 _LEVEL = re.compile(r"(?:level\s*)?([1-5])", re.IGNORECASE)
-_SKIP_REASONS = ("no_answer", "empty_problem")
+_SKIP_REASONS = ("no_answer", "empty_problem", "too_long")
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(UserError, RuntimeError):
     """A hub dataset could not be loaded (offline, unreachable, or not on the hub)."""
 
 
@@ -56,7 +57,7 @@ def load_rows(
     if path is not None:
         return _read_file(Path(path).expanduser())
     if not hub_id:
-        raise ValueError("no data source: give a local file (data.path / data.eval_path) or a hub id")
+        raise DataError("no data source: give a local file (data.path / data.eval_path) or a hub id")
     import datasets
 
     rows: list[dict] = []
@@ -76,29 +77,30 @@ def load_rows(
 
 def _read_file(path: Path) -> list[dict]:
     if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path} (absolute: {path.absolute()})")
+        raise DataFileNotFound(f"data file not found: {path} (absolute: {path.absolute()})")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet
 
-        return pyarrow.parquet.read_table(path).to_pylist()
+        try:
+            return pyarrow.parquet.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow's ArrowInvalid and friends
+            raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
     if suffix not in (".jsonl", ".json"):
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
-    text = path.read_text(encoding="utf-8")
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
+    text = utf8_text(path.read_bytes(), path)
     if text.lstrip().startswith("["):
-        rows = json.loads(text)
+        rows = json_value(text, f"{path}:1")
         numbered = list(enumerate(rows, 1))
     else:
         numbered = []
         for line_no, line in enumerate(text.splitlines(), 1):
             if line.strip():
-                try:
-                    numbered.append((line_no, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{line_no}: not a JSON object ({exc.msg})") from None
+                value = json_value(line, f"{path}:{line_no}")
+                numbered.append((line_no, value))
     for line_no, row in numbered:
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
     return [row for _, row in numbered]
 
 
@@ -135,12 +137,16 @@ def to_problem(index: int, row: dict) -> Problem | str:
 
 
 def build_problems(
-    rows: list[dict], levels: list[int] | None = None, subjects: list[str] | None = None
+    rows: list[dict],
+    levels: list[int] | None = None,
+    subjects: list[str] | None = None,
+    prompt_fits: Callable[[str], bool] | None = None,
 ) -> tuple[list[Problem], Counter]:
     """The usable rows in order, indexed 0..n-1, and the count of each skip reason and of ``"filtered"``.
 
     ``levels`` keeps rows whose level is one of them (an unknown level is dropped); ``subjects`` keeps rows
-    whose subject matches one of them by :func:`subject_key`. None keeps all.
+    whose subject matches one of them by :func:`subject_key`. None keeps all. A row whose question
+    ``prompt_fits`` rejects is skipped as ``"too_long"``.
     """
     keep_levels = None if levels is None else set(levels)
     keep_subjects = None if subjects is None else {subject_key(s) for s in subjects}
@@ -148,6 +154,8 @@ def build_problems(
     counts: Counter = Counter({reason: 0 for reason in (*_SKIP_REASONS, "filtered")})
     for row in rows:
         problem = to_problem(len(problems), row)
+        if isinstance(problem, Problem) and prompt_fits is not None and not prompt_fits(problem.question):
+            problem = "too_long"
         if isinstance(problem, str):
             counts[problem] += 1
         elif (keep_levels is not None and problem.meta["level"] not in keep_levels) or (
@@ -200,17 +208,18 @@ class MathTask:
         subjects: list[str] | None = None,
         grader_workers: int = 2,
         grader_timeout_s: float = 5.0,
+        prompt_fits: Callable[[str], bool] | None = None,
     ):
         self.seed = seed
-        self.train, train_counts = build_problems(train_rows, levels, subjects)
-        self.eval, eval_counts = build_problems(eval_rows)
+        self.train, train_counts = build_problems(train_rows, levels, subjects, prompt_fits)
+        self.eval, eval_counts = build_problems(eval_rows, prompt_fits=prompt_fits)
         if not self.train:
-            raise ValueError(
+            raise DataError(
                 f"no training rows left: {len(train_rows)} loaded, skipped {dict(train_counts)} "
                 f"(data.levels={levels}, data.subjects={subjects})"
             )
         if not self.eval:
-            raise ValueError(f"no eval rows left: {len(eval_rows)} loaded, skipped {dict(eval_counts)}")
+            raise DataError(f"no eval rows left: {len(eval_rows)} loaded, skipped {dict(eval_counts)}")
         self.grader_workers, self.grader_timeout_s = grader_workers, grader_timeout_s
         self.grader: Grader | None = None
         self._closed = False
@@ -221,7 +230,7 @@ class MathTask:
         self._grade_counts = {"reward/timeouts": 0, "reward/errors": 0}
 
     @classmethod
-    def from_config(cls, cfg) -> MathTask:
+    def from_config(cls, cfg, prompt_fits: Callable[[str], bool] | None = None) -> MathTask:
         train_rows = load_rows(cfg.path, cfg.hub_id, cfg.hub_configs, cfg.split)
         eval_rows = load_rows(cfg.eval_path, cfg.eval_hub_id, cfg.eval_hub_configs, cfg.eval_split)
         return cls(
@@ -232,6 +241,7 @@ class MathTask:
             subjects=None if cfg.subjects is None else list(cfg.subjects),
             grader_workers=cfg.grader_workers,
             grader_timeout_s=cfg.grader_timeout_s,
+            prompt_fits=prompt_fits,
         )
 
     @property

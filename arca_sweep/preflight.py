@@ -1,0 +1,127 @@
+"""Config checks that need more than the config: the model's architecture (from its ``config.json``, built
+on the meta device: no weights read) and what the task can give. Called by :func:`arca_sweep.config.validate`,
+so they run before any model loads, and before Hydra starts the run (also under ``--cfg job``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+# A LoRA on these would be silently wrong, so they are refused (SPEC: the adapter is on the decoder's
+# linear projections).
+UNSUPPORTED_TARGETS = {
+    "lm_head": "the chunked LM head (arca_sweep/token_stats.py) multiplies by the base weight directly, so a "
+    "LoRA there would get no gradient and the log-probs would ignore it",
+    "embed_tokens": "the input embedding is tied to the LM head in the supported models (tie_word_embeddings), "
+    "and the chunked LM head and the vLLM weight sync read the base weight, so a LoRA there would be ignored "
+    "by scoring",
+}
+
+
+def model_config_path(model_cfg) -> Path | None:
+    """The local ``config.json`` of the model, or None when only a hub id is known and it is not cached."""
+    from arca_sweep.model import TINY_PATH
+
+    if model_cfg.path:
+        return Path(model_cfg.path).expanduser() / "config.json"
+    if model_cfg.name == "tiny":
+        return TINY_PATH / "config.json"
+    if model_cfg.hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model_cfg.hub_id, "config.json")
+        except Exception:  # an odd hub id: the model load names it
+            return None
+        return Path(cached) if isinstance(cached, str) else None
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def lora_target_names(config_path: str) -> tuple[str, ...]:
+    """Names of the modules peft can put a LoRA on (Linear, Embedding), from the architecture built on the
+    meta device: full dotted names, e.g. ``model.layers.0.self_attn.q_proj``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(Path(config_path).parent))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    kinds = (torch.nn.Linear, torch.nn.Embedding)
+    return tuple(name for name, module in model.named_modules() if isinstance(module, kinds))
+
+
+def target_module_errors(targets: list[str], module_names: tuple[str, ...]) -> list[str]:
+    """peft's rule for a list of targets: a module matches when its name is the target or ends in
+    ``.<target>``. Every target must match, and none may be an unsupported module."""
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in module_names} - set(UNSUPPORTED_TARGETS))
+    errors = []
+    for target in targets:
+        matched = [n for n in module_names if n == target or n.endswith("." + target)]
+        leaf = target.rsplit(".", 1)[-1]
+        if matched and leaf in UNSUPPORTED_TARGETS:
+            errors.append(f"rank.target_modules: {target!r} is not supported: {UNSUPPORTED_TARGETS[leaf]}")
+        elif not matched:
+            errors.append(
+                f"rank.target_modules: {target!r} matches no module of this model; "
+                f"choose from: {', '.join(leaves)}"
+            )
+    return errors
+
+
+def model_errors(cfg) -> list[str]:
+    """Checks against the model's config.json: the LoRA targets and credit.layer."""
+    path = model_config_path(cfg.model)
+    if path is None or not path.is_file():
+        return []  # the model load reports a missing model, with the fix
+    try:
+        arch = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return [f"model: {path} is not readable JSON ({exc})"]
+    errors = []
+    layers = arch.get("num_hidden_layers")
+    if isinstance(layers, int) and not -(layers + 1) <= cfg.credit.layer <= layers:
+        errors.append(
+            f"credit.layer={cfg.credit.layer} is out of range: this model has {layers} layers, so hidden-state "
+            f"indices run 0..{layers} (0: the embeddings, {layers}: the last layer; -1: the state fed to the "
+            "LM head)"
+        )
+    try:
+        names = lora_target_names(str(path))
+    except Exception as exc:  # an architecture transformers cannot build: the model load will say more
+        cause = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return errors + [f"model: cannot build the architecture of {path} ({cause})"]
+    return errors + target_module_errors(list(cfg.rank.target_modules), names)
+
+
+def task_errors(cfg) -> list[str]:
+    """What the task can give: arith's eval partition holds a finite number of distinct problems."""
+    d = cfg.data
+    if d.name != "arith" or not (2 <= d.min_operands <= d.max_operands) or d.max_operand < 0 or not d.ops:
+        return []
+    from arca_sweep.tasks.arith import eval_capacity
+
+    capacity = eval_capacity(d.min_operands, d.max_operands, d.max_operand, d.ops)
+    if cfg.budget.eval_size > capacity:
+        return [
+            f"budget.eval_size={cfg.budget.eval_size} is more than this arith shape can give: its eval partition "
+            f"holds about {2 * capacity} distinct problems and drawing more than {capacity} of them takes too "
+            "long; lower budget.eval_size, or widen data.max_operand / data.max_operands / data.ops"
+        ]
+    return []
+
+
+def prompt_token_limit(cfg) -> int | None:
+    """``data.max_prompt_tokens``, or when null the model's context minus ``budget.max_new_tokens``."""
+    if cfg.data.max_prompt_tokens is not None:
+        return cfg.data.max_prompt_tokens
+    path = model_config_path(cfg.model)
+    try:
+        context = json.loads(path.read_text()).get("max_position_embeddings") if path else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(context, int):
+        return None
+    return max(context - cfg.budget.max_new_tokens, 1) if context > cfg.budget.max_new_tokens else context
