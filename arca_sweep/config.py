@@ -152,7 +152,8 @@ class OptimConfig:
 @dataclass
 class LearnerConfig:
     micro_batch_size: int = 64  # sequences per forward/backward
-    chunk_size: int = 1024  # tokens per full-vocabulary chunk
+    chunk_size: int = 0  # tokens per full-vocabulary chunk; 0: the most that fit in chunk_memory_mb
+    chunk_memory_mb: float = 512.0  # float32 logits blocks alive at once in the scoring pass
 
 
 @dataclass
@@ -219,7 +220,7 @@ POSITIVE = [
     "rollout.batch_size",
     "credit.temperature",
     "learner.micro_batch_size",
-    "learner.chunk_size",
+    "learner.chunk_memory_mb",
     "optim.lr",
     "optim.grad_clip",
     "data.grader_workers",
@@ -234,6 +235,7 @@ NON_NEGATIVE = [
     "optim.weight_decay",
     "threads",
     "data.max_operand",
+    "learner.chunk_size",
 ]
 
 

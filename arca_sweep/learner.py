@@ -14,7 +14,7 @@ import torch
 
 from arca_sweep import credit
 from arca_sweep.rollout import RolloutBatch
-from arca_sweep.token_stats import target_logprob, vocab_stats
+from arca_sweep.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -185,18 +185,32 @@ class Learner:
                     response_positions(h) for h in forward_hidden(self.model, input_ids, attn, layer)
                 )
         final, at_layer = (response_positions(h) for h in forward_hidden(self.model, input_ids, attn, layer))
-        vocab = vocab_stats(
-            final.detach(),
-            head.weight,
-            targets,
-            ref_final,
-            temperature=self.temperature,
-            chunk_size=self.cfg.learner.chunk_size,
-            need=self.need_vocab,
+        chunk = auto_chunk_size(
+            head.weight.shape[0], self.cfg.learner.chunk_memory_mb, self.cfg.learner.chunk_size
         )
-        logp_flat = target_logprob(
-            final, head.weight, targets, self.temperature, self.cfg.learner.chunk_size, value=vocab.logp
-        )
+        if (
+            head.weight.requires_grad
+        ):  # a trainable head: the plain path, whose backward also forms its gradient
+            vocab = vocab_stats(
+                final.detach(),
+                head.weight,
+                targets,
+                ref_final,
+                temperature=self.temperature,
+                chunk_size=chunk,
+                need=self.need_vocab | {"logp"},
+            )
+            logp_flat = target_logprob(final, head.weight, targets, self.temperature, chunk, value=vocab.logp)
+        else:
+            logp_flat, vocab = fused_scores(
+                final,
+                head.weight,
+                targets,
+                ref_final,
+                temperature=self.temperature,
+                chunk_size=chunk,
+                need=self.need_vocab,
+            )
 
         def unflatten(x):
             if x is None:

@@ -213,3 +213,38 @@ def test_at_most_two_forwards_per_micro_batch(setup, overrides, forwards, adapte
     assert len(calls) == forwards * micro_batches
     assert len(disabled) == adapter_off * micro_batches
     assert sum(calls) == micro_batches, "exactly one forward per micro-batch carries a graph"
+
+
+def test_fused_scoring_pass_gives_the_plain_paths_loss_and_gradient(setup):
+    """Learner.score's fused pass (gradient formed in the forward) against the plain path (the
+    backward recomputes each chunk's softmax), taken when the LM head is trainable: same loss, same
+    LoRA gradients, to 1e-6 in float64."""
+    cfg, model, batch = setup
+    if model.dtype != torch.float64:
+        pytest.skip("the equality is asserted in float64")
+    cfg.credit.name, cfg.credit.layer, cfg.loss.agg = "entropy", -1, "token-mean"
+    learner = Learner(model, cfg, temperature=0.9)
+    head = model.get_base_model().get_output_embeddings().weight
+    advantages = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64)
+    out = {}
+    for path in ("fused", "plain"):
+        head.requires_grad_(path == "plain")
+        try:
+            learner.optimizer.zero_grad(set_to_none=True)
+            stats, logp = learner.score(batch, torch.arange(3))
+            w = credit.normalize(credit.salience("entropy", stats), stats.mask)
+            token_loss = (advantages[:, None] * w) * -torch.exp(logp - logp.detach())
+            loss = (token_loss * stats.mask).sum() / stats.mask.sum()
+            loss.backward()
+            out[path] = loss.detach(), [p.grad.clone() for p in learner.params], stats
+        finally:
+            head.requires_grad_(False)
+            head.grad = None
+    torch.testing.assert_close(out["fused"][0], out["plain"][0], atol=1e-6, rtol=0)
+    for got, want in zip(out["fused"][1], out["plain"][1], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert max(g.abs().max() for g in out["fused"][1]) > 1e-4
+    for key in ("entropy", "ref_entropy", "kl", "ref_logp"):
+        torch.testing.assert_close(
+            getattr(out["fused"][2], key), getattr(out["plain"][2], key), atol=1e-9, rtol=0
+        )
