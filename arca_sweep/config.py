@@ -154,6 +154,9 @@ class LearnerConfig:
     micro_batch_size: int = 64  # sequences per forward/backward
     chunk_size: int = 0  # tokens per full-vocabulary chunk; 0: the most that fit in chunk_memory_mb
     chunk_memory_mb: float = 512.0  # float32 logits blocks alive at once in the scoring pass
+    micro_batch_tokens: int = (
+        8192  # padded tokens per micro-batch (length-sorted rows); 0: micro_batch_size rows in order
+    )
 
 
 @dataclass
@@ -236,6 +239,7 @@ NON_NEGATIVE = [
     "threads",
     "data.max_operand",
     "learner.chunk_size",
+    "learner.micro_batch_tokens",
 ]
 
 

@@ -64,6 +64,31 @@ def aggregate_loss(token_loss, mask, agg: str, *, total_tokens: int, total_seqs:
     raise ValueError(f"loss.agg={agg!r}; valid: {', '.join(LOSS_AGGS)}")
 
 
+def micro_batches(prompt_lengths, response_lengths, max_rows: int, max_tokens: int) -> list[torch.Tensor]:
+    """Row groups for the learner's forwards, each at most ``max_rows`` rows.
+
+    ``max_tokens > 0``: rows sorted by length (longest first, stable) and grouped greedily while
+    ``rows * (longest prompt + longest response)`` -- the group's padded size once trimmed -- stays
+    within ``max_tokens`` (a longer row gets a group of its own). ``0``: consecutive groups of
+    ``max_rows``. Grouping changes which rows share a forward, never the result (losses add up).
+    """
+    n = len(prompt_lengths)
+    if max_tokens <= 0:
+        return list(torch.arange(n).split(max_rows))
+    p, r = prompt_lengths.tolist(), response_lengths.tolist()
+    order = sorted(range(n), key=lambda i: -(p[i] + r[i]))
+    groups, current, top_p, top_r = [], [], 0, 0
+    for i in order:
+        grown_p, grown_r = max(top_p, p[i]), max(top_r, r[i])
+        if current and (len(current) >= max_rows or (len(current) + 1) * (grown_p + grown_r) > max_tokens):
+            groups.append(current)
+            current, grown_p, grown_r = [], p[i], r[i]
+        current.append(i)
+        top_p, top_r = grown_p, grown_r
+    groups.append(current)
+    return [torch.tensor(g) for g in groups]
+
+
 def _decoder_and_head(model):
     base = model.get_base_model()
     return getattr(base, base.base_model_prefix), base.get_output_embeddings()
@@ -129,7 +154,13 @@ class Learner:
         )
         self.optimizer.zero_grad(set_to_none=True)
         weights, shadow, logps, loss_sum, fallbacks = [], {s: [] for s in self.signals}, [], 0.0, 0
-        for rows in torch.arange(mask_all.shape[0]).split(self.cfg.learner.micro_batch_size):
+        groups = micro_batches(
+            batch.prompt_mask.sum(1),
+            mask_all.sum(1),
+            self.cfg.learner.micro_batch_size,
+            self.cfg.learner.micro_batch_tokens,
+        )
+        for rows in groups:
             stats, logp = self.score(batch, rows)
             saliences = {s: credit.salience(s, stats, **self.signal_options) for s in self.signals}
             if c.name not in saliences:
@@ -155,11 +186,12 @@ class Learner:
                 shadow[s].append(w if s == c.name else credit.normalize(saliences[s], stats.mask, **norm))
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip).item()
         self.optimizer.step()
+        back = torch.argsort(torch.cat(groups)).to(mask_all.device)  # micro-batch order -> row order
         return StepResult(
             loss=loss_sum,
-            weights=torch.cat(weights),
-            logp=torch.cat(logps),
-            shadow_weights={s: torch.cat(v) for s, v in shadow.items()},
+            weights=torch.cat(weights)[back],
+            logp=torch.cat(logps)[back],
+            shadow_weights={s: torch.cat(v)[back] for s, v in shadow.items()},
             grad_norm=grad_norm,
             fallback_frac=fallbacks / mask_all.shape[0],
         )
@@ -167,11 +199,17 @@ class Learner:
     def score(self, batch: RolloutBatch, rows: torch.Tensor):
         """The (at most) two forwards for ``rows``: TokenStats [b, R] and the policy log-probs with grad."""
         device = self.model.device
-        p = batch.prompt_ids.shape[1]
-        input_ids = torch.cat([batch.prompt_ids[rows], batch.response_ids[rows]], 1).to(device)
-        attn = torch.cat([batch.prompt_mask[rows], batch.response_mask[rows]], 1).to(device)
-        mask = batch.response_mask[rows].to(device)
-        targets = batch.response_ids[rows].to(device)[mask]
+        # The forward sees only these rows' own width: left prompt padding and right response padding
+        # that every row shares are cut (positions follow the attention mask, so nothing changes).
+        prompt_mask, response_mask = batch.prompt_mask[rows], batch.response_mask[rows]
+        first = int(prompt_mask.any(0).long().argmax()) if prompt_mask.any() else prompt_mask.shape[1] - 1
+        last = int(response_mask.any(0).nonzero().max()) + 1 if response_mask.any() else 1
+        p = prompt_mask.shape[1] - first
+        input_ids = torch.cat([batch.prompt_ids[rows, first:], batch.response_ids[rows, :last]], 1).to(device)
+        attn = torch.cat([prompt_mask[:, first:], response_mask[:, :last]], 1).to(device)
+        mask = response_mask[:, :last].to(device)
+        targets = batch.response_ids[rows, :last].to(device)[mask]
+        full_mask = response_mask.to(device)  # outputs keep the batch's width
         layer = self.cfg.credit.layer
         _, head = _decoder_and_head(self.model)
 
@@ -215,14 +253,14 @@ class Learner:
         def unflatten(x):
             if x is None:
                 return None
-            out = x.new_zeros(mask.shape + x.shape[1:])
-            out[mask] = x.detach() if x.requires_grad else x
+            out = x.new_zeros(full_mask.shape + x.shape[1:])
+            out[full_mask] = x.detach() if x.requires_grad else x
             return out
 
-        logp = logp_flat.new_zeros(mask.shape).masked_scatter(mask, logp_flat)
+        logp = logp_flat.new_zeros(full_mask.shape).masked_scatter(full_mask, logp_flat)
         needs_hidden = "hidden" in self.need or "ref_hidden" in self.need
         stats = credit.TokenStats(
-            mask=mask,
+            mask=full_mask,
             logp=logp.detach(),
             entropy=unflatten(vocab.entropy),
             ref_logp=unflatten(vocab.ref_logp),

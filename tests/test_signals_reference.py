@@ -248,3 +248,55 @@ def test_fused_scoring_pass_gives_the_plain_paths_loss_and_gradient(setup):
         torch.testing.assert_close(
             getattr(out["fused"][2], key), getattr(out["plain"][2], key), atol=1e-9, rtol=0
         )
+
+
+def test_micro_batches_by_token_budget_sort_and_bound_the_groups():
+    from arca_sweep.learner import micro_batches
+
+    prompt, response = torch.tensor([5, 5, 9, 5, 5]), torch.tensor([3, 20, 1, 8, 2])
+    assert [g.tolist() for g in micro_batches(prompt, response, 2, 0)] == [[0, 1], [2, 3], [4]]
+    groups = micro_batches(prompt, response, 4, 30)
+    # longest first; [3, 2] would pad to 2 x (9 + 8) = 34 > 30; [2, 0, 4] to 3 x (9 + 3) = 36
+    assert [g.tolist() for g in groups] == [[1], [3], [2, 0], [4]]
+    for g in groups:
+        assert len(g) == 1 or len(g) * int(prompt[g].max() + response[g].max()) <= 30
+    assert sorted(torch.cat(groups).tolist()) == list(range(5))
+
+
+def test_token_budget_micro_batching_changes_no_result(setup):
+    """The same step with every row in one forward, with rows in order two at a time, and in
+    length-sorted token-budget groups trimmed to their own width: same loss, weights (training and
+    shadow), log-probs, gradients and updated parameters, to float round-off."""
+    cfg, model, batch = setup
+    cfg.credit.name, cfg.credit.layer = "arca", -1
+    params = [p for p in model.parameters() if p.requires_grad]
+    snapshot = [p.detach().clone() for p in params]
+    advantages = torch.tensor([1.0, -0.5, 0.25])
+    runs = []
+    for size, tokens in ((3, 0), (2, 0), (3, 40)):
+        cfg.learner.micro_batch_size, cfg.learner.micro_batch_tokens = size, tokens
+        learner = Learner(model, cfg, temperature=1.0)
+        result = learner.step(batch, advantages)
+        runs.append((result, [p.grad.clone() for p in params], [p.detach().clone() for p in params]))
+        with torch.no_grad():
+            for p, s in zip(params, snapshot, strict=True):
+                p.copy_(s)
+    from arca_sweep.learner import micro_batches
+
+    lengths = batch.prompt_mask.sum(1), batch.response_mask.sum(1)
+    assert [len(g) for g in micro_batches(*lengths, 3, 40)] != [3], "the budget must split the batch"
+    tol = TOLERANCE[model.dtype]
+    want, want_grads, want_params = runs[0]
+    for got, grads, new_params in runs[1:]:
+        assert got.loss == pytest.approx(want.loss, rel=1e-5 if model.dtype == torch.float32 else 1e-12)
+        torch.testing.assert_close(got.weights, want.weights, **tol)
+        torch.testing.assert_close(got.logp, want.logp, **tol)
+        for s in want.shadow_weights:
+            torch.testing.assert_close(got.shadow_weights[s], want.shadow_weights[s], **tol, msg=s)
+        for a, b in zip(grads, want_grads, strict=True):
+            torch.testing.assert_close(a, b, **tol)
+        # AdamW's first step moves each parameter by ~lr * sign(g): round-off in a near-zero gradient
+        # can move it by up to lr in float32, so the updated weights are compared in float64 only.
+        if model.dtype == torch.float64:
+            for a, b in zip(new_params, want_params, strict=True):
+                torch.testing.assert_close(a, b, **tol)
