@@ -164,6 +164,7 @@ class DiagnosticsConfig:
     shadow: bool = True  # compute every signal's weights from the same passes
     uniform_at: float = 0.95  # ETR >= this: uniform regime
     concentrated_at: float = 0.25  # ETR <= this: concentrated regime
+    shadow_sample: float = 0.25  # share of each group's rows the other signals are computed on; 1: all
 
 
 @dataclass
@@ -285,6 +286,8 @@ def validate(cfg) -> None:
         errors.append(f"credit.mix={cfg.credit.mix} must be in [0, 1]")
     if cfg.credit.clip_max is not None and cfg.credit.clip_max < 1.0:
         errors.append(f"credit.clip_max={cfg.credit.clip_max} must be >= 1 (weights have mean 1) or null")
+    if not 0.0 < cfg.diagnostics.shadow_sample <= 1.0:
+        errors.append(f"diagnostics.shadow_sample={cfg.diagnostics.shadow_sample} must be in (0, 1]")
     if not 0.0 <= cfg.diagnostics.concentrated_at < cfg.diagnostics.uniform_at <= 1.0:
         errors.append(
             "diagnostics: need 0 <= concentrated_at < uniform_at <= 1, got "

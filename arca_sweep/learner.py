@@ -8,6 +8,7 @@ predicts it (the position of y_{t-1}, or the last prompt token for t = 1).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -138,10 +139,11 @@ class Learner:
         if cfg.loss.beta or need & {"ref_entropy", "kl"}:
             need.add("ref_logp")  # free once the reference LM head runs
         self.need = need
-        self.need_vocab = need & {"entropy", "ref_logp", "ref_entropy", "kl"}
-        if self.need_vocab:
-            self.need_vocab.add("logp")  # the policy's logits are computed there anyway: read log pi(y) once
-        self.need_ref = bool(need & {"ref_logp", "ref_entropy", "kl", "ref_hidden"})
+        # What the loss reads on every row; the other signals' inputs only on the shadow sample.
+        train = set(credit.needed_stats([cfg.credit.name], self.signal_options)) | {"logp"}
+        if cfg.loss.beta or train & {"ref_entropy", "kl"}:
+            train.add("ref_logp")
+        self.need_train = train
 
     def step(self, batch: RolloutBatch, advantages: torch.Tensor) -> StepResult:
         """One update: per micro-batch, score, weight the advantages, backward; then clip and step."""
@@ -160,8 +162,9 @@ class Learner:
             self.cfg.learner.micro_batch_size,
             self.cfg.learner.micro_batch_tokens,
         )
+        sampled = self.shadow_rows(mask_all.shape[0])
         for rows in groups:
-            stats, logp = self.score(batch, rows)
+            stats, logp = self.score(batch, rows, None if sampled is None else sampled[rows])
             saliences = {s: credit.salience(s, stats, **self.signal_options) for s in self.signals}
             if c.name not in saliences:
                 saliences[c.name] = credit.salience(c.name, stats, **self.signal_options)
@@ -183,7 +186,10 @@ class Learner:
             weights.append(w)
             logps.append(logp.detach())
             for s in self.signals:
-                shadow[s].append(w if s == c.name else credit.normalize(saliences[s], stats.mask, **norm))
+                shadow_w = w if s == c.name else credit.normalize(saliences[s], stats.mask, **norm)
+                if s != c.name and sampled is not None:  # off the shadow sample: NaN, not a weight
+                    shadow_w = torch.where(sampled[rows, None].to(w.device), shadow_w, torch.nan)
+                shadow[s].append(shadow_w)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip).item()
         self.optimizer.step()
         back = torch.argsort(torch.cat(groups)).to(mask_all.device)  # micro-batch order -> row order
@@ -196,8 +202,26 @@ class Learner:
             fallback_frac=fallbacks / mask_all.shape[0],
         )
 
-    def score(self, batch: RolloutBatch, rows: torch.Tensor):
-        """The (at most) two forwards for ``rows``: TokenStats [b, R] and the policy log-probs with grad."""
+    def shadow_rows(self, n_rows: int) -> torch.Tensor | None:
+        """[B] bool: the rows whose shadow signals are computed (None: every row).
+
+        The first ``ceil(diagnostics.shadow_sample * G)`` samples of every group: the G samples of a
+        prompt are exchangeable draws, so this is a stratified random sample of the batch and each
+        shadow mean over it is unbiased (its standard error: BENCHMARKS.md, "Shadow diagnostics").
+        """
+        d, g = self.cfg.diagnostics, self.cfg.budget.group_size
+        if not d.shadow or d.shadow_sample >= 1.0:
+            return None
+        k = max(1, math.ceil(d.shadow_sample * g - 1e-9))
+        return torch.arange(n_rows) % g < k
+
+    def score(self, batch: RolloutBatch, rows: torch.Tensor, shadow_rows: torch.Tensor | None = None):
+        """The (at most) two forwards for ``rows``: TokenStats [b, R] and the policy log-probs with grad.
+
+        ``shadow_rows`` [b] bool: what only the shadow signals read (beyond the training signal's
+        inputs) is computed on those rows alone, the adapter-off forward and the reference LM head
+        included, and is NaN (hidden states: 0) on the others. None: everything on every row.
+        """
         device = self.model.device
         # The forward sees only these rows' own width: left prompt padding and right response padding
         # that every row shares are cut (positions follow the attention mask, so nothing changes).
@@ -213,22 +237,26 @@ class Learner:
         layer = self.cfg.credit.layer
         _, head = _decoder_and_head(self.model)
 
-        def response_positions(h):  # [b, L, D] -> [N, D] at the positions predicting each response token
-            return h[:, p - 1 : -1][mask]
-
+        need, need_sample = self.need, set()
+        if shadow_rows is not None and not bool(shadow_rows.all()) and not head.weight.requires_grad:
+            need, need_sample = self.need_train, self.need - self.need_train
+            shadow_rows = shadow_rows.to(device)
+        ref_fields = {"ref_logp", "ref_entropy", "kl", "ref_hidden"}
+        ref_rows = shadow_rows if not need & ref_fields and need_sample & ref_fields else None
         ref_final = ref_layer = None
-        if self.need_ref:
+        if need & ref_fields or (ref_rows is not None and bool(ref_rows.any())):
+            on = slice(None) if ref_rows is None else ref_rows  # None: every row
             with torch.no_grad(), self.model.disable_adapter():
                 ref_final, ref_layer = (
-                    response_positions(h) for h in forward_hidden(self.model, input_ids, attn, layer)
+                    h[:, p - 1 : -1][mask[on]]
+                    for h in forward_hidden(self.model, input_ids[on], attn[on], layer)
                 )
-        final, at_layer = (response_positions(h) for h in forward_hidden(self.model, input_ids, attn, layer))
+        final, at_layer = (h[:, p - 1 : -1][mask] for h in forward_hidden(self.model, input_ids, attn, layer))
         chunk = auto_chunk_size(
             head.weight.shape[0], self.cfg.learner.chunk_memory_mb, self.cfg.learner.chunk_size
         )
-        if (
-            head.weight.requires_grad
-        ):  # a trainable head: the plain path, whose backward also forms its gradient
+        vocab_fields = {"logp", "entropy", "ref_logp", "ref_entropy", "kl"}
+        if head.weight.requires_grad:  # a trainable head: the plain path, whose backward forms its gradient
             vocab = vocab_stats(
                 final.detach(),
                 head.weight,
@@ -236,7 +264,7 @@ class Learner:
                 ref_final,
                 temperature=self.temperature,
                 chunk_size=chunk,
-                need=self.need_vocab | {"logp"},
+                need=need & vocab_fields,
             )
             logp_flat = target_logprob(final, head.weight, targets, self.temperature, chunk, value=vocab.logp)
         else:
@@ -247,18 +275,21 @@ class Learner:
                 ref_final,
                 temperature=self.temperature,
                 chunk_size=chunk,
-                need=self.need_vocab,
+                need=need & vocab_fields,
+                sample=shadow_rows[:, None].expand_as(mask)[mask] if need_sample else None,
+                need_sample=need_sample & vocab_fields,
             )
 
-        def unflatten(x):
+        def unflatten(x, where=full_mask):
             if x is None:
                 return None
-            out = x.new_zeros(full_mask.shape + x.shape[1:])
-            out[full_mask] = x.detach() if x.requires_grad else x
+            out = x.new_zeros(where.shape + x.shape[1:])
+            out[where] = x.detach() if x.requires_grad else x
             return out
 
         logp = logp_flat.new_zeros(full_mask.shape).masked_scatter(full_mask, logp_flat)
         needs_hidden = "hidden" in self.need or "ref_hidden" in self.need
+        ref_where = full_mask if ref_rows is None else full_mask & ref_rows[:, None]  # none sampled: all 0
         stats = credit.TokenStats(
             mask=full_mask,
             logp=logp.detach(),
@@ -267,6 +298,10 @@ class Learner:
             ref_entropy=unflatten(vocab.ref_entropy),
             kl=unflatten(vocab.kl),
             hidden=unflatten(at_layer.detach()) if needs_hidden else None,
-            ref_hidden=unflatten(ref_layer) if needs_hidden else None,
+            ref_hidden=(
+                unflatten(ref_layer if ref_layer is not None else at_layer[:0].detach(), ref_where)
+                if needs_hidden
+                else None
+            ),
         )
         return stats, logp

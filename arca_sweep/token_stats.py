@@ -257,10 +257,11 @@ def fused_scores(
     fields = {"logp", "entropy", "ref_logp", "ref_entropy", "kl"}
     if unknown := (need | need_sample) - fields:
         raise ValueError(f"unknown vocab stats {sorted(unknown)}; valid: {sorted(fields)}")
-    if (need | need_sample) & {"ref_logp", "ref_entropy", "kl"} and ref_hidden is None:
-        raise ValueError(f"{sorted(need | need_sample)} need ref_hidden")
     if need_sample and sample is None:
         raise ValueError("need_sample needs a sample mask")
+    ref_fields = {"ref_logp", "ref_entropy", "kl"}
+    if ref_hidden is None and (need & ref_fields or need_sample & ref_fields and bool(sample.any())):
+        raise ValueError(f"{sorted(need | need_sample)} need ref_hidden")
     if weight.requires_grad:
         raise ValueError("fused_scores needs a frozen LM head; use target_logprob for a trainable one")
     grad = hidden.requires_grad and torch.is_grad_enabled()

@@ -4,6 +4,8 @@ two plain full forwards (adapter on, adapter off), naive softmax over the whole 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -268,6 +270,7 @@ def test_token_budget_micro_batching_changes_no_result(setup):
     length-sorted token-budget groups trimmed to their own width: same loss, weights (training and
     shadow), log-probs, gradients and updated parameters, to float round-off."""
     cfg, model, batch = setup
+    cfg = copy.deepcopy(cfg)  # the module's fixture is shared: leave its config as it was
     cfg.credit.name, cfg.credit.layer = "arca", -1
     params = [p for p in model.parameters() if p.requires_grad]
     snapshot = [p.detach().clone() for p in params]
@@ -292,7 +295,9 @@ def test_token_budget_micro_batching_changes_no_result(setup):
         torch.testing.assert_close(got.weights, want.weights, **tol)
         torch.testing.assert_close(got.logp, want.logp, **tol)
         for s in want.shadow_weights:
-            torch.testing.assert_close(got.shadow_weights[s], want.shadow_weights[s], **tol, msg=s)
+            torch.testing.assert_close(
+                got.shadow_weights[s], want.shadow_weights[s], **tol, equal_nan=True, msg=s
+            )
         for a, b in zip(grads, want_grads, strict=True):
             torch.testing.assert_close(a, b, **tol)
         # AdamW's first step moves each parameter by ~lr * sign(g): round-off in a near-zero gradient
@@ -300,3 +305,81 @@ def test_token_budget_micro_batching_changes_no_result(setup):
         if model.dtype == torch.float64:
             for a, b in zip(new_params, want_params, strict=True):
                 torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("training", ["arca", "uniform"])
+def test_shadow_sample_computes_the_other_signals_on_the_sampled_rows_only(setup, training):
+    """diagnostics.shadow_sample < 1: the training signal, loss and gradients are unchanged; every
+    other signal's weights on the sampled rows (the first ceil(frac G) of each group) equal the
+    all-rows ones, NaN elsewhere; the adapter-off forward covers the sampled rows only when the
+    training signal does not need it."""
+    from arca_sweep.diagnostics import credit_metrics
+
+    cfg, model, batch = setup
+    cfg = copy.deepcopy(cfg)  # the module's fixture is shared: leave its config as it was
+    cfg.credit.name, cfg.credit.layer, cfg.budget.group_size = training, -1, 3
+    cfg.learner.micro_batch_size, cfg.learner.micro_batch_tokens = 3, 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    snapshot = [p.detach().clone() for p in params]
+    decoder = model.get_base_model().model
+    rows_seen = []
+    hook = decoder.register_forward_hook(
+        lambda mod, args, kw, out: rows_seen.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    runs = {}
+    try:
+        for frac in (1.0, 0.5):
+            cfg.diagnostics.shadow_sample = frac
+            rows_seen.clear()
+            learner = Learner(model, cfg, temperature=1.0)
+            result = learner.step(batch, torch.tensor([1.0, -0.5, 0.25]))
+            runs[frac] = result, [p.grad.clone() for p in params], list(rows_seen)
+            with torch.no_grad():
+                for p, s in zip(params, snapshot, strict=True):
+                    p.copy_(s)
+    finally:
+        hook.remove()
+    (full, full_grads, full_rows), (part, part_grads, part_rows) = runs[1.0], runs[0.5]
+    assert part.loss == full.loss and torch.equal(part.weights, full.weights)
+    for a, b in zip(part_grads, full_grads, strict=True):
+        assert torch.equal(a, b)
+    sampled = torch.tensor([True, True, False])  # ceil(0.5 * 3) = 2 of the group of 3
+    tol = TOLERANCE[model.dtype]
+    for s, w in part.shadow_weights.items():
+        if s == training:
+            assert torch.equal(w, full.weights)
+            continue
+        torch.testing.assert_close(w[sampled], full.shadow_weights[s][sampled], **tol, msg=s)
+        assert w[~sampled].isnan().all(), s
+    assert full_rows == [3, 3] and part_rows == ([3, 3] if training == "arca" else [2, 3])
+    mask, fmt = batch.response_mask, torch.zeros_like(batch.response_mask)
+    got = credit_metrics(part.weights, part.shadow_weights, mask, fmt, training, 0.95, 0.25)
+    want = credit_metrics(
+        full.weights[sampled],
+        {s: w[sampled] for s, w in full.shadow_weights.items()},
+        mask[sampled],
+        fmt[sampled],
+        training,
+        0.95,
+        0.25,
+    )
+    for key, value in want.items():
+        if key.startswith("shadow/") and not key.startswith(f"shadow/{training}/"):
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), key
+
+
+def test_shadow_sample_with_a_micro_batch_off_the_sample(setup):
+    """A micro-batch holding no sampled row skips the adapter-off pass; its shadow weights are NaN."""
+    cfg, model, batch = setup
+    cfg = copy.deepcopy(cfg)
+    cfg.credit.name, cfg.budget.group_size, cfg.diagnostics.shadow_sample = "surprisal", 3, 0.25
+    cfg.learner.micro_batch_size, cfg.learner.micro_batch_tokens = 1, 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    snapshot = [p.detach().clone() for p in params]
+    result = Learner(model, cfg, temperature=1.0).step(batch, torch.tensor([1.0, -0.5, 0.25]))
+    with torch.no_grad():
+        for p, s in zip(params, snapshot, strict=True):
+            p.copy_(s)
+    for s, w in result.shadow_weights.items():
+        if s != "surprisal":
+            assert w[1:].isnan().all() and not w[0].isnan().any(), s
