@@ -162,7 +162,11 @@ class OptimConfig:
 @dataclass
 class LearnerConfig:
     micro_batch_size: int = 64  # sequences per forward/backward
-    chunk_size: int = 1024  # tokens per full-vocabulary chunk
+    chunk_size: int = 0  # tokens per full-vocabulary chunk; 0: the most that fit in chunk_memory_mb
+    chunk_memory_mb: float = 512.0  # float32 logits blocks alive at once in the scoring pass
+    micro_batch_tokens: int = (
+        8192  # padded tokens per micro-batch (length-sorted rows); 0: micro_batch_size rows in order
+    )
     gradient_checkpointing: bool = False  # recompute decoder-layer activations in backward (non-reentrant)
 
 
@@ -171,6 +175,7 @@ class DiagnosticsConfig:
     shadow: bool = True  # compute every signal's weights from the same passes
     uniform_at: float = 0.95  # ETR >= this: uniform regime
     concentrated_at: float = 0.25  # ETR <= this: concentrated regime
+    shadow_sample: float = 0.25  # share of each group's rows the other signals are computed on; 1: all
 
 
 @dataclass
@@ -231,7 +236,7 @@ POSITIVE = [
     "rollout.batch_size",
     "credit.temperature",
     "learner.micro_batch_size",
-    "learner.chunk_size",
+    "learner.chunk_memory_mb",
     "optim.lr",
     "loss.rollout_is_cap",
     "optim.grad_clip",
@@ -247,6 +252,8 @@ NON_NEGATIVE = [
     "optim.weight_decay",
     "threads",
     "data.max_operand",
+    "learner.chunk_size",
+    "learner.micro_batch_tokens",
 ]
 
 
@@ -315,6 +322,8 @@ def validate(cfg, model_checks: bool = True) -> None:
         errors.append(f"credit.mix={cfg.credit.mix} must be in [0, 1]")
     if cfg.credit.clip_max is not None and cfg.credit.clip_max < 1.0:
         errors.append(f"credit.clip_max={cfg.credit.clip_max} must be >= 1 (weights have mean 1) or null")
+    if not 0.0 < cfg.diagnostics.shadow_sample <= 1.0:
+        errors.append(f"diagnostics.shadow_sample={cfg.diagnostics.shadow_sample} must be in (0, 1]")
     if not 0.0 <= cfg.diagnostics.concentrated_at < cfg.diagnostics.uniform_at <= 1.0:
         errors.append(
             "diagnostics: need 0 <= concentrated_at < uniform_at <= 1, got "

@@ -81,10 +81,12 @@ def credit_metrics(
         for k, v in credit.summarize_weights(weights, mask, format_mask=format_mask, **thresholds).items()
     }
     for name, w in shadow_weights.items():
-        summary = credit.summarize_weights(w, mask, **thresholds)
+        on = ~w.isnan().any(-1)  # rows off the shadow sample (diagnostics.shadow_sample) are NaN
+        w, w_mask, w_train = w[on], mask[on], weights[on]
+        summary = credit.summarize_weights(w, w_mask, **thresholds)
         for key in ("gini/mean", "etr/mean", "regime/uniform", "regime/middle", "regime/concentrated"):
             out[f"shadow/{name}/{key}"] = summary[key]
-        rho = credit.spearman(w, weights, mask)
+        rho = credit.spearman(w, w_train, w_mask)
         rho = rho[~rho.isnan()]
         out[f"shadow/{name}/spearman"] = rho.mean().item() if rho.numel() else float("nan")
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ import torch.utils.checkpoint
 from arca_sweep import credit
 from arca_sweep.rollout import RolloutBatch
 from arca_sweep.rollout_correction import resolve_mode, rollout_correction_weights
-from arca_sweep.token_stats import target_logprob, vocab_stats
+from arca_sweep.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -86,6 +87,31 @@ def aggregate_loss(token_loss, mask, agg: str, *, total_tokens: int, total_seqs:
     if agg == "seq-mean-token-sum-norm":
         return (token_loss.sum(1) / norm_len).sum() / total_seqs
     raise ValueError(f"loss.agg={agg!r}; valid: {', '.join(LOSS_AGGS)}")
+
+
+def micro_batches(prompt_lengths, response_lengths, max_rows: int, max_tokens: int) -> list[torch.Tensor]:
+    """Row groups for the learner's forwards, each at most ``max_rows`` rows.
+
+    ``max_tokens > 0``: rows sorted by length (longest first, stable) and grouped greedily while
+    ``rows * (longest prompt + longest response)`` -- the group's padded size once trimmed -- stays
+    within ``max_tokens`` (a longer row gets a group of its own). ``0``: consecutive groups of
+    ``max_rows``. Grouping changes which rows share a forward, never the result (losses add up).
+    """
+    n = len(prompt_lengths)
+    if max_tokens <= 0:
+        return list(torch.arange(n).split(max_rows))
+    p, r = prompt_lengths.tolist(), response_lengths.tolist()
+    order = sorted(range(n), key=lambda i: -(p[i] + r[i]))
+    groups, current, top_p, top_r = [], [], 0, 0
+    for i in order:
+        grown_p, grown_r = max(top_p, p[i]), max(top_r, r[i])
+        if current and (len(current) >= max_rows or (len(current) + 1) * (grown_p + grown_r) > max_tokens):
+            groups.append(current)
+            current, grown_p, grown_r = [], p[i], r[i]
+        current.append(i)
+        top_p, top_r = grown_p, grown_r
+    groups.append(current)
+    return [torch.tensor(g) for g in groups]
 
 
 def _decoder_and_head(model):
@@ -202,12 +228,12 @@ class Learner:
         if cfg.loss.beta or need & {"ref_entropy", "kl"}:
             need.add("ref_logp")  # free once the reference LM head runs
         self.need = need
-        self.need_vocab = need & {"entropy", "ref_logp", "ref_entropy", "kl"}
-        if self.need_vocab:
-            self.need_vocab.add("logp")  # the policy's logits are computed there anyway: read log pi(y) once
-        self.need_ref = bool(need & {"ref_logp", "ref_entropy", "kl", "ref_hidden"})
+        # What the loss reads on every row; the other signals' inputs only on the shadow sample.
+        train = set(credit.needed_stats([cfg.credit.name], self.signal_options)) | {"logp"}
+        if cfg.loss.beta or train & {"ref_entropy", "kl"}:
+            train.add("ref_logp")
+        self.need_train = train
         self.rollout_correction = resolve_mode(cfg.loss.rollout_correction, next(model.parameters()).dtype)
-        self.need_ref_head = bool(need & {"ref_logp", "ref_entropy", "kl"})  # else stop at credit.layer
 
     def step(self, batch: RolloutBatch, advantages: torch.Tensor) -> StepResult:
         """One update: per micro-batch, score, weight the advantages, backward; then clip and step."""
@@ -220,8 +246,15 @@ class Learner:
         )
         self.optimizer.zero_grad(set_to_none=True)
         weights, shadow, logps, loss_sum, fallbacks = [], {s: [] for s in self.signals}, [], 0.0, 0
-        for rows in torch.arange(mask_all.shape[0]).split(self.cfg.learner.micro_batch_size):
-            stats, logp = self.score(batch, rows)
+        groups = micro_batches(
+            batch.prompt_mask.sum(1),
+            mask_all.sum(1),
+            self.cfg.learner.micro_batch_size,
+            self.cfg.learner.micro_batch_tokens,
+        )
+        sampled = self.shadow_rows(mask_all.shape[0])
+        for rows in groups:
+            stats, logp = self.score(batch, rows, None if sampled is None else sampled[rows])
             saliences = {s: credit.salience(s, stats, **self.signal_options) for s in self.signals}
             if c.name not in saliences:
                 saliences[c.name] = credit.salience(c.name, stats, **self.signal_options)
@@ -244,14 +277,18 @@ class Learner:
             weights.append(w)
             logps.append(logp.detach())
             for s in self.signals:
-                shadow[s].append(w if s == c.name else credit.normalize(saliences[s], stats.mask, **norm))
+                shadow_w = w if s == c.name else credit.normalize(saliences[s], stats.mask, **norm)
+                if s != c.name and sampled is not None:  # off the shadow sample: NaN, not a weight
+                    shadow_w = torch.where(sampled[rows, None].to(w.device), shadow_w, torch.nan)
+                shadow[s].append(shadow_w)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip).item()
         self.optimizer.step()
+        back = torch.argsort(torch.cat(groups)).to(mask_all.device)  # micro-batch order -> row order
         return StepResult(
             loss=loss_sum,
-            weights=torch.cat(weights),
-            logp=torch.cat(logps),
-            shadow_weights={s: torch.cat(v) for s, v in shadow.items()},
+            weights=torch.cat(weights)[back],
+            logp=torch.cat(logps)[back],
+            shadow_weights={s: torch.cat(v)[back] for s, v in shadow.items()},
             grad_norm=grad_norm,
             fallback_frac=fallbacks / mask_all.shape[0],
         )
@@ -269,62 +306,112 @@ class Learner:
             logp.detach(), mu, mask, self.rollout_correction, self.cfg.loss.rollout_is_cap
         )
 
-    def score(self, batch: RolloutBatch, rows: torch.Tensor):
-        """The (at most) two forwards for ``rows``: TokenStats [b, R] and the policy log-probs with grad."""
+    def shadow_rows(self, n_rows: int) -> torch.Tensor | None:
+        """[B] bool: the rows whose shadow signals are computed (None: every row).
+
+        The first ``ceil(diagnostics.shadow_sample * G)`` samples of every group: the G samples of a
+        prompt are exchangeable draws, so this is a stratified random sample of the batch and each
+        shadow mean over it is unbiased (its standard error: BENCHMARKS.md, "Shadow diagnostics").
+        """
+        d, g = self.cfg.diagnostics, self.cfg.budget.group_size
+        if not d.shadow or d.shadow_sample >= 1.0:
+            return None
+        k = max(1, math.ceil(d.shadow_sample * g - 1e-9))
+        return torch.arange(n_rows) % g < k
+
+    def score(self, batch: RolloutBatch, rows: torch.Tensor, shadow_rows: torch.Tensor | None = None):
+        """The (at most) two forwards for ``rows``: TokenStats [b, R] and the policy log-probs with grad.
+
+        ``shadow_rows`` [b] bool: what only the shadow signals read (beyond the training signal's
+        inputs) is computed on those rows alone, the adapter-off forward and the reference LM head
+        included, and is NaN (hidden states: 0) on the others. None: everything on every row.
+        """
         device = self.model.device
-        p = batch.prompt_ids.shape[1]
-        input_ids = torch.cat([batch.prompt_ids[rows], batch.response_ids[rows]], 1).to(device)
-        attn = torch.cat([batch.prompt_mask[rows], batch.response_mask[rows]], 1).to(device)
-        mask = batch.response_mask[rows].to(device)
-        targets = batch.response_ids[rows].to(device)[mask]
+        # The forward sees only these rows' own width: left prompt padding and right response padding
+        # that every row shares are cut (positions follow the attention mask, so nothing changes).
+        prompt_mask, response_mask = batch.prompt_mask[rows], batch.response_mask[rows]
+        first = int(prompt_mask.any(0).long().argmax()) if prompt_mask.any() else prompt_mask.shape[1] - 1
+        last = int(response_mask.any(0).nonzero().max()) + 1 if response_mask.any() else 1
+        p = prompt_mask.shape[1] - first
+        input_ids = torch.cat([batch.prompt_ids[rows, first:], batch.response_ids[rows, :last]], 1).to(device)
+        attn = torch.cat([prompt_mask[:, first:], response_mask[:, :last]], 1).to(device)
+        mask = response_mask[:, :last].to(device)
+        targets = batch.response_ids[rows, :last].to(device)[mask]
+        full_mask = response_mask.to(device)  # outputs keep the batch's width
         layer = self.cfg.credit.layer
         _, head = _decoder_and_head(self.model)
 
-        def response_positions(h):  # [b, L, D] -> [N, D] at the positions predicting each response token
-            return h[:, p - 1 : -1][mask]
-
+        need, need_sample = self.need, set()
+        if shadow_rows is not None and not bool(shadow_rows.all()) and not head.weight.requires_grad:
+            need, need_sample = self.need_train, self.need - self.need_train
+            shadow_rows = shadow_rows.to(device)
+        ref_fields = {"ref_logp", "ref_entropy", "kl", "ref_hidden"}
+        ref_rows = shadow_rows if not need & ref_fields and need_sample & ref_fields else None
+        ref_head = bool((need | need_sample) & {"ref_logp", "ref_entropy", "kl"})  # else stop at credit.layer
         ref_final = ref_layer = None
-        if self.need_ref:
+        if need & ref_fields or (ref_rows is not None and bool(ref_rows.any())):
+            on = slice(None) if ref_rows is None else ref_rows  # None: every row
             with torch.no_grad(), self.model.disable_adapter():
                 ref_final, ref_layer = (
-                    None if h is None else response_positions(h)
-                    for h in forward_hidden(self.model, input_ids, attn, layer, final=self.need_ref_head)
+                    None if h is None else h[:, p - 1 : -1][mask[on]]
+                    for h in forward_hidden(self.model, input_ids[on], attn[on], layer, final=ref_head)
                 )
-        checkpoint = self.cfg.learner.gradient_checkpointing
         final, at_layer = (
-            response_positions(h)
-            for h in forward_hidden(self.model, input_ids, attn, layer, checkpoint=checkpoint)
+            h[:, p - 1 : -1][mask]
+            for h in forward_hidden(
+                self.model, input_ids, attn, layer, checkpoint=self.cfg.learner.gradient_checkpointing
+            )
         )
-        vocab = vocab_stats(
-            final.detach(),
-            head.weight,
-            targets,
-            ref_final,
-            temperature=self.temperature,
-            chunk_size=self.cfg.learner.chunk_size,
-            need=self.need_vocab,
+        chunk = auto_chunk_size(
+            head.weight.shape[0], self.cfg.learner.chunk_memory_mb, self.cfg.learner.chunk_size
         )
-        logp_flat = target_logprob(
-            final, head.weight, targets, self.temperature, self.cfg.learner.chunk_size, value=vocab.logp
-        )
+        vocab_fields = {"logp", "entropy", "ref_logp", "ref_entropy", "kl"}
+        if head.weight.requires_grad:  # a trainable head: the plain path, whose backward forms its gradient
+            vocab = vocab_stats(
+                final.detach(),
+                head.weight,
+                targets,
+                ref_final,
+                temperature=self.temperature,
+                chunk_size=chunk,
+                need=need & vocab_fields,
+            )
+            logp_flat = target_logprob(final, head.weight, targets, self.temperature, chunk, value=vocab.logp)
+        else:
+            logp_flat, vocab = fused_scores(
+                final,
+                head.weight,
+                targets,
+                ref_final,
+                temperature=self.temperature,
+                chunk_size=chunk,
+                need=need & vocab_fields,
+                sample=shadow_rows[:, None].expand_as(mask)[mask] if need_sample else None,
+                need_sample=need_sample & vocab_fields,
+            )
 
-        def unflatten(x):
+        def unflatten(x, where=full_mask):
             if x is None:
                 return None
-            out = x.new_zeros(mask.shape + x.shape[1:])
-            out[mask] = x.detach() if x.requires_grad else x
+            out = x.new_zeros(where.shape + x.shape[1:])
+            out[where] = x.detach() if x.requires_grad else x
             return out
 
-        logp = logp_flat.new_zeros(mask.shape).masked_scatter(mask, logp_flat)
+        logp = logp_flat.new_zeros(full_mask.shape).masked_scatter(full_mask, logp_flat)
         needs_hidden = "hidden" in self.need or "ref_hidden" in self.need
+        ref_where = full_mask if ref_rows is None else full_mask & ref_rows[:, None]  # none sampled: all 0
         stats = credit.TokenStats(
-            mask=mask,
+            mask=full_mask,
             logp=logp.detach(),
             entropy=unflatten(vocab.entropy),
             ref_logp=unflatten(vocab.ref_logp),
             ref_entropy=unflatten(vocab.ref_entropy),
             kl=unflatten(vocab.kl),
             hidden=unflatten(at_layer.detach()) if needs_hidden else None,
-            ref_hidden=unflatten(ref_layer) if needs_hidden else None,
+            ref_hidden=(
+                unflatten(ref_layer if ref_layer is not None else at_layer[:0].detach(), ref_where)
+                if needs_hidden
+                else None
+            ),
         )
         return stats, logp

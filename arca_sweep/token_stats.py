@@ -145,3 +145,138 @@ def vocab_stats(
             if "kl" in need:
                 out["kl"][e] = (logp.exp() * (logp - logq)).sum(-1)
     return VocabStats(**out)
+
+
+# ------------------------------------------------------------------------------------------------
+# The fused scoring pass: one LM-head matmul per chunk feeds every quantity and the log-prob's gradient
+# ------------------------------------------------------------------------------------------------
+
+# Live [chunk, V] float32 blocks at the peak of one fused chunk: policy log-softmax, its exp, the
+# reference log-softmax and one temporary (the E_p[W] cast, or the KL product).
+_BLOCKS_PER_CHUNK = 4
+
+
+def auto_chunk_size(vocab_size: int, memory_mb: float, override: int = 0) -> int:
+    """Tokens per full-vocabulary chunk: ``override`` when > 0, else the most tokens whose
+    ``_BLOCKS_PER_CHUNK`` float32 ``[chunk, V]`` blocks fit in ``memory_mb`` (at least 16, at most 8,192)."""
+    if override > 0:
+        return int(override)
+    fit = int(memory_mb * 2**20) // (_BLOCKS_PER_CHUNK * 4 * vocab_size)
+    return max(16, min(8192, fit))
+
+
+class _SavedGradLogProb(torch.autograd.Function):
+    """Returns the precomputed ``value`` [N]; backward is ``grad_h = g[:, None] * grad_dir`` with
+    ``grad_dir = d value / d hidden`` [N, D] formed in the forward pass. Exact for any loss
+    differentiable in the log-prob, since the Jacobian of log pi(y_n) in h is row-wise."""
+
+    @staticmethod
+    def forward(ctx, hidden, value, grad_dir):
+        ctx.save_for_backward(grad_dir)
+        ctx.hidden_dtype = hidden.dtype
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad_dir,) = ctx.saved_tensors
+        return (grad_out[:, None] * grad_dir).to(ctx.hidden_dtype), None, None
+
+
+@torch.no_grad()
+def _fused_pass(
+    hidden, weight, targets, ref_hidden, sample, temperature, chunk_size, need, need_sample, grad
+):
+    n, d = hidden.shape
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    out = {k: torch.full((n,), torch.nan, dtype=dtype, device=hidden.device) for k in need | need_sample}
+    grad_dir = torch.empty(n, d, dtype=dtype, device=hidden.device) if grad else None
+    # ref_hidden holds every token (a full need) or only the sampled ones, in order.
+    ref_index = None
+    if ref_hidden is not None and ref_hidden.shape[0] != n:
+        ref_index = sample.long().cumsum(0) - 1
+    ref_fields = {"ref_logp", "ref_entropy", "kl"}
+    for s in range(0, n, chunk_size):
+        e = slice(s, s + chunk_size)
+        y = targets[e]
+        logp = _chunk_logits(hidden[e], weight, temperature)
+        logp -= logp.logsumexp(-1, keepdim=True)  # in place: the chunk's policy log-softmax
+        out["logp"][e] = logp.gather(1, y[:, None])[:, 0]
+        p = logp.exp()
+        if grad:
+            # d log pi(y) / d h = (W_y - E_p[W]) / temperature
+            grad_dir[e] = (weight[y].to(dtype) - (p.to(weight.dtype) @ weight).to(dtype)) / temperature
+        if "entropy" in out:
+            out["entropy"][e] = -(p * logp).sum(-1)
+        if not (need | need_sample) & ref_fields:
+            continue
+        full_ref = bool(need & ref_fields)
+        sel = None if full_ref else sample[e].nonzero()[:, 0]
+        if sel is not None and sel.numel() == 0:
+            continue
+        if full_ref:
+            rows = ref_hidden[e]
+        else:
+            rows = ref_hidden[ref_index[e][sel]] if ref_index is not None else ref_hidden[e][sel]
+            logp, p, y = logp[sel], p[sel], y[sel]
+        logq = _chunk_logits(rows, weight, temperature)
+        logq -= logq.logsumexp(-1, keepdim=True)
+        at = e if sel is None else sel + s
+        if "ref_logp" in out:
+            out["ref_logp"][at] = logq.gather(1, y[:, None])[:, 0]
+        if "kl" in out:
+            out["kl"][at] = (p * (logp - logq)).sum(-1)
+        if "ref_entropy" in out:
+            out["ref_entropy"][at] = -(logq.exp() * logq).sum(-1)
+    return out, grad_dir
+
+
+def fused_scores(
+    hidden,
+    weight,
+    targets,
+    ref_hidden=None,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    need: frozenset[str] | set[str] = frozenset(),
+    sample: torch.Tensor | None = None,
+    need_sample: frozenset[str] | set[str] = frozenset(),
+) -> tuple[torch.Tensor, VocabStats]:
+    """``(log pi(y) [N] with a gradient to hidden, VocabStats)`` from one LM-head matmul per chunk.
+
+    Same quantities as :func:`vocab_stats` (``need``, over every token) and :func:`target_logprob`,
+    but each chunk's policy logits ``z`` are formed once: the forward also computes
+    ``E_p[W] = softmax(z) @ W`` and keeps ``(W_y - E_p[W]) / temperature`` [N, D], so the backward
+    is one broadcast multiply and no chunk is recomputed. ``need_sample`` fields are computed on the
+    tokens where ``sample`` [N] is True and NaN elsewhere, unless they come free from logits formed
+    anyway (the entropy; the reference fields when a ``need`` field is a reference one); ``ref_hidden`` then holds every token when a
+    ``need`` field is a reference one, otherwise only the sampled tokens, in order. The LM head
+    ``weight`` must be frozen (LoRA never adapts it); use :func:`target_logprob` otherwise.
+    """
+    need, need_sample = set(need) | {"logp"}, set(need_sample) - set(need)
+    fields = {"logp", "entropy", "ref_logp", "ref_entropy", "kl"}
+    if unknown := (need | need_sample) - fields:
+        raise ValueError(f"unknown vocab stats {sorted(unknown)}; valid: {sorted(fields)}")
+    if need_sample and sample is None:
+        raise ValueError("need_sample needs a sample mask")
+    ref_fields = {"ref_logp", "ref_entropy", "kl"}
+    if ref_hidden is None and (need & ref_fields or need_sample & ref_fields and bool(sample.any())):
+        raise ValueError(f"{sorted(need | need_sample)} need ref_hidden")
+    if weight.requires_grad:
+        raise ValueError("fused_scores needs a frozen LM head; use target_logprob for a trainable one")
+    grad = hidden.requires_grad and torch.is_grad_enabled()
+    out, grad_dir = _fused_pass(
+        hidden.detach(),
+        weight,
+        targets,
+        ref_hidden,
+        sample,
+        float(temperature),
+        int(chunk_size),
+        need,
+        need_sample,
+        grad,
+    )
+    value = out["logp"]
+    logp = _SavedGradLogProb.apply(hidden, value, grad_dir) if grad else value
+    return logp, VocabStats(**{k: v.clone() if k == "logp" else v for k, v in out.items()})

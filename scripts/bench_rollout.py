@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test helpers: one random Qwen3 builder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from arca_sweep.config import validate  # noqa: E402
 from arca_sweep.model import load_policy, load_tokenizer  # noqa: E402
 from arca_sweep.rollout import build_engine  # noqa: E402
-from tests.conftest import make_config, randomize_adapter  # noqa: E402
-from tests.test_paper_preset import random_qwen3  # noqa: E402
+from arca_sweep.testing import make_config, random_qwen3, randomize_adapter  # noqa: E402
 
 MODELS = {
     # name: (prompts, samples per prompt, max_new_tokens)

@@ -3,25 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
 
-from arca_sweep.main import CONF_DIR, quote_numeric_choices
-
-
-def make_config(*overrides: str):
-    """The config the CLI would compose for these overrides."""
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=quote_numeric_choices(list(overrides)))
-
-
-def randomize_adapter(model, seed: int = 0, scale: float = 0.05) -> None:
-    """peft initializes B = 0 (the adapter starts as a no-op); make it a real, non-zero adapter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * scale)
+from arca_sweep.testing import make_config, randomize_adapter  # noqa: F401  (re-exported for the tests)
 
 
 @pytest.fixture(scope="session")

@@ -7,40 +7,13 @@ import json
 
 import pytest
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from arca_sweep.config import validate
 from arca_sweep.learner import Learner
 from arca_sweep.model import load_policy
-from tests.conftest import make_config
+from arca_sweep.testing import make_config, random_qwen3
 from tests.test_end_to_end import cli, records
 from tests.test_signals_reference import make_batch
-
-# Public config.json values of the released checkpoints (layers cut to 2 here).
-QWEN3 = {
-    "qwen3_1_7b": dict(
-        hidden_size=2048, intermediate_size=6144, num_attention_heads=16, num_key_value_heads=8
-    ),
-    "qwen3_0_6b": dict(
-        hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8
-    ),
-}
-
-
-def random_qwen3(path, model: str, layers: int = 2):
-    config = Qwen3Config(
-        vocab_size=151_936,
-        head_dim=128,
-        num_hidden_layers=layers,
-        tie_word_embeddings=True,
-        max_position_embeddings=40_960,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        **QWEN3[model],
-    )
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(config).save_pretrained(path)
-    return path
 
 
 def test_paper_preset_composes_with_the_papers_settings():

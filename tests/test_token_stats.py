@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from arca_sweep.token_stats import target_logprob, vocab_stats
+from arca_sweep.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
 
 V = 50_257  # a GPT-2-sized vocabulary: the chunking must hold at realistic sizes
 
@@ -96,3 +96,84 @@ def test_precomputed_value_gives_the_same_output_and_gradient():
         (out * coef).sum().backward()
         grads.append((out.detach(), h.grad))
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+def _fused_inputs(seed, n=29, d=16, v=3001, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(v, d, generator=g) / 4).to(dtype)
+    hidden = torch.randn(n, d, generator=g).to(dtype)
+    ref_hidden = hidden + 0.3 * torch.randn(n, d, generator=g).to(dtype)
+    targets = torch.randint(0, v, (n,), generator=g)
+    return weight, hidden, ref_hidden, targets, g
+
+
+ALL = {"logp", "entropy", "ref_logp", "ref_entropy", "kl"}
+
+
+@pytest.mark.parametrize("temperature,chunk", [(1.0, 4), (0.7, 29), (1.3, 1000)])
+def test_fused_pass_equals_plain_loss_and_gradient_float64(temperature, chunk):
+    """fused_scores (logits once per chunk, gradient formed in the forward) against target_logprob +
+    vocab_stats (the backward recomputes the softmax): same stats, same loss, same gradient to 1e-6,
+    through a loss that is not linear in log pi (PPO-clip-like, with exp and a clamp)."""
+    weight, hidden, ref_hidden, targets, g = _fused_inputs(0)
+    adv = torch.randn(hidden.shape[0], generator=g).double()
+    old = torch.randn(hidden.shape[0], generator=g).double() * 0.1
+
+    def loss_of(logp):
+        ratio = torch.exp(logp - (logp.detach() + old))
+        return -torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv).sum()
+
+    h_plain = hidden.clone().requires_grad_()
+    plain = target_logprob(h_plain, weight, targets, temperature, chunk)
+    plain_stats = vocab_stats(
+        h_plain.detach(), weight, targets, ref_hidden, temperature=temperature, chunk_size=chunk, need=ALL
+    )
+    loss_plain = loss_of(plain)
+    loss_plain.backward()
+
+    h_fused = hidden.clone().requires_grad_()
+    fused, stats = fused_scores(
+        h_fused, weight, targets, ref_hidden, temperature=temperature, chunk_size=chunk, need=ALL
+    )
+    loss_fused = loss_of(fused)
+    loss_fused.backward()
+
+    torch.testing.assert_close(loss_fused, loss_plain, atol=1e-6, rtol=0)
+    torch.testing.assert_close(h_fused.grad, h_plain.grad, atol=1e-6, rtol=0)
+    assert h_fused.grad.abs().max() > 1e-3
+    for key in ALL:
+        torch.testing.assert_close(
+            getattr(stats, key), getattr(plain_stats, key), atol=1e-10, rtol=0, msg=key
+        )
+
+
+def test_fused_pass_sampled_fields_only_on_sampled_tokens():
+    """need_sample fields on the sampled tokens equal the full computation; NaN elsewhere unless
+    free (entropy, or reference fields once the reference logits exist for every token); the
+    reference hidden may hold only the sampled tokens."""
+    weight, hidden, ref_hidden, targets, g = _fused_inputs(1)
+    sample = torch.rand(hidden.shape[0], generator=g) < 0.4
+    full = vocab_stats(hidden, weight, targets, ref_hidden, chunk_size=6, need=ALL)
+    for ref in (ref_hidden, ref_hidden[sample]):
+        if ref.shape[0] == hidden.shape[0]:
+            need, need_sample = {"kl"}, {"entropy", "ref_entropy"}  # a full reference need: every token
+        else:
+            need, need_sample = set(), {"entropy", "ref_logp", "ref_entropy", "kl"}
+        _, got = fused_scores(
+            hidden, weight, targets, ref, chunk_size=6, need=need, sample=sample, need_sample=need_sample
+        )
+        for key in need | need_sample:
+            free = key == "entropy" or ref.shape[0] == hidden.shape[0]  # from logits formed anyway
+            on = slice(None) if key in need or free else sample
+            torch.testing.assert_close(getattr(got, key)[on], getattr(full, key)[on], atol=1e-10, rtol=0)
+            if on is sample:
+                assert getattr(got, key)[~sample].isnan().all(), key
+
+
+def test_fused_pass_refuses_a_trainable_head_and_chunk_size_follows_the_vocabulary():
+    weight, hidden, _, targets, _ = _fused_inputs(2)
+    with pytest.raises(ValueError, match="frozen"):
+        fused_scores(hidden, weight.requires_grad_(), targets)
+    assert auto_chunk_size(151_936, 512) == 220  # 4 float32 [chunk, V] blocks in 512 MiB
+    assert auto_chunk_size(151_936, 512, override=64) == 64
+    assert auto_chunk_size(1_000, 512) == 8192
