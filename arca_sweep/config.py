@@ -157,6 +157,8 @@ class LearnerConfig:
     micro_batch_size: int = 64  # sequences per forward/backward
     chunk_size: int = 1024  # tokens per full-vocabulary chunk
     gradient_checkpointing: bool = False  # recompute decoder-layer activations in backward (non-reentrant)
+    # bf16 matmuls over float32 weights (model.dtype=float32), float32 residual stream (BENCHMARKS.md)
+    autocast_bf16: bool = False
 
 
 @dataclass
@@ -164,6 +166,8 @@ class DiagnosticsConfig:
     shadow: bool = True  # compute every signal's weights from the same passes
     uniform_at: float = 0.95  # ETR >= this: uniform regime
     concentrated_at: float = 0.25  # ETR <= this: concentrated regime
+    fidelity_every: int = 0  # every k steps re-score one micro-batch at fidelity_dtype, log rel_err (0: off)
+    fidelity_dtype: str = "float64"  # float64 | float32
 
 
 @dataclass
@@ -211,6 +215,7 @@ CHOICES: dict[str, Any] = {
     "logger.mode": ("offline", "online", "disabled"),
     "data.name": ("arith", "math", "math500"),
     "device": ("auto", "cpu", "cuda"),
+    "diagnostics.fidelity_dtype": ("float64", "float32"),
 }
 POSITIVE = [
     "rank.r",
@@ -233,6 +238,7 @@ POSITIVE = [
 ]
 NON_NEGATIVE = [
     "budget.eval_every",
+    "diagnostics.fidelity_every",
     "loss.clip_low",
     "loss.clip_high",
     "loss.beta",

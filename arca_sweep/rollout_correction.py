@@ -18,7 +18,7 @@ per token, or of the summed log ratio for ``sequence_truncate``, multiplied into
 before the beta * KL term). Both match the formulas above, including the +-20 clamp; tests compare
 against a slow loop and the two peers' formulas on identical inputs.
 
-``auto`` resolves by the learner's dtype (:data:`AUTO_MODE`): float32 engines agree with the learner
+``auto`` resolves by the learner's and the engine's dtypes (:data:`AUTO_MODE`): float32 engines agree with the learner
 to ~1e-5 nats per token (BENCHMARKS.md), so every c_t is 1 to within 1e-5 and ``none`` keeps the loss
 exact; bfloat16/float16 round each log-prob by up to ~0.1 nat (ratios 0.9-1.12 measured), where
 ``token`` at C = 2 (verl's and TRL's default) corrects the bulk and caps the tail.
@@ -37,11 +37,15 @@ AUTO_MODE = {"float32": "none", "float64": "none", "bfloat16": "token", "float16
 SAFETY_BOUND = 20.0  # |log ratio| clamp before exp, as verl: exp(20) = 4.9e8 cannot overflow float32
 
 
-def resolve_mode(mode: str, dtype: torch.dtype) -> str:
-    """``auto`` -> the learner dtype's default (:data:`AUTO_MODE`); others unchanged."""
+def resolve_mode(mode: str, dtype: torch.dtype, engine_dtype: str | None = None) -> str:
+    """``auto`` -> ``token`` if the learner's dtype or the engine's (``rollout.dtype``, null: the
+    learner's) is half precision, else ``none`` (:data:`AUTO_MODE`); other modes unchanged."""
     if mode not in MODES:
         raise ValueError(f"loss.rollout_correction={mode!r} is not valid; choose one of: {', '.join(MODES)}")
-    return AUTO_MODE[str(dtype).removeprefix("torch.")] if mode == "auto" else mode
+    if mode != "auto":
+        return mode
+    dtypes = {str(dtype).removeprefix("torch."), engine_dtype} - {None}
+    return "token" if any(AUTO_MODE[d] == "token" for d in dtypes) else "none"
 
 
 def importance_ratios(logp_old, sampler_logp, mask, mode: str) -> torch.Tensor:
