@@ -15,8 +15,9 @@ compute_rollout_correction_weights``: ``rollout_is="token" | "sequence"``, log r
 to the policy-gradient loss only, not the KL term) and TRL (``GRPOTrainer``,
 ``vllm_importance_sampling_correction``: ``exp(old_logps - sampling_logps).clamp(max=cap)``
 per token, or of the summed log ratio for ``sequence_truncate``, multiplied into the per-token loss
-before the beta * KL term). Both match the formulas above, including the +-20 clamp; tests compare
-against a slow loop and the two peers' formulas on identical inputs.
+before the beta * KL term; TRL 1.16 clamps the ratio only, not the log ratio, so it differs from verl
+and from this module only where logp_old - mu < -20, i.e. on weights below 2e-9). verl's functions are
+compared on identical inputs in ``tests/test_rollout_correction.py`` (where verl is installed).
 
 ``auto`` resolves by the learner's and the engine's dtypes (:data:`AUTO_MODE`): float32 engines agree with the learner
 to ~1e-5 nats per token (BENCHMARKS.md), so every c_t is 1 to within 1e-5 and ``none`` keeps the loss
