@@ -136,7 +136,7 @@ class LossConfig:
     beta: float = 0.0  # weight of the k3-KL penalty to pi_ref
     # sampler/learner mismatch: auto (none in float32, token in bf16/fp16) | none | token | sequence
     rollout_correction: str = "auto"
-    rollout_is_cap: float = 2.0  # C in c = min(ratio, C) (verl's and TRL's default)
+    rollout_is_cap: float = 2.0  # C in c = min(ratio, C) (verl's default)
 
 
 @dataclass

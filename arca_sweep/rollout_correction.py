@@ -19,10 +19,11 @@ before the beta * KL term; TRL 1.16 clamps the ratio only, not the log ratio, so
 and from this module only where logp_old - mu < -20, i.e. on weights below 2e-9). verl's functions are
 compared on identical inputs in ``tests/test_rollout_correction.py`` (where verl is installed).
 
-``auto`` resolves by the learner's and the engine's dtypes (:data:`AUTO_MODE`): float32 engines agree with the learner
-to ~1e-5 nats per token (BENCHMARKS.md), so every c_t is 1 to within 1e-5 and ``none`` keeps the loss
-exact; bfloat16/float16 round each log-prob by up to ~0.1 nat (ratios 0.9-1.12 measured), where
-``token`` at C = 2 (verl's and TRL's default) corrects the bulk and caps the tail.
+``auto`` resolves by the learner's and the engine's dtypes (:data:`AUTO_MODE`): float32 engines
+agree with the learner to ~1e-5 nats per token (BENCHMARKS.md), so every c_t is 1 to within 1e-5
+and ``none`` keeps the loss exact; bfloat16/float16 round each log-prob by up to ~0.1 nat (ratios up
+to 1.12 measured), where ``token`` at C = 2 (verl's default; TRL 1.16 defaults to 3.0 with
+sequence-level masking) corrects the bulk and caps the tail.
 
 Under ``rollout.top_p < 1`` mu is renormalized over the nucleus while the learner scores the full
 softmax, so c_t sits below 1 by the nucleus mass: a real difference of distributions, which the
