@@ -143,7 +143,7 @@ class LossConfig:
     beta: float = 0.0  # weight of the k3-KL penalty to pi_ref
     # sampler/learner mismatch: auto (none in float32, token in bf16/fp16) | none | token | sequence
     rollout_correction: str = "auto"
-    rollout_is_cap: float = 2.0  # C in c = min(ratio, C) (verl's and TRL's default)
+    rollout_is_cap: float = 2.0  # C in c = min(ratio, C) (verl's default)
 
 
 @dataclass
@@ -168,6 +168,8 @@ class LearnerConfig:
         8192  # padded tokens per micro-batch (length-sorted rows); 0: micro_batch_size rows in order
     )
     gradient_checkpointing: bool = False  # recompute decoder-layer activations in backward (non-reentrant)
+    # bf16 matmuls over float32 weights (model.dtype=float32), float32 residual stream (BENCHMARKS.md)
+    autocast_bf16: bool = False
 
 
 @dataclass
@@ -176,6 +178,8 @@ class DiagnosticsConfig:
     uniform_at: float = 0.95  # ETR >= this: uniform regime
     concentrated_at: float = 0.25  # ETR <= this: concentrated regime
     shadow_sample: float = 0.25  # share of each group's rows the other signals are computed on; 1: all
+    fidelity_every: int = 0  # every k steps re-score one micro-batch at fidelity_dtype, log rel_err (0: off)
+    fidelity_dtype: str = "float64"  # float64 | float32
 
 
 @dataclass
@@ -223,6 +227,7 @@ CHOICES: dict[str, Any] = {
     "logger.mode": ("offline", "online", "disabled"),
     "data.name": ("arith", "math", "math500"),
     "device": ("auto", "cpu", "cuda"),
+    "diagnostics.fidelity_dtype": ("float64", "float32"),
 }
 POSITIVE = [
     "rank.r",
@@ -245,6 +250,7 @@ POSITIVE = [
 ]
 NON_NEGATIVE = [
     "budget.eval_every",
+    "diagnostics.fidelity_every",
     "loss.clip_low",
     "loss.clip_high",
     "loss.beta",

@@ -17,6 +17,7 @@ import torch
 import torch.utils.checkpoint
 
 from arca_sweep import credit
+from arca_sweep.fidelity import compute_context
 from arca_sweep.rollout import RolloutBatch
 from arca_sweep.rollout_correction import resolve_mode, rollout_correction_weights
 from arca_sweep.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
@@ -164,7 +165,14 @@ def _checkpointed(decoder):
 
 
 def forward_hidden(
-    model, input_ids, attention_mask, layer: int, *, final: bool = True, checkpoint: bool = False
+    model,
+    input_ids,
+    attention_mask,
+    layer: int,
+    *,
+    final: bool = True,
+    checkpoint: bool = False,
+    autocast_bf16: bool = False,
 ):
     """(final hidden [B, L, D] fed to the LM head, hidden at ``layer``) of one forward.
 
@@ -172,6 +180,8 @@ def forward_hidden(
     ``final=False``: only the hidden state at ``layer`` is wanted (ARCA's reference pass without the
     LM head); the forward stops after the last decoder layer it depends on and returns
     ``(None, hidden)``. ``checkpoint``: recompute each layer's activations in backward.
+    ``autocast_bf16``: matmuls in bf16 over the (float32) weights, residual stream in float32
+    (:func:`arca_sweep.fidelity.compute_context`).
     """
     decoder, _ = _decoder_and_head(model)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -185,7 +195,10 @@ def forward_hidden(
 
         handle = last.register_forward_hook(hook)
     try:
-        with _checkpointed(decoder) if checkpoint else contextlib.nullcontext():
+        with (
+            _checkpointed(decoder) if checkpoint else contextlib.nullcontext(),
+            compute_context(input_ids.device, autocast_bf16),
+        ):
             out = decoder(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -198,8 +211,11 @@ def forward_hidden(
     finally:
         if stop:
             handle.remove()
-    final_state = out.last_hidden_state
-    return final_state, final_state if layer == -1 else out.hidden_states[layer]
+    final_state, at_layer = out.last_hidden_state, out.hidden_states[layer] if layer != -1 else None
+    if autocast_bf16:  # the LM head and every signal downstream in float32
+        final_state = final_state.float()
+        at_layer = at_layer.float() if at_layer is not None else None
+    return final_state, final_state if layer == -1 else at_layer
 
 
 @dataclass
@@ -233,7 +249,10 @@ class Learner:
         if cfg.loss.beta or train & {"ref_entropy", "kl"}:
             train.add("ref_logp")
         self.need_train = train
-        self.rollout_correction = resolve_mode(cfg.loss.rollout_correction, next(model.parameters()).dtype)
+        self.autocast_bf16 = cfg.learner.autocast_bf16
+        self.rollout_correction = resolve_mode(
+            cfg.loss.rollout_correction, next(model.parameters()).dtype, cfg.rollout.dtype
+        )
 
     def step(self, batch: RolloutBatch, advantages: torch.Tensor) -> StepResult:
         """One update: per micro-batch, score, weight the advantages, backward; then clip and step."""
@@ -354,12 +373,24 @@ class Learner:
             with torch.no_grad(), self.model.disable_adapter():
                 ref_final, ref_layer = (
                     None if h is None else h[:, p - 1 : -1][mask[on]]
-                    for h in forward_hidden(self.model, input_ids[on], attn[on], layer, final=ref_head)
+                    for h in forward_hidden(
+                        self.model,
+                        input_ids[on],
+                        attn[on],
+                        layer,
+                        final=ref_head,
+                        autocast_bf16=self.autocast_bf16,
+                    )
                 )
         final, at_layer = (
             h[:, p - 1 : -1][mask]
             for h in forward_hidden(
-                self.model, input_ids, attn, layer, checkpoint=self.cfg.learner.gradient_checkpointing
+                self.model,
+                input_ids,
+                attn,
+                layer,
+                checkpoint=self.cfg.learner.gradient_checkpointing,
+                autocast_bf16=self.autocast_bf16,
             )
         )
         chunk = auto_chunk_size(

@@ -15,13 +15,15 @@ compute_rollout_correction_weights``: ``rollout_is="token" | "sequence"``, log r
 to the policy-gradient loss only, not the KL term) and TRL (``GRPOTrainer``,
 ``vllm_importance_sampling_correction``: ``exp(old_logps - sampling_logps).clamp(max=cap)``
 per token, or of the summed log ratio for ``sequence_truncate``, multiplied into the per-token loss
-before the beta * KL term). Both match the formulas above, including the +-20 clamp; tests compare
-against a slow loop and the two peers' formulas on identical inputs.
+before the beta * KL term; TRL 1.16 clamps the ratio only, not the log ratio, so it differs from verl
+and from this module only where logp_old - mu < -20, i.e. on weights below 2e-9). verl's functions are
+compared on identical inputs in ``tests/test_rollout_correction.py`` (where verl is installed).
 
-``auto`` resolves by the learner's dtype (:data:`AUTO_MODE`): float32 engines agree with the learner
-to ~1e-5 nats per token (BENCHMARKS.md), so every c_t is 1 to within 1e-5 and ``none`` keeps the loss
-exact; bfloat16/float16 round each log-prob by up to ~0.1 nat (ratios 0.9-1.12 measured), where
-``token`` at C = 2 (verl's and TRL's default) corrects the bulk and caps the tail.
+``auto`` resolves by the learner's and the engine's dtypes (:data:`AUTO_MODE`): float32 engines
+agree with the learner to ~1e-5 nats per token (BENCHMARKS.md), so every c_t is 1 to within 1e-5
+and ``none`` keeps the loss exact; bfloat16/float16 round each log-prob by up to ~0.1 nat (ratios up
+to 1.12 measured), where ``token`` at C = 2 (verl's default; TRL 1.16 defaults to 3.0 with
+sequence-level masking) corrects the bulk and caps the tail.
 
 Under ``rollout.top_p < 1`` mu is renormalized over the nucleus while the learner scores the full
 softmax, so c_t sits below 1 by the nucleus mass: a real difference of distributions, which the
@@ -37,11 +39,15 @@ AUTO_MODE = {"float32": "none", "float64": "none", "bfloat16": "token", "float16
 SAFETY_BOUND = 20.0  # |log ratio| clamp before exp, as verl: exp(20) = 4.9e8 cannot overflow float32
 
 
-def resolve_mode(mode: str, dtype: torch.dtype) -> str:
-    """``auto`` -> the learner dtype's default (:data:`AUTO_MODE`); others unchanged."""
+def resolve_mode(mode: str, dtype: torch.dtype, engine_dtype: str | None = None) -> str:
+    """``auto`` -> ``token`` if the learner's dtype or the engine's (``rollout.dtype``, null: the
+    learner's) is half precision, else ``none`` (:data:`AUTO_MODE`); other modes unchanged."""
     if mode not in MODES:
         raise ValueError(f"loss.rollout_correction={mode!r} is not valid; choose one of: {', '.join(MODES)}")
-    return AUTO_MODE[str(dtype).removeprefix("torch.")] if mode == "auto" else mode
+    if mode != "auto":
+        return mode
+    dtypes = {str(dtype).removeprefix("torch."), engine_dtype} - {None}
+    return "token" if any(AUTO_MODE[d] == "token" for d in dtypes) else "none"
 
 
 def importance_ratios(logp_old, sampler_logp, mask, mode: str) -> torch.Tensor:

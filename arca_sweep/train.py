@@ -27,6 +27,7 @@ from arca_sweep.arm_dir import ArmDir, RunLog, restore
 from arca_sweep.config import validate
 from arca_sweep.diagnostics import FormatTokens, credit_metrics
 from arca_sweep.evaluation import encode_prompts, evaluate, results_path
+from arca_sweep.fidelity import fidelity_probe
 from arca_sweep.learner import Learner, group_advantages
 from arca_sweep.loggers import build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
@@ -149,6 +150,11 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
                 cfg, batch, result, format_tokens, rollout_s, learner_s, learner.rollout_correction
             ),
         }
+        if cfg.diagnostics.fidelity_every and step % cfg.diagnostics.fidelity_every == 0:
+            rows = torch.arange(min(cfg.learner.micro_batch_size, len(batch.texts)))
+            metrics.update(
+                fidelity_probe(learner, batch, rows, getattr(torch, cfg.diagnostics.fidelity_dtype))
+            )
         # ---- guard: the batch must have been sampled from the weights the learner just scored
         check_engine_weights(metrics["rollout/logp_diff_max"], max_logp_diff, step)
         if step == b.steps or (b.eval_every and step % b.eval_every == 0):

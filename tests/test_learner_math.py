@@ -93,8 +93,9 @@ def ref_token_loss(lp, lp_old, a, clip_low, clip_high, ref=None, beta=0.0):
     rho = math.exp(lp - lp_old)
     clipped = min(max(rho, 1 - clip_low), 1 + clip_high)
     loss = -min(rho * a, clipped * a)
-    if beta:
-        loss += beta * (math.exp(ref - lp) - (ref - lp) - 1)
+    if beta:  # k3 with verl's clamps: log ratio to [-20, 20], the estimate to at most 10
+        d = min(max(ref - lp, -20.0), 20.0)
+        loss += beta * min(math.exp(d) - d - 1, 10.0)
     return loss
 
 
@@ -150,7 +151,8 @@ def test_ppo_clip_with_k3_penalty():
     full = ppo_clip_token_loss(logp, logp_old, adv, 0.2, 0.28, ref_logp=ref_logp, beta=beta)
     k3 = (full - base) / beta
     d = ref_logp - logp
-    assert torch.allclose(k3, torch.exp(d) - d - 1, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(k3, (torch.exp(d) - d - 1).clamp(max=10), rtol=1e-9, atol=1e-12)
+    assert (torch.exp(d) - d - 1 > 10).any() and (k3 < 10).any()  # both sides of the clamp
     assert (k3 >= 0).all()
     assert (k3 > 0).all()  # ref_logp != logp everywhere here
     for i in range(shape[0]):

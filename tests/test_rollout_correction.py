@@ -90,6 +90,8 @@ def test_auto_is_none_in_float32_and_token_in_half_precision():
     assert resolve_mode("auto", torch.bfloat16) == "token"
     assert resolve_mode("auto", torch.float16) == "token"
     assert resolve_mode("sequence", torch.float32) == "sequence"
+    assert resolve_mode("auto", torch.float32, "bfloat16") == "token"  # fp32 learner, bf16 vLLM engine
+    assert resolve_mode("auto", torch.float32, "float32") == "none"
     with pytest.raises(ValueError, match="loss.rollout_correction='tok'"):
         resolve_mode("tok", torch.float32)
 
@@ -204,6 +206,7 @@ def test_smoke_run_per_mode(tmp_path, mode):
         "budget=smoke",
         "budget.steps=2",
         f"loss.rollout_correction={mode}",
+        "diagnostics.fidelity_every=2",
         f"hydra.run.dir={arm}",
         cwd=REPO,
     )
@@ -214,4 +217,7 @@ def test_smoke_run_per_mode(tmp_path, mode):
         assert 1.0 <= r["rollout/is_ratio/max"] < 1.01
         assert r["rollout/is_ratio/clipped_frac"] == 0.0
         assert math.isfinite(r["loss"])
+    assert "fidelity/arca/rel_err" not in rows[0]  # fidelity_every=2: step 2 only
+    for signal in ("surprisal", "entropy", "divergence", "arca"):
+        assert 0 <= rows[1][f"fidelity/{signal}/rel_err"] < 1e-3  # a float32 run against float64
     assert json.loads((arm / "summary.json").read_text())["steps"] == 2
