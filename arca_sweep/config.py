@@ -49,6 +49,10 @@ class CreditConfig:
     layer: int = -1  # arca: hidden_states index (-1: the state fed to the LM head)
     mode: str = "clamp"  # entropy: clamp (H_ref - H_pol clamped at 0) | abs
     estimator: str = "exact"  # divergence: exact (full-vocabulary KL) | k3 (sampled estimator)
+    options: dict[str, Any] = field(
+        default_factory=dict
+    )  # a method's keyword options (conf/credit/<name>.yaml)
+    target: str | None = None  # credit=custom: the user's method, "pkg.module:function"
 
 
 @dataclass
@@ -88,6 +92,7 @@ class DataConfig:
     enable_thinking: bool = False  # Qwen3 chat template switch
     grader_workers: int = 2  # math-verify worker processes
     grader_timeout_s: float = 5.0  # hard per-answer limit; over it scores 0 and counts as a timeout
+    reward: str | None = None  # jsonl: reward(response_text, answer) -> float, "pkg.module:function"
 
 
 @dataclass
@@ -153,6 +158,8 @@ class OptimConfig:
 class LearnerConfig:
     micro_batch_size: int = 64  # sequences per forward/backward
     chunk_size: int = 1024  # tokens per full-vocabulary chunk
+    ppo_epochs: int = 1  # E: passes over each rollout batch (TRL num_iterations, verl ppo_epochs)
+    mini_batches: int = 1  # M: optimizer steps per pass (TRL steps_per_generation); E * M updates per batch
 
 
 @dataclass
@@ -187,14 +194,14 @@ def register_configs() -> None:
 
 
 def _signals() -> tuple[str, ...]:
-    from arca_sweep.credit import SIGNALS
+    from arca_sweep.credit import method_names
 
-    return tuple(sorted(SIGNALS))
+    return (*method_names(), "custom")
 
 
 CHOICES: dict[str, Any] = {
     "credit.name": _signals,
-    "credit.normalize": ("mean", "softmax", "rank"),
+    "credit.normalize": ("mean", "softmax", "rank", "none"),
     "credit.mode": ("clamp", "abs"),
     "credit.estimator": ("exact", "k3"),
     "loss.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
@@ -204,7 +211,7 @@ CHOICES: dict[str, Any] = {
     "rollout.sync": ("adapter", "merged"),
     "logger.name": ("jsonl", "wandb"),
     "logger.mode": ("offline", "online", "disabled"),
-    "data.name": ("arith", "math", "math500"),
+    "data.name": ("arith", "math", "math500", "jsonl"),
     "device": ("auto", "cpu", "cuda"),
 }
 POSITIVE = [
@@ -220,6 +227,8 @@ POSITIVE = [
     "credit.temperature",
     "learner.micro_batch_size",
     "learner.chunk_size",
+    "learner.ppo_epochs",
+    "learner.mini_batches",
     "optim.lr",
     "optim.grad_clip",
     "data.grader_workers",
@@ -296,5 +305,8 @@ def validate(cfg) -> None:
         errors.append(f"data.levels={list(cfg.data.levels)} must be MATH levels within 1-5 (or null for all)")
     if cfg.model.name != "tiny" and cfg.model.path is None and cfg.model.hub_id is None:
         errors.append(f"model {cfg.model.name!r}: set model.path (a local checkpoint dir) or model.hub_id")
+    from arca_sweep.plugins import plugin_errors
+
+    errors += plugin_errors(cfg)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

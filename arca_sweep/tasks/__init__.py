@@ -47,9 +47,11 @@ def batch_hash(indices: list[int]) -> str:
 def build_task(data_cfg) -> Task:
     """The task named by ``data.name``."""
     from arca_sweep.tasks.arith import ArithTask
+    from arca_sweep.tasks.jsonl import JsonlTask
     from arca_sweep.tasks.math import MathTask
 
     registry = {"arith": ArithTask.from_config, "math": MathTask.from_config, "math500": MathTask.from_config}
+    registry["jsonl"] = JsonlTask.from_config
     if data_cfg.name not in registry:
         raise ValueError(f"data.name={data_cfg.name!r} is not a task; choose one of {sorted(registry)}")
     return registry[data_cfg.name](data_cfg)
