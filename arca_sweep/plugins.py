@@ -86,8 +86,6 @@ def plugin_errors(cfg) -> list[str]:
                 errors.append(
                     f"{key}={path!r}: no such file (absolute: {Path(path).expanduser().absolute()})"
                 )
-        if d.path is None:
-            errors.append("data=jsonl needs data.path: a JSONL file of {'prompt': ..., 'answer': ...} rows")
         try:
             fn = load_callable(d.reward, "data.reward")
             check_signature(fn, "data.reward", d.reward, ("", ""), {}, "fn(response_text, answer) -> float")

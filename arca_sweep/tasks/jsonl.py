@@ -6,7 +6,7 @@ Each line is an object with the prompt under ``prompt`` (or ``question``) and th
 ``answer`` (any JSON value, passed to the reward as a string); other fields go to ``Problem.meta``.
 Training rows come in a ``data.seed`` order shared by every arm (one seeded permutation per epoch, as
 ``data=math``). Evaluation uses ``data.eval_path`` (same format) in file order when given, else the
-training file's first rows in file order: then the eval set is not held out, so set ``data.eval_path``
+training file's first rows in file order (``data.path`` null: the packaged example rows): then the eval set is not held out, so set ``data.eval_path``
 for a real evaluation. ``reward(response_text, answer) -> float`` must not raise; an exception is
 re-raised naming the function and the row.
 """
@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from arca_sweep.tasks import Problem
 from arca_sweep.tasks.math import _read_file, prompt_order
+
+EXAMPLE_ROWS = Path(__file__).resolve().parents[1] / "assets" / "examples" / "arith_rows.jsonl"
 
 
 def rows_to_problems(rows: list[dict], source: str) -> list[Problem]:
@@ -44,11 +47,10 @@ class JsonlTask:
 
     @classmethod
     def from_config(cls, cfg) -> JsonlTask:
-        from pathlib import Path
-
         from arca_sweep.plugins import load_callable
 
-        train = rows_to_problems(_read_file(Path(cfg.path).expanduser()), cfg.path)
+        path = Path(cfg.path).expanduser() if cfg.path is not None else EXAMPLE_ROWS
+        train = rows_to_problems(_read_file(path), str(path))
         evals = (
             rows_to_problems(_read_file(Path(cfg.eval_path).expanduser()), cfg.eval_path)
             if cfg.eval_path
