@@ -167,6 +167,7 @@ class DiagnosticsConfig:
     shadow: bool = True  # compute every signal's weights from the same passes
     uniform_at: float = 0.95  # ETR >= this: uniform regime
     concentrated_at: float = 0.25  # ETR <= this: concentrated regime
+    entropy: bool = True  # log policy/entropy (needs the policy's full-vocabulary pass, no extra forward)
 
 
 @dataclass

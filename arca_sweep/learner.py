@@ -142,6 +142,8 @@ class Learner:
         self.methods = {name: self._method(name, custom_fn) for name in {*self.signals, cfg.credit.name}}
         self.method = self.methods[cfg.credit.name]
         need = {"logp"}.union(*(self._needs(name) for name in self.methods))
+        if cfg.diagnostics.entropy:
+            need.add("entropy")  # policy/entropy: from the logits the policy pass computes anyway
         if cfg.loss.beta or need & {"ref_entropy", "kl"}:
             need.add("ref_logp")  # free once the reference LM head runs
         self.need = need
