@@ -136,8 +136,10 @@ class Learner:
             self.params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas)
         )
         self.signals = credit.shadow_names() if cfg.diagnostics.shadow else [cfg.credit.name]
-        if cfg.credit.name == "custom" and "custom" not in self.signals:
-            self.signals.append("custom")
+        if (
+            cfg.credit.name == "custom" or cfg.diagnostics.shadow and cfg.credit.target
+        ) and "custom" not in self.signals:
+            self.signals.append("custom")  # a user's method joins the shadow diagnostics of every arm
         self.signal_options = dict(mode=cfg.credit.mode, estimator=cfg.credit.estimator)
         self.methods = {name: self._method(name, custom_fn) for name in {*self.signals, cfg.credit.name}}
         self.method = self.methods[cfg.credit.name]

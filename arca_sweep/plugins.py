@@ -65,7 +65,7 @@ def plugin_errors(cfg) -> list[str]:
     errors: list[str] = []
     c = cfg.credit
     options = dict(c.options or {})
-    if c.name == "custom":
+    if c.name == "custom" or c.target is not None:  # a target set in any arm joins its shadow diagnostics
         try:
             fn = load_callable(c.target, "credit.target")
             check_signature(
@@ -74,7 +74,7 @@ def plugin_errors(cfg) -> list[str]:
             credit.custom_method(fn)
         except (PluginError, ValueError) as exc:
             errors.append(str(exc))
-    elif c.name in credit.METHODS or c.name in credit.SIGNALS:
+    if c.name != "custom" and (c.name in credit.METHODS or c.name in credit.SIGNALS):
         valid = credit.method_options(c.name)
         if unknown := sorted(set(options) - set(valid)):
             choices = ", ".join(valid) if valid else "none (this method takes no options)"
