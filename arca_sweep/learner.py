@@ -128,7 +128,7 @@ class StepResult:
 class Learner:
     """Scores a rollout batch, computes its credit, applies the PPO-clip update(s) to the LoRA parameters."""
 
-    def __init__(self, model, cfg, temperature: float, custom_fn=None):
+    def __init__(self, model, cfg, temperature: float):
         self.model, self.cfg, self.temperature = model, cfg, temperature
         self.params = [p for p in model.parameters() if p.requires_grad]
         o = cfg.optim
@@ -141,7 +141,8 @@ class Learner:
         ) and "custom" not in self.signals:
             self.signals.append("custom")  # a user's method joins the shadow diagnostics of every arm
         self.signal_options = dict(mode=cfg.credit.mode, estimator=cfg.credit.estimator)
-        self.methods = {name: self._method(name, custom_fn) for name in {*self.signals, cfg.credit.name}}
+        names = dict.fromkeys([*self.signals, cfg.credit.name])  # ordered: credit is computed in this order
+        self.methods = {name: self._method(name) for name in names}
         self.method = self.methods[cfg.credit.name]
         need = {"logp"}.union(*(self._needs(name) for name in self.methods))
         if cfg.diagnostics.entropy:
@@ -154,14 +155,12 @@ class Learner:
             self.need_vocab.add("logp")  # the policy's logits are computed there anyway: read log pi(y) once
         self.need_ref = bool(need & {"ref_logp", "ref_entropy", "kl", "ref_hidden"})
 
-    def _method(self, name: str, custom_fn) -> credit.Method:
+    def _method(self, name: str) -> credit.Method:
         if name != "custom":
             return credit.as_method(name)
-        if custom_fn is None:
-            from arca_sweep.plugins import load_callable
+        from arca_sweep.plugins import load_callable
 
-            custom_fn = load_callable(self.cfg.credit.target, "credit.target")
-        return credit.custom_method(custom_fn)
+        return credit.custom_method(load_callable(self.cfg.credit.target, "credit.target"))
 
     def _needs(self, name: str) -> set[str]:
         if name in credit.SIGNALS:
@@ -202,8 +201,8 @@ class Learner:
         logp_old is the scoring pass's detached log-prob, and credit (weights, bonus, per-token clip
         ranges and penalties) is computed from that pass once per batch, so rho = 1 on the first update
         and the clip, Clip-Cov, KL-Cov and ARCHER's ranges act from the second one on. Mini-batches are
-        contiguous row ranges in batch order (whole prompt groups when their size divides the batch), the
-        same each epoch; each update's loss is aggregated over its own mini-batch. With E = M = 1 and a
+        contiguous row ranges in batch order (``torch.chunk``: whole prompt groups when M divides the
+        number of prompts), the same each epoch; each update's loss is aggregated over its own mini-batch. With E = M = 1 and a
         row-scope method the scoring forward also carries the gradient: exactly the single GRPO update.
         Otherwise the scoring pass runs without grad, then one policy-only forward per micro-batch and
         update (the reference log-probs are kept from the scoring pass).
@@ -229,7 +228,7 @@ class Learner:
         if single:
             tracker.step(self)
         else:
-            train = scoring.training_credit()
+            train, logp_old, ref_logp = scoring.training_credit(), scoring.logp_old, scoring.ref_logp
             for _ in range(lr.ppo_epochs):
                 for mini in everything.chunk(lr.mini_batches):
                     self.optimizer.zero_grad(set_to_none=True)
@@ -237,8 +236,8 @@ class Learner:
                         with self._policy_only():
                             stats, logp = self.score(batch, rows)
                         width = logp.shape[1]
-                        old = scoring.logp_old[rows, :width]
-                        ref = None if scoring.ref_logp is None else scoring.ref_logp[rows, :width]
+                        old = logp_old[rows, :width]
+                        ref = None if ref_logp is None else ref_logp[rows, :width]
                         tc = train.rows(rows, width)
                         self._backward(
                             logp, old, ref, stats.mask, ctx.advantages[rows], tc, batch, tracker, mini
@@ -362,6 +361,7 @@ class _ScoringPass:
         self.sums, self.seen = {"entropy": 0.0, "kl": 0.0, "tokens": 0}, set()
         self.fallbacks = 0
         self.train: credit.TokenCredit | None = None
+        self._batch: dict[str, credit.TokenCredit] | None = None
 
     def add(self, rows: torch.Tensor, stats: credit.TokenStats) -> credit.TokenCredit | None:
         """Keep this micro-batch; return the training method's credit when it has row scope."""
@@ -415,7 +415,7 @@ class _ScoringPass:
         return credit.TokenStats(mask=self._placed(self.parts["mask"]).bool(), **kept)
 
     def _batch_credit(self) -> dict[str, credit.TokenCredit]:
-        if not hasattr(self, "_batch"):
+        if self._batch is None:
             stats = self._batch_stats() if self.batch_scope else None
             self._batch = {s: self.learner.credit_of(s, stats, self.ctx) for s in self.batch_scope}
         return self._batch

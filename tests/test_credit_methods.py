@@ -400,3 +400,91 @@ def test_clip_cov_equals_verl(verl, seed, shift):
         g = torch.Generator().manual_seed(seed)
         method = credit.METHODS["clip_cov"].fn(stats, GroupContext(adv, 2, generator=g), ratio=0.05)
         assert torch.equal(~method.grad_mask, chosen)
+
+
+# ------------------------------------------------------------------------------------------------
+# KTAE: token statistics over a group's rollouts
+# ------------------------------------------------------------------------------------------------
+
+
+def ref_key_token_scores(
+    rollouts: list[list[int]], correct: list[bool], tf: bool = True
+) -> list[list[float]]:
+    """One group, plain Python: the formula of arca_sweep.credit.key_token_scores term by term."""
+    n_c, n_w = sum(correct), len(correct) - sum(correct)
+    if n_c == 0 or n_w == 0:
+        return [[0.0] * len(r) for r in rollouts]
+
+    def hyper(k, row, col, n):
+        return math.comb(col, k) * math.comb(n - col, row - k) / math.comb(n, row)
+
+    def h2(x, y):
+        return sum(-p * math.log2(p) for p in (x / (x + y), y / (x + y)) if p > 0) if x + y else 0.0
+
+    tokens_c = sum(len(r) for r, ok in zip(rollouts, correct, strict=True) if ok)
+    tokens_w = sum(len(r) for r, ok in zip(rollouts, correct, strict=True) if not ok)
+    average = (tokens_c + tokens_w) / 2
+    score = {}
+    for v in {t for r in rollouts for t in r}:
+        a = sum(v in r for r, ok in zip(rollouts, correct, strict=True) if ok)
+        b = sum(v in r for r, ok in zip(rollouts, correct, strict=True) if not ok)
+        c, d, n = n_c - a, n_w - b, n_c + n_w
+        row, col = a + b, a + c
+        support = range(max(0, row + col - n), min(row, col) + 1)
+        p_obs = hyper(a, row, col, n)
+        p = min(
+            1.0, sum(hyper(k, row, col, n) for k in support if hyper(k, row, col, n) <= p_obs * (1 + 1e-7))
+        )
+        fisher = math.exp(-2 * p) if p < 1 - 1e-6 else 0.0  # 1/6 + 4/6 + 1/6 rounds below 1
+        ig = h2(a + c, b + d) - ((a + b) / n * h2(a, b) + (c + d) / n * h2(c, d))
+        h = math.asin(math.sqrt(a / n_c)) - math.asin(math.sqrt(b / n_w))
+        if tf:
+            f_c = sum(r.count(v) for r, ok in zip(rollouts, correct, strict=True) if ok) / tokens_c
+            f_w = sum(r.count(v) for r, ok in zip(rollouts, correct, strict=True) if not ok) / tokens_w
+            tf_c = f_c * 3 / (f_c + 2 * (1 - 0.5 + 0.5 * tokens_c / average))
+            tf_w = f_w * 3 / (f_w + 2 * (1 - 0.5 + 0.5 * tokens_w / average))
+            h += tf_c / (tf_w + 1e-5) - tf_w / (tf_c + 1e-5)
+        key = (fisher + ig) * h / 2
+        score[v] = math.tanh(key / 2)  # = 2 sigmoid(key) - 1, without overflow
+    return [[score[t] for t in r] for r in rollouts]
+
+
+def test_ktae_by_hand():
+    # G = 2: rollout 0 (correct) says [5, 6], rollout 1 (wrong) says [5, 7]. Token 5 is in both: Cohen's
+    # h 0, equal term frequencies: score 0. Token 6: IG 1 bit, Fisher p = 1 (F = 0), h = pi/2 plus a
+    # huge tf contrast: score ~ +1; token 7 the mirror image: ~ -1.
+    ids = torch.tensor([[5, 6, 0], [5, 7, 0]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    stats = TokenStats(mask=mask, logp=torch.zeros(2, 3))
+    ctx = GroupContext(torch.tensor([0.7, -0.7]), 2, rewards=torch.tensor([1.0, 0.0]), response_ids=ids)
+    out = credit.METHODS["ktae"].fn(stats, ctx)
+    torch.testing.assert_close(out.bonus, torch.tensor([[0.0, 1.0, 0.0], [0.0, -1.0, 0.0]]))
+    # without the tf term: (F + IG) * h / 2 = (0 + 1) * (pi / 2) / 2
+    plain = credit.key_token_scores(ids, mask, torch.tensor([True, False]), tf=False)
+    assert plain[0, 1].item() == pytest.approx(2 / (1 + math.exp(-math.pi / 4)) - 1, rel=1e-12)
+    # a group that is all correct (or all wrong) carries no key tokens
+    same = GroupContext(torch.zeros(2), 2, rewards=torch.ones(2), response_ids=ids)
+    assert (credit.METHODS["ktae"].fn(stats, same).bonus == 0).all()
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("tf", [True, False])
+def test_ktae_matches_the_loop_reference(seed, tf):
+    g = torch.Generator().manual_seed(seed)
+    group, width = 6, 10
+    ids = torch.randint(0, 8, (2 * group, width), generator=g)  # a small vocabulary: tokens repeat
+    lengths = torch.randint(1, width + 1, (2 * group,), generator=g)
+    mask = torch.arange(width)[None, :] < lengths[:, None]
+    rewards = (torch.rand(2 * group, generator=g) < 0.5).float()
+    rewards[0], rewards[1] = 1.0, 0.0  # the first group is mixed
+    ctx = GroupContext(torch.zeros(2 * group), group, rewards=rewards, response_ids=ids)
+    stats = TokenStats(mask=mask, logp=torch.zeros(2 * group, width))
+    got = credit.METHODS["ktae"].fn(stats, ctx, tf=tf).bonus
+    for start in (0, group):
+        rows = range(start, start + group)
+        rollouts = [ids[i][mask[i]].tolist() for i in rows]
+        want = ref_key_token_scores(rollouts, [bool(rewards[i] > 0) for i in rows], tf=tf)
+        for i, w in zip(rows, want, strict=True):
+            assert got[i][mask[i]].tolist() == pytest.approx(w, abs=1e-6)
+            assert (got[i][~mask[i]] == 0).all()
+    assert got[:group].abs().max() > 0.01
