@@ -15,6 +15,7 @@ import yaml
 from matplotlib.image import imread
 
 from arca_sweep import heatmap
+from arca_sweep.credit import shadow_names
 from arca_sweep.report import build_report, main
 
 SIGNALS = ["uniform", "surprisal", "entropy", "divergence", "arca"]
@@ -167,7 +168,10 @@ def expected_regime_table(sweep_dir: Path) -> dict[tuple[str, str], dict[str, tu
     arms = finished_arms(sweep_dir)
     for rank in {str(c["rank"]["r"]) for c, _ in arms}:
         of_rank = [records for c, records in arms if str(c["rank"]["r"]) == rank]
-        for signal in SIGNALS:
+        logged = [
+            s for s in shadow_names() if any(f"shadow/{s}/regime/uniform" in r for rs in of_rank for r in rs)
+        ]
+        for signal in logged:  # the five signals and the methods that define token weights
             keys = {k: f"shadow/{signal}/regime/{k}" for k in REGIMES}
             keys |= {"gini": f"shadow/{signal}/gini/mean", "etr": f"shadow/{signal}/etr/mean"}
             out[(rank, signal)] = {
