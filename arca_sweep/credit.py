@@ -7,6 +7,11 @@ tokens. Values at masked positions are ignored on input and are 0 on output.
 
 Token advantage (SPEC "Credit signals"): ``A_(i,t) = A_i * w_(i,t)`` with ``w = normalize(s)`` and
 ``s = salience(name, stats)``. A sixth signal is one function decorated with :func:`register_signal`.
+
+Credit methods (the section at the end) widen this: a function decorated with :func:`register_method`
+returns a :class:`TokenCredit` (a salience, an advantage bonus, per-token clip ranges, KL and ratio
+penalties, a gradient mask) and sees a :class:`GroupContext` (advantages, rewards, the group's other
+rollouts): ``entropy_mask``, ``clip_cov``, ``kl_cov``, ``archer``, ``entropy_advantage``, ``ktae``.
 """
 
 from __future__ import annotations
