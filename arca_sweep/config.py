@@ -41,8 +41,8 @@ class RankConfig:
 
 @dataclass
 class CreditConfig:
-    name: str = MISSING  # uniform | surprisal | entropy | divergence | arca
-    normalize: str = "mean"  # mean | softmax | rank
+    name: str = MISSING  # a signal (uniform, surprisal, entropy, divergence, arca), a method, custom
+    normalize: str = "mean"  # mean | softmax | rank | none (a 0/1 mask keeps its meaning)
     temperature: float = 1.0  # softmax normalization temperature
     mix: float = 1.0  # lambda: w <- (1 - lambda) + lambda * w
     clip_max: float | None = None  # c: w <- min(w, c), renormalized to mean 1
