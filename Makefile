@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+# verl's core_algos is the peer oracle of clip_cov/kl_cov; --no-deps: its pins would downgrade transformers
+	$(PY) -m pip install --quiet --no-deps "verl==0.9.1"
 ifneq ($(VLLM_EXTRA),)
 	$(PY) -m pip install --quiet -e ".[$(VLLM_EXTRA)]"
 endif

@@ -45,14 +45,18 @@ class RankConfig:
 
 @dataclass
 class CreditConfig:
-    name: str = MISSING  # uniform | surprisal | entropy | divergence | arca
-    normalize: str = "mean"  # mean | softmax | rank
+    name: str = MISSING  # a signal (uniform, surprisal, entropy, divergence, arca), a method, custom
+    normalize: str = "mean"  # mean | softmax | rank | none (a 0/1 mask keeps its meaning)
     temperature: float = 1.0  # softmax normalization temperature
     mix: float = 1.0  # lambda: w <- (1 - lambda) + lambda * w
     clip_max: float | None = None  # c: w <- min(w, c), renormalized to mean 1
     layer: int = -1  # arca: hidden_states index (-1: the state fed to the LM head)
     mode: str = "clamp"  # entropy: clamp (H_ref - H_pol clamped at 0) | abs
     estimator: str = "exact"  # divergence: exact (full-vocabulary KL) | k3 (sampled estimator)
+    options: dict[str, Any] = field(
+        default_factory=dict
+    )  # a method's keyword options (conf/credit/<name>.yaml)
+    target: str | None = None  # credit=custom: the user's method, "pkg.module:function"
 
 
 @dataclass
@@ -95,6 +99,7 @@ class DataConfig:
     # Rows whose templated prompt is longer are skipped and counted (data/*_skipped_too_long), like rows
     # without an answer. null: the model's context (max_position_embeddings) minus budget.max_new_tokens.
     max_prompt_tokens: int | None = None
+    reward: str | None = None  # jsonl: reward(response_text, answer) -> float, "pkg.module:function"
 
 
 @dataclass
@@ -170,6 +175,8 @@ class LearnerConfig:
     gradient_checkpointing: bool = False  # recompute decoder-layer activations in backward (non-reentrant)
     # bf16 matmuls over float32 weights (model.dtype=float32), float32 residual stream (BENCHMARKS.md)
     autocast_bf16: bool = False
+    ppo_epochs: int = 1  # E: passes over each rollout batch (TRL num_iterations, verl ppo_epochs)
+    mini_batches: int = 1  # M: optimizer steps per pass (TRL steps_per_generation); E * M updates per batch
 
 
 @dataclass
@@ -180,6 +187,7 @@ class DiagnosticsConfig:
     shadow_sample: float = 0.25  # share of each group's rows the other signals are computed on; 1: all
     fidelity_every: int = 0  # every k steps re-score one micro-batch at fidelity_dtype, log rel_err (0: off)
     fidelity_dtype: str = "float64"  # float64 | float32
+    entropy: bool = True  # log policy/entropy (needs the policy's full-vocabulary pass, no extra forward)
 
 
 @dataclass
@@ -207,14 +215,14 @@ def register_configs() -> None:
 
 
 def _signals() -> tuple[str, ...]:
-    from arca_sweep.credit import SIGNALS
+    from arca_sweep.credit import method_names
 
-    return tuple(sorted(SIGNALS))
+    return (*method_names(), "custom")
 
 
 CHOICES: dict[str, Any] = {
     "credit.name": _signals,
-    "credit.normalize": ("mean", "softmax", "rank"),
+    "credit.normalize": ("mean", "softmax", "rank", "none"),
     "credit.mode": ("clamp", "abs"),
     "credit.estimator": ("exact", "k3"),
     "loss.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
@@ -225,7 +233,7 @@ CHOICES: dict[str, Any] = {
     "rollout.sync": ("adapter", "merged"),
     "logger.name": ("jsonl", "wandb"),
     "logger.mode": ("offline", "online", "disabled"),
-    "data.name": ("arith", "math", "math500"),
+    "data.name": ("arith", "math", "math500", "jsonl"),
     "device": ("auto", "cpu", "cuda"),
     "diagnostics.fidelity_dtype": ("float64", "float32"),
 }
@@ -242,6 +250,8 @@ POSITIVE = [
     "credit.temperature",
     "learner.micro_batch_size",
     "learner.chunk_memory_mb",
+    "learner.ppo_epochs",
+    "learner.mini_batches",
     "optim.lr",
     "loss.rollout_is_cap",
     "optim.grad_clip",
@@ -347,6 +357,9 @@ def validate(cfg, model_checks: bool = True) -> None:
         errors.append(f"data.levels={list(cfg.data.levels)} must be MATH levels within 1-5 (or null for all)")
     if cfg.model.name != "tiny" and cfg.model.path is None and cfg.model.hub_id is None:
         errors.append(f"model {cfg.model.name!r}: set model.path (a local checkpoint dir) or model.hub_id")
+    from arca_sweep.plugins import plugin_errors
+
+    errors += plugin_errors(cfg)
     betas = list(cfg.optim.betas)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         errors.append(f"optim.betas={betas} must be two numbers in [0, 1), e.g. [0.9, 0.999]")

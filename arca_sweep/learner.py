@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.utils.checkpoint
@@ -68,8 +68,41 @@ def ppo_clip_token_loss(
     if is_weight is not None:
         loss = loss * is_weight.detach()
     if beta:
-        log_r = (ref_logp - logp).clamp(-K3_LOG_RATIO_BOUND, K3_LOG_RATIO_BOUND)
-        loss = loss + beta * (torch.exp(log_r) - log_r - 1).clamp(-K3_BOUND, K3_BOUND)
+        loss = loss + beta * k3_penalty(ref_logp, logp)
+    return loss
+
+
+def k3_penalty(ref_logp, logp):
+    """k3 = exp(d) - d - 1 with d = clamp(ref - logp, -20, 20), clamped to at most 10 (verl's
+    ``low_var_kl``; see :func:`ppo_clip_token_loss`)."""
+    log_r = (ref_logp - logp).clamp(-K3_LOG_RATIO_BOUND, K3_LOG_RATIO_BOUND)
+    return (torch.exp(log_r) - log_r - 1).clamp(-K3_BOUND, K3_BOUND)
+
+
+def credit_token_loss(
+    logp, logp_old, token_adv, tc, clip_low: float, clip_high: float, ref_logp, beta: float, is_weight=None
+):
+    """The per-token loss with a credit method's modifiers (:class:`arca_sweep.credit.TokenCredit`):
+
+    ``grad_mask_t * [ppo_clip(rho_t, A_t; eps_low_t, eps_high_t) + beta_t * k3_t + c_t * |log rho_t|]``
+
+    where ``eps_*_t`` is the method's per-token clip range (else ``clip_low``/``clip_high``), ``beta_t``
+    its per-token KL coefficient (else ``beta``), ``c_t`` its ratio penalty (else 0), and the grad mask
+    zeroes the loss of the tokens it drops (else all kept). With no modifier set this is
+    :func:`ppo_clip_token_loss` exactly.
+    """
+    low = clip_low if tc.clip_low is None else tc.clip_low.to(logp.dtype)
+    high = clip_high if tc.clip_high is None else tc.clip_high.to(logp.dtype)
+    per_token_kl = tc.ref_kl_coef is not None
+    loss = ppo_clip_token_loss(
+        logp, logp_old, token_adv, low, high, ref_logp, 0.0 if per_token_kl else beta, is_weight=is_weight
+    )
+    if per_token_kl:
+        loss = loss + tc.ref_kl_coef * k3_penalty(ref_logp, logp)
+    if tc.ratio_penalty is not None:
+        loss = loss + tc.ratio_penalty * (logp - logp_old).abs()
+    if tc.grad_mask is not None:
+        loss = torch.where(tc.grad_mask, loss, 0.0)
     return loss
 
 
@@ -226,10 +259,11 @@ class StepResult:
     logp: torch.Tensor  # [B, R] learner log-probs (detached)
     grad_norm: float
     fallback_frac: float
+    metrics: dict[str, float] = field(default_factory=dict)  # policy/*, loss/* diagnostics
 
 
 class Learner:
-    """Scores a rollout batch, applies one GRPO/PPO-clip update to the LoRA parameters."""
+    """Scores a rollout batch, computes its credit, applies the PPO-clip update(s) to the LoRA parameters."""
 
     def __init__(self, model, cfg, temperature: float):
         self.model, self.cfg, self.temperature = model, cfg, temperature
@@ -238,14 +272,27 @@ class Learner:
         self.optimizer = torch.optim.AdamW(
             self.params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas)
         )
-        self.signals = sorted(credit.SIGNALS) if cfg.diagnostics.shadow else [cfg.credit.name]
+        self.signals = credit.shadow_names() if cfg.diagnostics.shadow else [cfg.credit.name]
+        if (
+            cfg.credit.name == "custom" or cfg.diagnostics.shadow and cfg.credit.target
+        ) and "custom" not in self.signals:
+            self.signals.append("custom")  # a user's method joins the shadow diagnostics of every arm
         self.signal_options = dict(mode=cfg.credit.mode, estimator=cfg.credit.estimator)
-        need = set(credit.needed_stats(self.signals, self.signal_options)) | {"logp"}
+        names = dict.fromkeys([*self.signals, cfg.credit.name])  # ordered: credit is computed in this order
+        self.methods = {name: self._method(name) for name in names}
+        self.method = self.methods[cfg.credit.name]
+        need = {"logp"}.union(*(self._needs(name) for name in self.methods))
+        if cfg.diagnostics.entropy:
+            need.add("entropy")  # policy/entropy: from the logits the policy pass computes anyway
         if cfg.loss.beta or need & {"ref_entropy", "kl"}:
             need.add("ref_logp")  # free once the reference LM head runs
         self.need = need
         # What the loss reads on every row; the other signals' inputs only on the shadow sample.
-        train = set(credit.needed_stats([cfg.credit.name], self.signal_options)) | {"logp"}
+        # (entropy for policy/entropy and the inputs of batch-scope methods: cheap, from the policy's logits)
+        train = {"logp"} | self._needs(cfg.credit.name)
+        train = train.union(*(self._needs(n) for n, m in self.methods.items() if m.scope == "batch"))
+        if cfg.diagnostics.entropy:
+            train.add("entropy")
         if cfg.loss.beta or train & {"ref_entropy", "kl"}:
             train.add("ref_logp")
         self.need_train = train
@@ -254,63 +301,157 @@ class Learner:
             cfg.loss.rollout_correction, next(model.parameters()).dtype, cfg.rollout.dtype
         )
 
-    def step(self, batch: RolloutBatch, advantages: torch.Tensor) -> StepResult:
-        """One update: per micro-batch, score, weight the advantages, backward; then clip and step."""
-        c, lc = self.cfg.credit, self.cfg.loss
-        mask_all = batch.response_mask
+    def _method(self, name: str) -> credit.Method:
+        if name != "custom":
+            return credit.as_method(name)
+        from arca_sweep.plugins import load_callable
+
+        return credit.custom_method(load_callable(self.cfg.credit.target, "credit.target"))
+
+    def _needs(self, name: str) -> set[str]:
+        if name in credit.SIGNALS:
+            return set(credit.needed_stats([name], self.signal_options))
+        return set(self.methods[name].needs)
+
+    def credit_of(self, name: str, stats: credit.TokenStats, ctx: credit.GroupContext) -> credit.TokenCredit:
+        """Method ``name``'s TokenCredit: signals take credit.mode/estimator, methods credit.options."""
+        if name in credit.SIGNALS:
+            return self.methods[name].fn(stats, ctx, **self.signal_options)
+        options = dict(self.cfg.credit.options) if name == self.cfg.credit.name else {}
+        return self.methods[name].fn(stats, ctx, **options)
+
+    def normalized(self, name: str, salience: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token weights of ``name``: credit.normalize for the training method and the signals, a
+        method's own normalization (e.g. ``none`` for a 0/1 mask) for its shadow weights."""
+        c = self.cfg.credit
+        method = c.normalize if name == c.name else (self.methods[name].normalize or c.normalize)
+        return credit.normalize(
+            salience, mask, method=method, temperature=c.temperature, mix=c.mix, clip_max=c.clip_max
+        )
+
+    def _row_groups(self, batch: RolloutBatch, rows: torch.Tensor) -> list[torch.Tensor]:
+        """``rows`` in micro-batches (:func:`micro_batches`: length-sorted, within
+        ``learner.micro_batch_tokens``, at most ``learner.micro_batch_size`` rows each)."""
+        lc = self.cfg.learner
+        groups = micro_batches(
+            batch.prompt_mask[rows].sum(1),
+            batch.response_mask[rows].sum(1),
+            lc.micro_batch_size,
+            lc.micro_batch_tokens,
+        )
+        return [rows[g] for g in groups]
+
+    def step(
+        self,
+        batch: RolloutBatch,
+        advantages: torch.Tensor,
+        rewards: torch.Tensor | None = None,
+        step: int = 0,
+    ) -> StepResult:
+        """Score the batch once, compute credit once, then ``learner.ppo_epochs`` x ``learner.mini_batches``
+        PPO-clip updates (SPEC "Multi-update PPO"; TRL num_iterations / steps_per_generation, verl
+        ppo_epochs / ppo_mini_batch_size).
+
+        logp_old is the scoring pass's detached log-prob, and credit (weights, bonus, per-token clip
+        ranges and penalties) is computed from that pass once per batch, so rho = 1 on the first update
+        and the clip, Clip-Cov, KL-Cov and ARCHER's ranges act from the second one on. Mini-batches are
+        contiguous row ranges in batch order (``torch.chunk``: whole prompt groups when M divides the
+        number of prompts), the same each epoch; each update's loss is aggregated over its own mini-batch. With E = M = 1 and a
+        row-scope method the scoring forward also carries the gradient: exactly the single GRPO update.
+        Otherwise the scoring pass runs without grad, then one policy-only forward per micro-batch and
+        update (the reference log-probs are kept from the scoring pass).
+        """
+        lr = self.cfg.learner
+        n = batch.response_mask.shape[0]
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        ctx = credit.GroupContext(
+            advantages, self.cfg.budget.group_size, rewards, batch.response_ids, generator
+        )
+        single = lr.ppo_epochs == 1 and lr.mini_batches == 1 and self.method.scope == "row"
+        sampled = self.shadow_rows(n)  # the other methods' weights on this sample of rows only
+        scoring, tracker = _ScoringPass(self, ctx, n, sampled), _UpdateTracker()
+        everything = torch.arange(n)
+        self.optimizer.zero_grad(set_to_none=True)
+        for rows in self._row_groups(batch, everything):
+            with torch.set_grad_enabled(single):
+                stats, logp = self.score(batch, rows, None if sampled is None else sampled[rows])
+            tc = scoring.add(rows, stats)
+            if single:
+                self._backward(
+                    rows,
+                    logp,
+                    stats.logp,
+                    stats.ref_logp,
+                    stats.mask,
+                    ctx.advantages[rows],
+                    tc,
+                    batch,
+                    tracker,
+                )
+        if single:
+            tracker.step(self)
+        else:
+            train, logp_old, ref_logp = scoring.training_credit(), scoring.logp_old, scoring.ref_logp
+            for _ in range(lr.ppo_epochs):
+                for mini in everything.chunk(lr.mini_batches):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    for rows in self._row_groups(batch, mini):
+                        with self._policy_only():
+                            stats, logp = self.score(batch, rows)
+                        width = logp.shape[1]
+                        old = logp_old[rows, :width]
+                        ref = None if ref_logp is None else ref_logp[rows, :width]
+                        tc = train.rows(rows, width)
+                        self._backward(
+                            rows, logp, old, ref, stats.mask, ctx.advantages[rows], tc, batch, tracker, mini
+                        )
+                    tracker.step(self)
+        weights, shadow = scoring.weights()
+        return StepResult(
+            loss=tracker.mean("loss"),
+            weights=weights,
+            shadow_weights=shadow,
+            logp=scoring.logp_old,
+            grad_norm=tracker.mean("grad_norm"),
+            fallback_frac=scoring.fallbacks / n,
+            metrics={**scoring.metrics(), **tracker.metrics()},
+        )
+
+    def _backward(
+        self, rows, logp, logp_old, ref_logp, mask, advantages, tc, batch, tracker, mini=None
+    ) -> None:
+        """Backward of one micro-batch's share of an update's loss (aggregated over ``mini``'s rows, by
+        default the whole batch)."""
+        lc = self.cfg.loss
+        in_update = batch.response_mask if mini is None else batch.response_mask[mini]
         totals = dict(
-            total_tokens=int(mask_all.sum()),
-            total_seqs=mask_all.shape[0],
+            total_tokens=int(in_update.sum()),
+            total_seqs=in_update.shape[0],
             norm_len=self.cfg.budget.max_new_tokens,
         )
-        self.optimizer.zero_grad(set_to_none=True)
-        weights, shadow, logps, loss_sum, fallbacks = [], {s: [] for s in self.signals}, [], 0.0, 0
-        groups = micro_batches(
-            batch.prompt_mask.sum(1),
-            mask_all.sum(1),
-            self.cfg.learner.micro_batch_size,
-            self.cfg.learner.micro_batch_tokens,
+        w = self.normalized(self.cfg.credit.name, tc.salience, mask)
+        is_weight = self.rollout_is_weight(batch, rows, logp_old, mask)
+        token_adv = advantages[:, None] * w
+        if tc.bonus is not None:
+            token_adv = token_adv + tc.bonus
+        token_loss = credit_token_loss(
+            logp, logp_old, token_adv, tc, lc.clip_low, lc.clip_high, ref_logp, lc.beta, is_weight
         )
-        sampled = self.shadow_rows(mask_all.shape[0])
-        for rows in groups:
-            stats, logp = self.score(batch, rows, None if sampled is None else sampled[rows])
-            saliences = {s: credit.salience(s, stats, **self.signal_options) for s in self.signals}
-            if c.name not in saliences:
-                saliences[c.name] = credit.salience(c.name, stats, **self.signal_options)
-            norm = dict(method=c.normalize, temperature=c.temperature, mix=c.mix, clip_max=c.clip_max)
-            w = credit.normalize(saliences[c.name], stats.mask, **norm)
-            fallbacks += int(credit.fallback_rows(saliences[c.name], stats.mask).sum())
-            token_loss = ppo_clip_token_loss(
-                logp,
-                logp.detach(),
-                advantages[rows, None] * w,
-                lc.clip_low,
-                lc.clip_high,
-                stats.ref_logp,
-                lc.beta,
-                is_weight=self.rollout_is_weight(batch, rows, logp, stats.mask),
-            )
-            loss = aggregate_loss(token_loss, stats.mask, lc.agg, **totals)
-            loss.backward()
-            loss_sum += loss.item()
-            weights.append(w)
-            logps.append(logp.detach())
-            for s in self.signals:
-                shadow_w = w if s == c.name else credit.normalize(saliences[s], stats.mask, **norm)
-                if s != c.name and sampled is not None:  # off the shadow sample: NaN, not a weight
-                    shadow_w = torch.where(sampled[rows, None].to(w.device), shadow_w, torch.nan)
-                shadow[s].append(shadow_w)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip).item()
-        self.optimizer.step()
-        back = torch.argsort(torch.cat(groups)).to(mask_all.device)  # micro-batch order -> row order
-        return StepResult(
-            loss=loss_sum,
-            weights=torch.cat(weights)[back],
-            logp=torch.cat(logps)[back],
-            shadow_weights={s: torch.cat(v)[back] for s, v in shadow.items()},
-            grad_norm=grad_norm,
-            fallback_frac=fallbacks / mask_all.shape[0],
-        )
+        loss = aggregate_loss(token_loss, mask, lc.agg, **totals)
+        loss.backward()
+        clip_low = lc.clip_low if tc.clip_low is None else tc.clip_low
+        clip_high = lc.clip_high if tc.clip_high is None else tc.clip_high
+        tracker.add(loss.item(), logp.detach(), logp_old, token_adv, mask, clip_low, clip_high)
+
+    @contextlib.contextmanager
+    def _policy_only(self):
+        """score() computes only the policy's log-probs (with grad): the update passes after scoring."""
+        saved = self.need, self.need_train
+        self.need = self.need_train = {"logp"}
+        try:
+            yield
+        finally:
+            self.need, self.need_train = saved
 
     def rollout_is_weight(self, batch: RolloutBatch, rows, logp, mask):
         """The rollout-correction weights c [b, R] of these rows (None under ``none``)."""
@@ -446,3 +587,163 @@ class Learner:
             ),
         )
         return stats, logp
+
+
+class _ScoringPass:
+    """What the scoring pass keeps of each micro-batch, placed at the batch's rows: logp_old (and
+    ref_logp for the loss), the training method's credit, every shadow method's weights (row scope: per
+    micro-batch; batch scope: at the end, from the few [B, T] fields they read), the policy's entropy
+    and exact KL to the reference for the diagnostics."""
+
+    def __init__(self, learner: Learner, ctx: credit.GroupContext, n: int, sampled: torch.Tensor | None):
+        self.learner, self.ctx, self.n, self.sampled = learner, ctx, n, sampled
+        self.rows: list[torch.Tensor] = []
+        self.parts: dict[str, list[torch.Tensor]] = {"logp": [], "ref_logp": [], "mask": []}
+        self.batch_scope = [name for name, m in learner.methods.items() if m.scope == "batch"]
+        self.kept = set().union(*(learner._needs(name) for name in self.batch_scope)) - {"logp", "ref_logp"}
+        self.parts.update({f: [] for f in self.kept})
+        self.credit_parts: list[credit.TokenCredit] = []
+        self.shadow_parts: dict[str, list[torch.Tensor]] = {s: [] for s in learner.signals}
+        self.sums, self.tokens = {"entropy": 0.0, "kl": 0.0}, {"entropy": 0, "kl": 0}
+        self.fallbacks = 0
+        self.train: credit.TokenCredit | None = None
+        self._batch: dict[str, credit.TokenCredit] | None = None
+
+    def add(self, rows: torch.Tensor, stats: credit.TokenStats) -> credit.TokenCredit | None:
+        """Keep this micro-batch; return the training method's credit when it has row scope."""
+        learner, name = self.learner, self.learner.cfg.credit.name
+        self.rows.append(rows)
+        for f in self.parts:
+            value = getattr(stats, f)
+            if value is not None:
+                self.parts[f].append(value.detach())
+        for f in ("entropy", "kl"):
+            if (value := getattr(stats, f)) is not None:
+                counted = stats.mask & value.isfinite()  # NaN off the shadow sample
+                self.sums[f] += value[counted].sum().item()
+                self.tokens[f] += int(counted.sum())
+        ctx, tc = self.ctx.rows(rows), None
+        for s, method in learner.methods.items():
+            if method.scope != "row":
+                continue
+            out = learner.credit_of(s, stats, ctx)
+            if s == name:
+                tc = out
+                self.credit_parts.append(out)
+                self._count_fallbacks(out.salience, stats.mask)
+            if s in self.shadow_parts:
+                self.shadow_parts[s].append(learner.normalized(s, out.salience, stats.mask))
+        return tc
+
+    def _count_fallbacks(self, salience, mask) -> None:
+        if self.learner.cfg.credit.normalize != "none":
+            self.fallbacks += int(credit.fallback_rows(salience, mask).sum())
+
+    def _placed(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The micro-batches' rows at their places in the batch, right-padded with 0 to the widest."""
+        width = max(p.shape[1] for p in parts)
+        out = parts[0].new_zeros((self.n, width, *parts[0].shape[2:]))
+        for rows, p in zip(self.rows, parts, strict=True):
+            out[rows.to(out.device), : p.shape[1]] = p
+        return out
+
+    @property
+    def logp_old(self) -> torch.Tensor:
+        return self._placed(self.parts["logp"])
+
+    @property
+    def ref_logp(self) -> torch.Tensor | None:
+        return self._placed(self.parts["ref_logp"]) if self.parts["ref_logp"] else None
+
+    def _batch_stats(self) -> credit.TokenStats:
+        kept = {f: self._placed(v) for f, v in self.parts.items() if v and f != "mask"}
+        return credit.TokenStats(mask=self._placed(self.parts["mask"]).bool(), **kept)
+
+    def _batch_credit(self) -> dict[str, credit.TokenCredit]:
+        if self._batch is None:
+            stats = self._batch_stats() if self.batch_scope else None
+            self._batch = {s: self.learner.credit_of(s, stats, self.ctx) for s in self.batch_scope}
+        return self._batch
+
+    def training_credit(self) -> credit.TokenCredit:
+        """The training method's credit over the whole batch (batch order)."""
+        if self.train is None:
+            name = self.learner.cfg.credit.name
+            if name in self.batch_scope:
+                self.train = self._batch_credit()[name]
+                self._count_fallbacks(self.train.salience, self._placed(self.parts["mask"]).bool())
+            else:
+                placed = {
+                    f.name: self._placed([getattr(p, f.name) for p in self.credit_parts])
+                    for f in fields(credit.TokenCredit)
+                    if getattr(self.credit_parts[0], f.name) is not None
+                }
+                self.train = credit.TokenCredit(**placed)
+        return self.train
+
+    def weights(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the training weights [B, R], every shadow name's weights [B, R]), in batch order."""
+        learner, name = self.learner, self.learner.cfg.credit.name
+        mask = self._placed(self.parts["mask"]).bool()
+        train = self.training_credit()
+        weights = learner.normalized(name, train.salience, mask)
+        shadow = {}
+        for s in learner.signals:
+            if s == name:
+                shadow[s] = weights
+            elif s in self.batch_scope:
+                shadow[s] = learner.normalized(s, self._batch_credit()[s].salience, mask)
+            else:
+                shadow[s] = self._placed(self.shadow_parts[s])
+            if s != name and self.sampled is not None:  # off the shadow sample: NaN, not a weight
+                shadow[s] = torch.where(self.sampled[:, None].to(mask.device), shadow[s], torch.nan)
+        return weights, shadow
+
+    def metrics(self) -> dict[str, float]:
+        """``policy/entropy`` (token mean of H(pi_theta)) and ``policy/kl_ref`` (token mean of the exact
+        KL(pi_theta || pi_ref)), where the scoring pass computed them."""
+        names = {"entropy": "policy/entropy", "kl": "policy/kl_ref"}
+        return {names[f]: self.sums[f] / self.tokens[f] for f in names if self.tokens[f]}
+
+
+class _UpdateTracker:
+    """Per-update loss and gradient norm; clip fractions and approximate KL over every update's tokens.
+
+    ``loss/clip_frac/low``: share of response tokens with A < 0 and rho < 1 - eps_low (the lower clip
+    binds); ``high``: A > 0 and rho > 1 + eps_high (TRL's definitions). ``loss/approx_kl``: token mean of
+    k3 = (rho - 1) - log rho between the scoring pass and the policy at each update (0 at the first).
+    All averaged over every update's tokens."""
+
+    def __init__(self):
+        self.losses, self.grad_norms, self.current = [], [], 0.0
+        self.counts = {"low": 0, "high": 0, "kl": 0.0, "tokens": 0}
+
+    def add(self, loss, logp, logp_old, token_adv, mask, clip_low, clip_high) -> None:
+        self.current += loss
+        log_ratio = torch.where(mask, logp - logp_old, 0.0)
+        ratio = torch.exp(log_ratio)
+        self.counts["low"] += int(((ratio < 1 - clip_low) & (token_adv < 0) & mask).sum())
+        self.counts["high"] += int(((ratio > 1 + clip_high) & (token_adv > 0) & mask).sum())
+        self.counts["kl"] += torch.where(mask, ratio - 1 - log_ratio, 0.0).sum().item()
+        self.counts["tokens"] += int(mask.sum())
+
+    def step(self, learner: Learner) -> None:
+        """Clip the gradient norm, step the optimizer, close the update's record."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(learner.params, learner.cfg.optim.grad_clip).item()
+        learner.optimizer.step()
+        self.losses.append(self.current)
+        self.grad_norms.append(grad_norm)
+        self.current = 0.0
+
+    def mean(self, what: str) -> float:
+        values = self.losses if what == "loss" else self.grad_norms
+        return sum(values) / len(values)
+
+    def metrics(self) -> dict[str, float]:
+        tokens = max(self.counts["tokens"], 1)
+        return {
+            "loss/clip_frac/low": self.counts["low"] / tokens,
+            "loss/clip_frac/high": self.counts["high"] / tokens,
+            "loss/approx_kl": self.counts["kl"] / tokens,
+            "loss/updates": float(len(self.losses)),
+        }

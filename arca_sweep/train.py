@@ -135,7 +135,7 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
         advantages, frac_zero_std = group_advantages(rewards, b.group_size, cfg.advantage.scale)
         # ---- credit, loss, update (two forwards at most: policy, and reference with the adapter off)
         t1 = time.time()
-        result = learner.step(batch, advantages.to(device))
+        result = learner.step(batch, advantages.to(device), rewards=rewards.to(device), step=step)
         # ---- guard: nothing non-finite is logged, saved or sampled from (arca_sweep/nonfinite.py)
         check_finite(step, batch, result, model, learner.optimizer, cfg.loss.beta, arm.checkpoint_path)
         engine.sync(model)
@@ -209,10 +209,15 @@ def step_metrics(
     mask = batch.response_mask.to(device)
     n_tokens = int(mask.sum())
     logp_diff = (batch.sampling_logprobs.to(device) - result.logp).abs()[mask]
+    lengths = mask.sum(dim=1).double()
     return {
         "loss": result.loss,
         "grad_norm": result.grad_norm,
+        **result.metrics,
         "response/length_mean": n_tokens / mask.shape[0],
+        "response/length_min": lengths.min().item(),
+        "response/length_max": lengths.max().item(),
+        "response/clipped_frac": float(np.mean([r == "length" for r in batch.finish_reasons])),
         "response/finish_stop": float(np.mean([r == "stop" for r in batch.finish_reasons])),
         "credit/fallback_frac": result.fallback_frac,
         **credit_metrics(

@@ -98,9 +98,9 @@ def test_rank_option_sets_r_and_alpha(option):
 
 
 def test_credit_options_are_the_registered_signals():
-    from arca_sweep.credit import SIGNALS
+    from arca_sweep.credit import method_names
 
-    assert options("credit") == sorted(SIGNALS)
+    assert options("credit") == sorted([*method_names(), "custom"])  # signals, methods, the plug-in
     for name in options("credit"):
         assert compose_cfg([f"credit={name}"]).credit.name == name
 

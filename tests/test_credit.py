@@ -606,4 +606,4 @@ def test_summarize_weights_of_a_batch_without_tokens_is_nan():
 
 def test_module_exports_the_registry_defaults():
     assert set(SIGNALS) == {"uniform", "surprisal", "entropy", "divergence", "arca"}
-    assert credit.NORMALIZE_METHODS == METHODS
+    assert credit.NORMALIZE_METHODS == (*METHODS, "none")

@@ -15,6 +15,7 @@ import yaml
 from matplotlib.image import imread
 
 from arca_sweep import heatmap
+from arca_sweep.credit import shadow_names
 from arca_sweep.report import build_report, main
 
 SIGNALS = ["uniform", "surprisal", "entropy", "divergence", "arca"]
@@ -194,7 +195,8 @@ def expected_regime_table(sweep_dir: Path) -> dict[tuple[str, str, str], dict[st
     """Per cell and signal: each arm's mean over its steps, then mean ± std over the seeds."""
     per_seed: dict = {}
     for config, records in finished_arms(sweep_dir):
-        for signal in SIGNALS:
+        logged = [s for s in shadow_names() if any(f"shadow/{s}/regime/uniform" in r for r in records)]
+        for signal in logged:  # the five signals and the methods that define token weights
             keys = {k: f"shadow/{signal}/regime/{k}" for k in REGIMES}
             keys |= {"gini": f"shadow/{signal}/gini/mean", "etr": f"shadow/{signal}/etr/mean"}
             row = per_seed.setdefault((*cell_of(config), signal), {})

@@ -49,9 +49,11 @@ def build_task(data_cfg, prompt_fits: Callable[[str], bool] | None = None) -> Ta
     """The task named by ``data.name``. ``prompt_fits(question)``: False skips a row whose prompt is too
     long (counted in the task's stats); arith's prompts are short by construction."""
     from arca_sweep.tasks.arith import ArithTask
+    from arca_sweep.tasks.jsonl import JsonlTask
     from arca_sweep.tasks.math import MathTask
 
     registry = {"arith": ArithTask.from_config, "math": MathTask.from_config, "math500": MathTask.from_config}
+    registry["jsonl"] = JsonlTask.from_config
     if data_cfg.name not in registry:
         raise ValueError(f"data.name={data_cfg.name!r} is not a task; choose one of {sorted(registry)}")
     if data_cfg.name == "arith":

@@ -1,0 +1,86 @@
+"""The ``jsonl`` task: a user's prompts and answers from a JSONL file, graded by a user's reward function.
+
+    python -m arca_sweep data=jsonl data.path=rows.jsonl data.reward=my_rewards:exact_match
+
+Each line is an object with the prompt under ``prompt`` (or ``question``) and the gold answer under
+``answer`` (any JSON value, passed to the reward as a string); other fields go to ``Problem.meta``.
+Training rows come in a ``data.seed`` order shared by every arm (one seeded permutation per epoch, as
+``data=math``). Evaluation uses ``data.eval_path`` (same format) in file order when given, else the
+training file's first rows in file order (``data.path`` null: the packaged example rows): then the eval set is not held out, so set ``data.eval_path``
+for a real evaluation. ``reward(response_text, answer) -> float`` must not raise; an exception is
+re-raised naming the function and the row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from arca_sweep.tasks import Problem
+from arca_sweep.tasks.math import _read_file, prompt_order
+
+EXAMPLE_ROWS = Path(__file__).resolve().parents[1] / "assets" / "examples" / "arith_rows.jsonl"
+
+
+def rows_to_problems(rows: list[dict], source: str) -> list[Problem]:
+    """:class:`Problem` rows in file order; a row without a prompt or an answer raises, naming it."""
+    problems = []
+    for i, row in enumerate(rows):
+        prompt = row.get("prompt", row.get("question"))
+        if not isinstance(prompt, str) or not prompt.strip() or "answer" not in row:
+            raise ValueError(
+                f"{source}: row {i + 1} needs a non-empty 'prompt' (or 'question') and an 'answer'"
+            )
+        answer = row["answer"] if isinstance(row["answer"], str) else json.dumps(row["answer"])
+        meta = {k: v for k, v in row.items() if k not in ("prompt", "question", "answer")}
+        problems.append(Problem(index=i, question=prompt.strip(), answer=answer, meta=meta))
+    if not problems:
+        raise ValueError(f"{source}: no rows")
+    return problems
+
+
+class JsonlTask:
+    def __init__(self, train: list[Problem], eval_rows: list[Problem], reward_fn: Callable, seed: int = 0):
+        self.train, self.eval, self.reward_fn, self.seed = train, eval_rows, reward_fn, seed
+        self.name = f"{getattr(reward_fn, '__module__', '?')}:{getattr(reward_fn, '__name__', '?')}"
+
+    @classmethod
+    def from_config(cls, cfg) -> JsonlTask:
+        from arca_sweep.plugins import load_callable
+
+        path = Path(cfg.path).expanduser() if cfg.path is not None else EXAMPLE_ROWS
+        train = rows_to_problems(_read_file(path), str(path))
+        evals = (
+            rows_to_problems(_read_file(Path(cfg.eval_path).expanduser()), cfg.eval_path)
+            if cfg.eval_path
+            else train
+        )
+        return cls(train, evals, load_callable(cfg.reward, "data.reward"), seed=cfg.seed)
+
+    def train_indices(self, step: int, num_prompts: int) -> list[int]:
+        return prompt_order(self.seed, step, num_prompts, len(self.train))
+
+    def train_problem(self, index: int) -> Problem:
+        return self.train[index]
+
+    def eval_problems(self, num: int) -> list[Problem]:
+        return self.eval[:num]
+
+    def reward(self, response_text: str, problem: Problem) -> float:
+        try:
+            return float(self.reward_fn(response_text, problem.answer))
+        except Exception as exc:
+            raise RuntimeError(
+                f"data.reward {self.name} raised {type(exc).__name__}: {exc} on problem {problem.index}"
+            ) from exc
+
+    def rewards(self, response_texts: list[str], problems: list[Problem]) -> list[float]:
+        return [self.reward(t, p) for t, p in zip(response_texts, problems, strict=True)]
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return {}
+
+    def close(self) -> None:
+        pass
