@@ -41,12 +41,28 @@ def rows_to_problems(rows: list[dict], source: str) -> list[Problem]:
 
 
 class JsonlTask:
-    def __init__(self, train: list[Problem], eval_rows: list[Problem], reward_fn: Callable, seed: int = 0):
+    def __init__(
+        self,
+        train: list[Problem],
+        eval_rows: list[Problem],
+        reward_fn: Callable,
+        seed: int = 0,
+        prompt_fits: Callable[[str], bool] | None = None,
+    ):
+        """``prompt_fits(question)`` False: the row is skipped and counted (``data/*_skipped_too_long``)."""
+        self._data_stats = {}
+        if prompt_fits is not None:
+            for split, rows in (("train", train), ("eval", eval_rows)):
+                kept = [p for p in rows if prompt_fits(p.question)]
+                self._data_stats[f"data/{split}_skipped_too_long"] = len(rows) - len(kept)
+                if not kept:
+                    raise ValueError(f"data=jsonl: every {split} row is longer than data.max_prompt_tokens")
+                train, eval_rows = (kept, eval_rows) if split == "train" else (train, kept)
         self.train, self.eval, self.reward_fn, self.seed = train, eval_rows, reward_fn, seed
         self.name = f"{getattr(reward_fn, '__module__', '?')}:{getattr(reward_fn, '__name__', '?')}"
 
     @classmethod
-    def from_config(cls, cfg) -> JsonlTask:
+    def from_config(cls, cfg, prompt_fits: Callable[[str], bool] | None = None) -> JsonlTask:
         from arca_sweep.plugins import load_callable
 
         path = Path(cfg.path).expanduser() if cfg.path is not None else EXAMPLE_ROWS
@@ -56,7 +72,8 @@ class JsonlTask:
             if cfg.eval_path
             else train
         )
-        return cls(train, evals, load_callable(cfg.reward, "data.reward"), seed=cfg.seed)
+        reward = load_callable(cfg.reward, "data.reward")
+        return cls(train, evals, reward, seed=cfg.seed, prompt_fits=prompt_fits)
 
     def train_indices(self, step: int, num_prompts: int) -> list[int]:
         return prompt_order(self.seed, step, num_prompts, len(self.train))
@@ -80,7 +97,7 @@ class JsonlTask:
 
     @property
     def stats(self) -> dict[str, float]:
-        return {}
+        return dict(self._data_stats)
 
     def close(self) -> None:
         pass
