@@ -5,6 +5,7 @@ real smoke sweep."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -301,6 +302,39 @@ def test_report_degenerate_sweeps(tmp_path):
     assert {r["rank"] for r in parse_table(text, "## Regime shares per signal")} == {"4", "8", "64"}
     for png in FIGURES:
         assert imread(ranks_only / png).shape[1] > 100
+
+
+def test_one_seed_comparison_uses_mcnemar_and_baseline_flag(tmp_path, capsys):
+    sweep_dir = make_sweep(tmp_path, credits=("arca", "uniform"), ranks=(8,), seeds=(0,), steps=4)
+    text = build_report(sweep_dir).read_text()
+    (row,) = parse_table(text, "### Final eval accuracy")
+    assert (row["credit"], row["baseline"], row["test"]) == ("arca", "credit=uniform", "McNemar exact")
+
+    def final(credit: str) -> list[int]:
+        arm = sweep_dir / f"budget=smoke,credit={credit},rank=8,seed=0"
+        return list(per_problem(arm).values())
+
+    x, b = final("arca"), final("uniform")
+    n01 = sum(1 for xi, bi in zip(x, b, strict=True) if xi and not bi)
+    n10 = sum(1 for xi, bi in zip(x, b, strict=True) if bi and not xi)
+    n = n01 + n10
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(n01, n10) + 1)) / 2**n) if n else 1.0
+    assert abs(float(row["p"]) - p) <= 5e-5 and float(row["difference"]) == pytest.approx(
+        (n01 - n10) / len(x), abs=5e-4
+    )
+
+    main([str(sweep_dir), "--baseline", "credit=arca"])
+    (row,) = parse_table((sweep_dir / "report.md").read_text(), "### Final eval accuracy")
+    assert (row["credit"], row["baseline"]) == ("uniform", "credit=arca")
+    assert float(row["difference"]) == pytest.approx((n10 - n01) / len(x), abs=5e-4)
+    main([str(sweep_dir), "--baseline", "rank=4"])
+    assert (
+        "No baseline: this sweep does not vary rank (its axes: credit)"
+        in (sweep_dir / "report.md").read_text()
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep_dir), "--baseline", "uniform"])
+    assert exit_info.value.code == 2 and "expected KEY=VALUE" in capsys.readouterr().err
 
 
 def test_report_nothing_finished(tmp_path):
