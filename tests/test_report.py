@@ -338,6 +338,19 @@ def test_one_seed_comparison_uses_mcnemar_and_baseline_flag(tmp_path, capsys):
     assert exit_info.value.code == 2 and "expected KEY=VALUE" in capsys.readouterr().err
 
 
+def test_report_without_per_problem_files(tmp_path):
+    """An older sweep (no eval/step_<n>.jsonl): accuracies still shown, intervals and pairs marked missing."""
+    sweep_dir = make_sweep(tmp_path, credits=("arca", "uniform"), ranks=(8,), seeds=(0, 1), steps=4)
+    for eval_dir in sweep_dir.glob("*/eval"):
+        shutil.rmtree(eval_dir)
+    text = build_report(sweep_dir).read_text()
+    for row in parse_table(text, "## Final table"):
+        assert row["acc 95% CI"] == "-" and row["final acc"] != "-"
+    assert all(r["Wilson 95%"] == "-" for r in parse_table(text, "### Final accuracy per seed"))
+    (row,) = parse_table(text, "### Final eval accuracy")
+    assert row["verdict"] == "no paired results"
+
+
 def test_report_nothing_finished(tmp_path):
     sweep_dir = tmp_path / "running"
     write_arm(sweep_dir, "arca", 8, 0, steps=2, finished=False, rng=np.random.default_rng(2))
