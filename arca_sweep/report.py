@@ -300,8 +300,8 @@ def report_markdown(
         f"# Sweep report: {sweep_dir}",
         "",
         f"{len(arms)} arms: {len(finished)} finished, {len(unfinished)} not finished. "
-        f"{len(groups(arms))} cells over the sweep's axes ({', '.join(axes) or 'none'}); arms of a cell "
-        "differ only in the seed.",
+        f"{len(groups(arms))} cell{'s' if len(groups(arms)) != 1 else ''} over the sweep's axes "
+        f"({', '.join(axes) or 'none'}); arms of a cell differ only in the seed.",
         "",
     ]
     if unfinished:

@@ -5,6 +5,8 @@ real smoke sweep."""
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -305,6 +307,52 @@ def test_report_degenerate_sweeps(tmp_path):
         assert imread(ranks_only / png).shape[1] > 100
 
 
+def test_one_seed_comparison_uses_mcnemar_and_baseline_flag(tmp_path, capsys):
+    sweep_dir = make_sweep(tmp_path, credits=("arca", "uniform"), ranks=(8,), seeds=(0,), steps=4)
+    text = build_report(sweep_dir).read_text()
+    (row,) = parse_table(text, "### Final eval accuracy")
+    assert (row["credit"], row["baseline"], row["test"]) == ("arca", "credit=uniform", "McNemar exact")
+
+    def final(credit: str) -> list[int]:
+        arm = sweep_dir / f"budget=smoke,credit={credit},rank=8,seed=0"
+        return list(per_problem(arm).values())
+
+    x, b = final("arca"), final("uniform")
+    n01 = sum(1 for xi, bi in zip(x, b, strict=True) if xi and not bi)
+    n10 = sum(1 for xi, bi in zip(x, b, strict=True) if bi and not xi)
+    n = n01 + n10
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(n01, n10) + 1)) / 2**n) if n else 1.0
+    assert abs(float(row["p"]) - p) <= 5e-5 and float(row["difference"]) == pytest.approx(
+        (n01 - n10) / len(x), abs=5e-4
+    )
+
+    main([str(sweep_dir), "--baseline", "credit=arca"])
+    (row,) = parse_table((sweep_dir / "report.md").read_text(), "### Final eval accuracy")
+    assert (row["credit"], row["baseline"]) == ("uniform", "credit=arca")
+    assert float(row["difference"]) == pytest.approx((n10 - n01) / len(x), abs=5e-4)
+    main([str(sweep_dir), "--baseline", "rank=4"])
+    assert (
+        "No baseline: this sweep does not vary rank (its axes: credit)"
+        in (sweep_dir / "report.md").read_text()
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep_dir), "--baseline", "uniform"])
+    assert exit_info.value.code == 2 and "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_report_without_per_problem_files(tmp_path):
+    """An older sweep (no eval/step_<n>.jsonl): accuracies still shown, intervals and pairs marked missing."""
+    sweep_dir = make_sweep(tmp_path, credits=("arca", "uniform"), ranks=(8,), seeds=(0, 1), steps=4)
+    for eval_dir in sweep_dir.glob("*/eval"):
+        shutil.rmtree(eval_dir)
+    text = build_report(sweep_dir).read_text()
+    for row in parse_table(text, "## Final table"):
+        assert row["acc 95% CI"] == "-" and row["final acc"] != "-"
+    assert all(r["Wilson 95%"] == "-" for r in parse_table(text, "### Final accuracy per seed"))
+    (row,) = parse_table(text, "### Final eval accuracy")
+    assert row["verdict"] == "no paired results"
+
+
 def test_report_nothing_finished(tmp_path):
     sweep_dir = tmp_path / "running"
     write_arm(sweep_dir, "arca", 8, 0, steps=2, finished=False, rng=np.random.default_rng(2))
@@ -452,7 +500,7 @@ def real_sweep(tmp_path_factory) -> Path:
         f"hydra.sweep.dir={sweep_dir}",
         "logger.progress=false",
     ]
-    run = subprocess.run([*cmd, "-m"], cwd=root, capture_output=True, text=True, timeout=1200)
+    run = subprocess.run([*cmd, "-m"], cwd=root, capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     return sweep_dir
 
@@ -515,10 +563,32 @@ def test_real_sweep_keeps_every_cell_apart(real_sweep):
 
 
 @pytest.mark.slow
-def test_real_sweep_intervals_and_p_values_recomputed_from_per_problem_files(real_sweep):
-    text = build_report(real_sweep).read_text()
+def test_real_sweep_intervals_and_p_values_recomputed_from_per_problem_files(real_sweep, tmp_path):
+    """The report CLI's intervals and p-values against a recomputation from the arms' own files: as
+    run (two steps: arca's first weights fall back to uniform on the fresh, zero adapter, so its arms
+    match uniform's and the report must say "no difference shown"), then with some of arca/mean's
+    final answers flipped in a copy of the sweep, so the paired numbers are not all zero."""
+    check_against_files(real_sweep)
+    flipped = tmp_path / "flipped"
+    shutil.copytree(real_sweep, flipped)
+    for arm in flipped.glob("*credit.normalize=mean,credit=arca,seed=*"):
+        last = max(arm.glob("eval/step_*.jsonl"), key=lambda p: int(p.stem.split("_")[1]))
+        rows = [json.loads(line) for line in last.read_text().splitlines()]
+        for r in rows[:5]:
+            r["correct"] = 1 - r["correct"]
+        last.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    diffs = check_against_files(flipped)
+    assert any(abs(d) > 0 for d in diffs), "the flipped answers show in the paired difference"
+
+
+def check_against_files(sweep_dir: Path) -> list[float]:
+    """Run the report CLI on ``sweep_dir`` and recompute its intervals and p-values; return the paired
+    accuracy differences it printed."""
+    out = run_report_cli(sweep_dir)
+    assert out.returncode == 0, out.stderr
+    text = (sweep_dir / "report.md").read_text()
     arms: dict = {}
-    for arm in real_sweep.iterdir():
+    for arm in sweep_dir.iterdir():
         if (arm / "summary.json").exists():
             config = yaml.safe_load((arm / ".hydra" / "config.yaml").read_text())
             key = (config["credit"]["name"], config["credit"]["normalize"])
@@ -536,8 +606,7 @@ def test_real_sweep_intervals_and_p_values_recomputed_from_per_problem_files(rea
         return np.array([[r["reward/mean"] for r in recs if r["step"] == 2] for recs in rows])
 
     for row in parse_table(text, "## Final table"):
-        cell = (row["credit"], row["credit.normalize"])
-        means = reference_bootstrap(matrix(cell))
+        means = reference_bootstrap(matrix((row["credit"], row["credit.normalize"])))
         low, high = row["acc 95% CI"].strip("[]").split(",")
         assert_close(low, np.percentile(means, 2.5))
         assert_close(high, np.percentile(means, 97.5))
@@ -548,6 +617,7 @@ def test_real_sweep_intervals_and_p_values_recomputed_from_per_problem_files(rea
         lo, hi = row["Wilson 95%"].strip("[]").split(",")
         assert_close(lo, reference_wilson(k, n)[0])
         assert_close(hi, reference_wilson(k, n)[1])
+    printed = []
     sections = {"### Final eval accuracy": matrix, "### Mean training reward": rewards}
     for heading, extract in sections.items():
         rows = parse_table(text, heading)
@@ -566,3 +636,6 @@ def test_real_sweep_intervals_and_p_values_recomputed_from_per_problem_files(rea
             assert abs(float(row["p"]) - min(1.0, p)) <= 5e-5 and row["test"] == "paired bootstrap"
             holds_zero = np.percentile(means, 2.5) <= 0 <= np.percentile(means, 97.5)
             assert (row["verdict"] == "no difference shown") == holds_zero
+            if heading.startswith("### Final eval"):
+                printed.append(float(row["difference"]))
+    return printed
