@@ -22,7 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from arca_sweep.arm_dir import ArmDir, RunLog, restore
+from arca_sweep.arm_dir import ArmDir, ArmStateError, RunLog, restore
 from arca_sweep.config import validate
 from arca_sweep.diagnostics import FormatTokens, credit_metrics
 from arca_sweep.learner import Learner, group_advantages
@@ -312,7 +312,7 @@ def _check_same_config(saved: dict, current: dict, out_dir: Path) -> None:
     a, b = _flatten(saved), _flatten(current)
     diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUME_FREE_KEYS)
     if diff:
-        raise RuntimeError(
+        raise ArmStateError(
             f"{out_dir} holds a checkpoint of a different config ({', '.join(diff)} differ); "
             "refusing to resume over it. Use another output dir (hydra.run.dir=...) or delete that one."
         )
