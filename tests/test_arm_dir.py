@@ -128,7 +128,11 @@ def test_resume_restores_deleted_or_truncated_metrics_from_the_checkpoint(tmp_pa
     lines = list(log.metrics.lines)
     path = tmp_path / "metrics.jsonl"
     full = path.read_text()
-    expected = {"delete": "restored them from the checkpoint", "truncate": "restored them", "torn": "torn last"}
+    expected = {
+        "delete": "restored them from the checkpoint",
+        "truncate": "restored them",
+        "torn": "torn last",
+    }
     for damage, warning in expected.items():
         if damage == "delete":
             path.unlink()
