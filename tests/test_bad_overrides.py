@@ -172,3 +172,19 @@ def test_traceback_on_request(tmp_path):
         timeout=120,
     )
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "seed=-1" in proc.stderr
+
+
+def test_lora_targets_are_matched_like_peft_against_the_meta_built_architecture():
+    from arca_sweep.model import TINY_PATH
+    from arca_sweep.preflight import lora_target_names, target_module_errors
+
+    names = lora_target_names(str(TINY_PATH / "config.json"))
+    assert "model.layers.0.self_attn.q_proj" in names and "lm_head" in names
+    # a target matches a module named exactly so, or ending in ".<target>" (peft's rule for a list)
+    assert target_module_errors(["q_proj", "self_attn.v_proj", "layers.3.mlp.down_proj"], names) == []
+    (typo,) = target_module_errors(["q_prj"], names)
+    assert "'q_prj' matches no module" in typo and "q_proj" in typo and "lm_head" not in typo
+    (head,) = target_module_errors(["lm_head"], names)
+    assert "not supported" in head and "base weight" in head
+    (embed,) = target_module_errors(["model.embed_tokens"], names)
+    assert "not supported" in embed and "tied" in embed
