@@ -72,6 +72,8 @@ CASES = [
     (["data.grader_timeout_s=0"], ["data.grader_timeout_s=0"]),
     (["diagnostics.uniform_at=0.1"], ["diagnostics", "uniform_at"]),
     (["model=qwen3_1_7b", "model.hub_id=null"], ["model.path", "qwen3_1_7b"]),
+    (["model.path=/nowhere/Qwen3-1.7B"], ["model.path='/nowhere/Qwen3-1.7B' has no config.json"]),
+    (["data=math", "data.path=/nowhere/train.jsonl"], ["data.path='/nowhere/train.jsonl': no such file"]),
 ]
 
 RUNNER = textwrap.dedent(
