@@ -33,6 +33,7 @@ import fcntl
 import json
 import os
 import random
+import shutil
 import socket
 import time
 import warnings
@@ -471,9 +472,12 @@ class ArmDir:
             tmp.unlink(missing_ok=True)  # a partial file, and the space it holds
             raise
         except RuntimeError as exc:  # torch's zip writer reports a full disk as a bad file position
+            full = shutil.disk_usage(self.path).free < 2**20  # measured before the partial file is removed
             tmp.unlink(missing_ok=True)
+            cause = "no space left on device" if full else "usually a full disk"
             raise ArmStateError(
-                f"could not write {tmp} ({exc}); usually the disk is full. Free space, then {hint}."
+                f"could not write {tmp}: {cause} (torch: {str(exc).splitlines()[0][:200]}). Free space on "
+                f"that filesystem, then {hint}."
             ) from exc
 
     def load_checkpoint(self) -> dict | None:

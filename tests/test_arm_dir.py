@@ -214,7 +214,7 @@ def test_full_disk_writes_say_no_space_and_leave_whole_lines(tmp_path):
         model = Tiny()
         model.big = torch.nn.Parameter(torch.zeros(100_000))
         optimizer = torch.optim.AdamW(model.parameters())
-        with pytest.raises(ArmStateError, match=r"checkpoint.pt.tmp.*(no space|disk is full)"):
+        with pytest.raises(ArmStateError, match=r"checkpoint.pt.tmp.*no space left on device"):
             arm.save_checkpoint(step=1, model=model, optimizer=optimizer, config={}, metrics_lines=[])
         assert not (arm.path / "checkpoint.pt.tmp").exists()
     finally:
