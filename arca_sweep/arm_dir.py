@@ -33,6 +33,7 @@ import fcntl
 import json
 import os
 import random
+import shutil
 import socket
 import time
 import warnings
@@ -89,6 +90,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _started_after(pid: int, when: float | None) -> bool:
+    """Whether process ``pid`` started after ``when`` (a Unix time), as far as /proc tells."""
+    try:
+        return when is not None and os.stat(f"/proc/{pid}").st_ctime > when + 1.0
+    except OSError:
+        return False
+
+
 _HELD: set[str] = set()  # lock paths this process holds (a dead run of this same pid is not us)
 
 
@@ -103,6 +112,7 @@ class ArmLock:
             "host": socket.gethostname(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "time": time.time(),
         }
         self.text = json.dumps(self.owner) + "\n"
 
@@ -169,6 +179,8 @@ class ArmLock:
         """Why the lock's holder cannot be running any more, or None if it may be."""
         if holder_text is None:
             return "it vanished"
+        if self._flock_held():
+            return None  # a live holder on a filesystem with flock, whatever its pid looks like from here
         try:
             holder = json.loads(holder_text)
             pid, host, job = int(holder["pid"]), holder["host"], holder.get("slurm_job_id")
@@ -183,23 +195,25 @@ class ArmLock:
             return f"pid {pid} on {host} is not running"
         if pid == os.getpid() and str(self.path) not in _HELD:
             return f"pid {pid} is this process, which no longer holds it"
-        if self._flock_free():
-            return f"pid {pid} is running but does not hold the lock (a reused pid)"
+        if _started_after(pid, holder.get("time")):
+            return f"pid {pid} is a newer process than the lock's (the pid was reused)"
         return None
 
-    def _flock_free(self) -> bool:
-        """True when nobody holds a flock on the lock file (on filesystems that support flock)."""
+    def _flock_held(self) -> bool:
+        """True when another open file holds a flock on the lock file (False where flock is unsupported)."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError:
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held, or flock unsupported: cannot tell
+        except BlockingIOError:
+            return True
+        except OSError:
             return False
         else:
             fcntl.flock(fd, fcntl.LOCK_UN)
-            return True
+            return False
         finally:
             os.close(fd)
 
@@ -458,9 +472,12 @@ class ArmDir:
             tmp.unlink(missing_ok=True)  # a partial file, and the space it holds
             raise
         except RuntimeError as exc:  # torch's zip writer reports a full disk as a bad file position
+            full = shutil.disk_usage(self.path).free < 2**20  # measured before the partial file is removed
             tmp.unlink(missing_ok=True)
+            cause = "no space left on device" if full else "usually a full disk"
             raise ArmStateError(
-                f"could not write {tmp} ({exc}); usually the disk is full. Free space, then {hint}."
+                f"could not write {tmp}: {cause} (torch: {str(exc).splitlines()[0][:200]}). Free space on "
+                f"that filesystem, then {hint}."
             ) from exc
 
     def load_checkpoint(self) -> dict | None:

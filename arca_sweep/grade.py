@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--timeout-s",
         type=positive(float),
         default=5.0,
-        help="CPU-time limit per item (its worker's own; a wall-clock backstop is 4x that)",
+        help="CPU-time limit per item (its worker's own; a wall-clock backstop is 10x that)",
     )
     parser.add_argument("--workers", type=positive(int), default=2, help="grading worker processes")
     parser.add_argument("--out", type=Path, help="write one JSON line per item: index, line, correct, status")

@@ -36,8 +36,9 @@ MAX_PRED_CHARS = 4000
 MAX_ANSWER_CHARS = 1000
 WORKER_START_TIMEOUT_S = 120.0
 # The wall-clock backstop per item, as a multiple of its CPU-time limit: only an item that is not running
-# (a worker starved far beyond any normal load, or stuck in a system call) ever meets it.
-WALL_BACKSTOP_FACTOR = 4.0
+# (a worker starved far beyond any normal load, or stuck in a system call) ever meets it. Generous, since
+# math-verify never waits on anything: on a 2-core machine at load 12, 2.5 s of CPU took 9 s of wall.
+WALL_BACKSTOP_FACTOR = 10.0
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
 

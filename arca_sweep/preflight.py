@@ -74,8 +74,10 @@ def target_module_errors(targets: list[str], module_names: tuple[str, ...]) -> l
 def model_errors(cfg) -> list[str]:
     """Checks against the model's config.json: the LoRA targets and credit.layer."""
     path = model_config_path(cfg.model)
+    if cfg.model.path and not path.is_file():
+        return [f"model.path={cfg.model.path!r} has no config.json: pass a checkpoint directory"]
     if path is None or not path.is_file():
-        return []  # the model load reports a missing model, with the fix
+        return []  # a hub model not in the cache: the model load says how to get it
     try:
         arch = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -97,8 +99,17 @@ def model_errors(cfg) -> list[str]:
 
 
 def task_errors(cfg) -> list[str]:
-    """What the task can give: arith's eval partition holds a finite number of distinct problems."""
+    """What the task can give: local data files exist; arith's eval partition holds a finite number of
+    distinct problems."""
     d = cfg.data
+    if d.name != "arith":
+        missing = [
+            f"{key}={value!r}: no such file (absolute: {Path(value).expanduser().absolute()})"
+            for key, value in (("data.path", d.path), ("data.eval_path", d.eval_path))
+            if value is not None and not Path(value).expanduser().is_file()
+        ]
+        if missing:
+            return missing
     if d.name != "arith" or not (2 <= d.min_operands <= d.max_operands) or d.max_operand < 0 or not d.ops:
         return []
     from arca_sweep.tasks.arith import eval_capacity

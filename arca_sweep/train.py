@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from arca_sweep.arm_dir import ArmDir, RunLog, restore
+from arca_sweep.arm_dir import ArmDir, ArmStateError, RunLog, restore
 from arca_sweep.config import validate
 from arca_sweep.diagnostics import FormatTokens, credit_metrics
 from arca_sweep.evaluation import encode_prompts, evaluate, results_path
@@ -314,7 +314,7 @@ def _check_same_config(saved: dict, current: dict, out_dir: Path) -> None:
     free = [k for k in a.keys() | b.keys() if k in RESUME_FREE_KEYS or k.startswith(RESUME_FREE_PREFIXES)]
     diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in free)
     if diff:
-        raise RuntimeError(
+        raise ArmStateError(
             f"{out_dir} holds a checkpoint of a different config ({', '.join(diff)} differ); "
             "refusing to resume over it. Use another output dir (hydra.run.dir=...) or delete that one."
         )

@@ -446,3 +446,30 @@ def test_cli_rejects_bad_options(tmp_path):
     )
     assert proc.returncode == 2
     assert "no such directory" in proc.stderr
+
+
+@pytest.mark.slow
+def test_verdicts_do_not_depend_on_machine_load():
+    """Slow but valid answers (big-integer work inside one C call) against a CPU-time limit: the same
+    verdicts on an idle machine and beside two CPU-burning processes, where each answer's wall time grows
+    (a wall-clock limit of the same 2.5 s flipped such items between runs)."""
+    items = [
+        (respond("3^{3000000} - 3^{3000000} + 7"), "7"),  # ~0.3 s of CPU
+        (respond("3^{6000000} - 3^{6000000} + 7"), "7"),  # ~0.8 s
+        (respond("\\frac{3}{6}"), "0.5"),
+        (respond("9^{9^{9^{9}}}"), "1"),  # far over: a timeout either way
+    ]
+    expected = [(True, "ok"), (True, "ok"), (True, "ok"), (False, "timeout")]
+    with Grader(workers=2, timeout_s=2.5) as idle_grader:  # fresh workers per pass: sympy caches powers
+        idle = idle_grader.grade(items)
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        with Grader(workers=2, timeout_s=2.5) as busy_grader:
+            busy = busy_grader.grade(items)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    print("wall s idle:", [round(r.seconds, 2) for r in idle], "busy:", [round(r.seconds, 2) for r in busy])
+    assert [(r.correct, r.status) for r in idle] == expected
+    assert [(r.correct, r.status) for r in busy] == expected

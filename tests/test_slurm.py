@@ -229,10 +229,11 @@ def test_failed_arm_fails_the_sweep_and_a_relaunch_skips_finished_arms(slurm_clu
     finished, failed = arms_of(sweep)
     assert finished.name.endswith("model_a") and failed.name.endswith("model_b")
     assert (finished / "summary.json").is_file() and not (failed / "summary.json").exists()
-    assert f"arm {failed.name} failed: FileNotFoundError" in first.stderr, first.stderr[-3000:]
+    assert f"arm {failed.name} failed: ConfigError" in first.stderr, first.stderr[-3000:]
+    assert "has no config.json" in first.stderr  # found by validation, before anything loads
     assert f"arm dir: {failed}" in first.stderr
     log = Path(re.search(r"^  log: (.+)$", first.stderr, re.MULTILINE)[1])
-    assert log.is_file() and "FileNotFoundError" in log.read_text()  # its traceback is in its log
+    assert log.is_file() and "ConfigError" in log.read_text()  # its traceback is in its log
     finished_at = (finished / "summary.json").stat().st_mtime_ns
 
     shutil.copytree(TINY_MODEL, missing)  # the fix: the missing checkpoint arrives
