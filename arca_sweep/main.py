@@ -64,7 +64,10 @@ def quote_numeric_choices(args: list[str], conf_dir: str = CONF_DIR) -> list[str
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg) -> None:
+    from arca_sweep.progress import quiet_libraries
     from arca_sweep.train import run
+
+    quiet_libraries()
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 
 from arca_sweep import checkpoint
 from arca_sweep.config import validate
@@ -28,11 +27,19 @@ from arca_sweep.diagnostics import FormatTokens, credit_metrics
 from arca_sweep.learner import Learner, group_advantages
 from arca_sweep.loggers import RunLog, build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
+from arca_sweep.progress import Progress, closing_line, is_terminal, skip_line
+from arca_sweep.progress import log as console
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
 from arca_sweep.tasks import batch_hash, build_task
 
 # Keys that may differ between an interrupted run and its resumption.
-RESUME_FREE_KEYS = {"logger.progress", "threads", "device"}
+RESUME_FREE_KEYS = {
+    "logger.progress",
+    "logger.progress_every",
+    "logger.progress_every_s",
+    "threads",
+    "device",
+}
 
 
 def encode_prompts(tokenizer, problems, enable_thinking: bool = False) -> list[list[int]]:
@@ -77,7 +84,7 @@ def run(
     summary_path = out_dir / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        print(f"arm already finished, skipping: {out_dir}\n{json.dumps(summary, indent=1)}")
+        console.info(skip_line(out_dir, summary))
         return summary
     t_start = time.time()
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))  # the job's CPUs, not the node's
@@ -106,20 +113,18 @@ def run(
         start = checkpoint.restore(state, model, learner.optimizer)
         engine.sync(model)
         log.truncate_after(start)
-        print(f"resuming {out_dir} after step {start}")
+        console.info(f"resuming {out_dir} after step {start}")
     else:
         log.truncate_after(-1)
         log.log({"step": 0, **evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens, think)})
 
-    bar = tqdm(
-        range(start + 1, b.steps + 1),
-        initial=start,
-        total=b.steps,
-        desc=out_dir.name[:40],
-        disable=not cfg.logger.progress,
-        dynamic_ncols=True,
+    live = cfg.logger.progress and is_terminal()
+    progress = Progress(out_dir, start, b.steps, live, cfg.logger.progress_every, cfg.logger.progress_every_s)
+    progress.accuracy = next(
+        ((r["step"], r["eval/accuracy"]) for r in reversed(log.metrics.records()) if "eval/accuracy" in r),
+        None,
     )
-    for step in bar:
+    for step in range(start + 1, b.steps + 1):
         # ---- rollout: G samples for each of this step's prompts (the order is data.seed's, shared by all arms)
         t0 = time.time()
         indices = task.train_indices(step - 1, b.prompts_per_step)
@@ -167,18 +172,15 @@ def run(
             )
         if step % b.checkpoint_every == 0 or step == b.steps:
             checkpoint.save(out_dir, step=step, model=model, optimizer=learner.optimizer, config=resolved)
-        bar.set_postfix(
-            reward=f"{metrics['reward/mean']:.2f}",
-            gini=f"{metrics['credit/gini/mean']:.2f}",
-            acc=metrics.get("eval/accuracy", ""),
-        )
-    bar.close()
+        progress.update(step, metrics)
+    progress.close()
 
     task.close()
     model.save_pretrained(out_dir / "adapter")
     summary = summarize(log.metrics.records(), overrides or [], time.time() - t_start, start)
     summary_path.write_text(json.dumps(summary, indent=1) + "\n")
     log.finish(summary)
+    console.info(closing_line(out_dir, summary))
     return summary
 
 

@@ -1,0 +1,149 @@
+"""An arm's console output (arca_sweep/progress.py): progress lines at their cadence, the closing and
+skip lines, library noise demoted; and a demo sweep's log written to a file, through the CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from arca_sweep.progress import VLLM_EXPECTED, Progress, _ExpectedVllmWarnings, closing_line, skip_line
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "arca_sweep.train"]
+
+
+def metrics(step: int, acc: float | None = None) -> dict:
+    m = {"step": step, "reward/mean": 0.5, "credit/gini/mean": 0.25}
+    return m if acc is None else {**m, "eval/accuracy": acc}
+
+
+def test_progress_lines_every_n_steps_and_the_last(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    clock = Clock()
+    p = Progress(tmp_path / "credit=arca", 0, 25, live=False, every=10, every_s=0, clock=clock)
+    p.accuracy = (0, 0.635)
+    for step in range(1, 26):
+        clock.now += 2.0
+        p.update(step, metrics(step, 0.7 if step == 20 else None))
+    out = lines(caplog)
+    assert out[0] == f"arm credit=arca: steps 1..25, results in {tmp_path / 'credit=arca'}"
+    assert [int(re.search(r" step (\d+)/25", s)[1]) for s in out[1:]] == [10, 20, 25]
+    assert out[1] == (
+        "credit=arca step 10/25: reward 0.500, gini 0.250, eval acc 0.635 (step 0) | 2.00 s/step, 30 s left"
+    )
+    assert "eval acc 0.700 |" in out[2] and "eval acc 0.700 (step 20)" in out[3] and "0 s left" in out[3]
+
+
+def test_progress_lines_at_least_every_m_seconds(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    clock = Clock()
+    p = Progress(tmp_path / "arm", 4, 100, live=False, every=0, every_s=60, clock=clock)
+    for step in range(5, 101):
+        clock.now += 25.0  # a line every third step (75 s >= 60 s), and the last
+        p.update(step, metrics(step))
+    steps = [int(re.search(r" step (\d+)/100", s)[1]) for s in lines(caplog)[1:]]
+    assert steps == list(range(7, 101, 3)) and steps[-1] == 100
+    assert "eval acc -" in lines(caplog)[1]
+
+
+def test_closing_and_skip_lines(tmp_path):
+    summary = {
+        "steps": 60,
+        "wall_s": 73.4,
+        "eval/accuracy_initial": 0.635,
+        "eval/accuracy_final": 0.74,
+        "run_means": {"reward/mean": 0.61, "credit/gini/mean": 0.292, "credit/etr/mean": 0.706},
+    }
+    arm = tmp_path / "credit=arca"
+    assert closing_line(arm, summary) == (
+        "arm credit=arca finished: 60 steps in 1:13 min; eval acc 0.635 -> 0.740, reward 0.610, "
+        f"gini 0.292, etr 0.706; results in {arm}"
+    )
+    assert skip_line(arm, summary) == (
+        f"arm already finished, skipping: {arm} (eval acc 0.635 -> 0.740; summary.json)"
+    )
+    assert "\n" not in skip_line(arm, summary)
+
+
+@pytest.mark.parametrize("text", VLLM_EXPECTED)
+def test_expected_vllm_warnings_are_info(text):
+    vllm_logger = logging.getLogger("vllm")
+    before = vllm_logger.level
+    try:
+        f = _ExpectedVllmWarnings()
+        record = logging.LogRecord("vllm.worker", logging.WARNING, __file__, 1, f"x {text} y", None, None)
+        vllm_logger.setLevel(logging.WARNING)
+        assert not f.filter(record) and record.levelname == "INFO"
+        vllm_logger.setLevel(logging.INFO)
+        assert f.filter(record)
+        other = logging.LogRecord("vllm.worker", logging.WARNING, __file__, 1, "out of memory", None, None)
+        mine = logging.LogRecord("arca_sweep.x", logging.WARNING, __file__, 1, f"{text}", None, None)
+        vllm_logger.setLevel(logging.WARNING)
+        assert f.filter(other) and other.levelname == "WARNING"
+        assert f.filter(mine) and mine.levelname == "WARNING"
+    finally:
+        vllm_logger.setLevel(before)
+
+
+@pytest.mark.slow
+def test_demo_log_in_a_file_is_short_and_says_where_each_arm_is(tmp_path):
+    """`experiment=demo` (five arms), shortened to 6 steps, stdout and stderr into a file: one line per
+    progress interval per arm, each arm's closing line with its dir, no bar refreshes, no library noise;
+    relaunched, each finished arm says so in one line."""
+    sweep, log_path = tmp_path / "sweep", tmp_path / "demo.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "arca_sweep",
+        "experiment=demo",
+        "budget.steps=6",
+        "budget.eval_every=3",
+        "budget.eval_size=32",
+        "budget.prompts_per_step=4",
+        "budget.group_size=4",
+        "logger.progress_every=2",
+        "threads=1",
+        "-m",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    with log_path.open("w") as f:
+        subprocess.run(
+            cmd, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=600, check=True
+        )
+    text = log_path.read_text()
+    arms = sorted(p for p in sweep.iterdir() if (p / "summary.json").is_file())
+    assert len(arms) == 5, text
+    assert len(text.encode()) < 10_000 and "\r" not in text, text
+    for noise in ("Loading weights", "WARNING", "it/s]", "Warning"):
+        assert noise not in text, (noise, text)
+    for arm in arms:
+        progress = re.findall(
+            rf"\] - {re.escape(arm.name)} step (\d+)/6: reward [\d.]+, gini [\d.]+, eval acc", text
+        )
+        assert progress == ["2", "4", "6"], (arm.name, text)
+        closing = [s for s in text.splitlines() if f"arm {arm.name} finished: 6 steps" in s]
+        assert len(closing) == 1 and closing[0].endswith(f"results in {arm}"), text
+
+    with log_path.open("w") as f:
+        subprocess.run(
+            cmd, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=600, check=True
+        )
+    again = log_path.read_text()
+    skipped = [s for s in again.splitlines() if "arm already finished, skipping" in s]
+    assert sorted(s.split("skipping: ")[1].split(" (")[0] for s in skipped) == [str(a) for a in arms]
+    assert not any(s.strip() in ("{", "}") for s in again.splitlines()), again
