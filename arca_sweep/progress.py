@@ -107,7 +107,8 @@ def closing_line(out_dir: Path, summary: dict) -> str:
     """One line: the arm, its final numbers, its dir."""
     means = summary.get("run_means", {})
     return (
-        f"arm {out_dir.name} finished: {summary['steps']} steps in {_duration(summary['wall_s'])}; "
+        f"arm {out_dir.name} finished: {summary['steps']} step{'' if summary['steps'] == 1 else 's'} "
+        f"in {_duration(summary['wall_s'])}; "
         f"eval acc {_num(summary.get('eval/accuracy_initial'), 3)} -> {_num(summary.get('eval/accuracy_final'), 3)}, "
         f"reward {_num(means.get('reward/mean'), 3)}, gini {_num(means.get('credit/gini/mean'), 3)}, "
         f"etr {_num(means.get('credit/etr/mean'), 3)}; results in {out_dir}"

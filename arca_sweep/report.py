@@ -120,7 +120,7 @@ def load_arms(sweep_dir: Path) -> list[Arm]:
     if not arms:
         raise NotASweepError(
             f"{sweep_dir} is not a sweep dir: no arm subdirectory with .hydra/config.yaml "
-            "(pass the hydra.sweep.dir of a multirun, e.g. outputs/multirun/<date>/<time>)"
+            "(pass the hydra.sweep.dir of a multirun, e.g. outputs/multirun/<date>_<time>)"
         )
     return sorted(arms, key=lambda a: (a.credit, _rank_key(a.rank), str(a.seed), a.name))
 
