@@ -5,7 +5,8 @@
 
 Writes into the arm's output dir: ``metrics.jsonl`` (a line per step), ``samples.jsonl`` (sample
 rollouts with every signal's token weights, every ``logger.samples_every`` steps), ``checkpoint.pt`` (every
-``budget.checkpoint_every`` steps), ``adapter/`` (the final peft adapter) and ``summary.json``.
+``budget.checkpoint_every`` steps), ``eval/step_<n>.jsonl`` (every problem's result of the eval at step
+``n``; :mod:`arca_sweep.evaluation`), ``adapter/`` (the final peft adapter) and ``summary.json``.
 Re-running the same command resumes from the checkpoint; a finished arm is skipped.
 """
 
@@ -24,6 +25,7 @@ from omegaconf import OmegaConf
 from arca_sweep import checkpoint
 from arca_sweep.config import validate
 from arca_sweep.diagnostics import FormatTokens, credit_metrics
+from arca_sweep.evaluation import encode_prompts, evaluate, results_path
 from arca_sweep.learner import Learner, group_advantages
 from arca_sweep.loggers import RunLog, build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
@@ -40,36 +42,6 @@ RESUME_FREE_KEYS = {
     "threads",
     "device",
 }
-
-
-def encode_prompts(tokenizer, problems, enable_thinking: bool = False) -> list[list[int]]:
-    """Each question as a user turn through the model's chat template (Qwen3: thinking off by default)."""
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p.question}],
-            tokenize=False,
-            add_generation_prompt=True,
-            enable_thinking=enable_thinking,
-        )
-        for p in problems
-    ]
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-
-
-def evaluate(engine, tokenizer, task, problems, max_new_tokens: int, enable_thinking: bool = False) -> dict:
-    """Greedy pass@1 on the held-out eval set, overall and per level and subject where rows carry them."""
-    batch = engine.generate(
-        encode_prompts(tokenizer, problems, enable_thinking), 1, max_new_tokens, greedy=True
-    )
-    correct = task.rewards(batch.texts, problems)
-    out = {"eval/accuracy": float(np.mean(correct))}
-    for key in ("level", "subject"):
-        groups: dict[str, list[float]] = {}
-        for c, p in zip(correct, problems, strict=True):
-            if p.meta.get(key) is not None:
-                groups.setdefault(str(p.meta[key]), []).append(c)
-        out.update({f"eval/accuracy/{key}/{g}": float(np.mean(v)) for g, v in sorted(groups.items())})
-    return out
 
 
 def run(
@@ -116,7 +88,10 @@ def run(
         console.info(f"resuming {out_dir} after step {start}")
     else:
         log.truncate_after(-1)
-        log.log({"step": 0, **evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens, think)})
+        acc = evaluate(
+            engine, tokenizer, task, eval_problems, b.max_new_tokens, think, results_path(out_dir, 0)
+        )
+        log.log({"step": 0, **acc})
 
     live = cfg.logger.progress and is_terminal()
     progress = Progress(out_dir, start, b.steps, live, cfg.logger.progress_every, cfg.logger.progress_every_s)
@@ -151,7 +126,8 @@ def run(
         # ---- guard: the batch must have been sampled from the weights the learner just scored
         check_engine_weights(metrics["rollout/logp_diff_max"], max_logp_diff, step)
         if step == b.steps or (b.eval_every and step % b.eval_every == 0):
-            metrics.update(evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens, think))
+            out = results_path(out_dir, step)
+            metrics.update(evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens, think, out))
         metrics.update(task.stats)
         log.log(metrics)
         if cfg.logger.samples_every and (step == 1 or step % cfg.logger.samples_every == 0):

@@ -1,0 +1,133 @@
+"""Greedy pass@1 on a held-out eval set, with every problem's result kept for paired comparisons.
+
+Each eval of an arm writes ``eval/step_<n>.jsonl`` in the arm's dir (:func:`results_path`): one JSON
+line per problem, in eval-set order::
+
+    {"id": 17, "position": 0, "correct": 1, "answer": "66", "gold": "66", "response_tokens": 23,
+     "finish": "stop", "level": 3, "subject": "Algebra"}
+
+``id`` is stable across arms and runs of the same eval set (the row's ``unique_id`` where it has one,
+else the problem's index in its task), so two arms pair problem by problem. ``answer`` is the last
+``\\boxed{}`` content of the response (null without one) and ``gold`` the reference answer, both cut
+to :data:`MAX_ANSWER_CHARS`. ``level``/``subject`` appear when the row carries them. The file is
+written atomically (a temporary file, then a rename): a reader never sees half an eval.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from arca_sweep.rewards import last_boxed
+
+MAX_ANSWER_CHARS = 200
+BREAKDOWN_KEYS = ("level", "subject")
+
+
+def encode_prompts(tokenizer, problems, enable_thinking: bool = False) -> list[list[int]]:
+    """Each question as a user turn through the model's chat template (Qwen3: thinking off by default)."""
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p.question}],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=enable_thinking,
+        )
+        for p in problems
+    ]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def results_path(arm_dir: Path, step: int) -> Path:
+    """Where an arm's per-problem results of the eval at ``step`` live."""
+    return Path(arm_dir) / "eval" / f"step_{step}.jsonl"
+
+
+def problem_id(problem):
+    """A problem's id, stable across arms: the row's ``unique_id`` if it has one, else its task index."""
+    return problem.meta.get("unique_id", problem.index)
+
+
+def _bounded(text: str | None) -> str | None:
+    return None if text is None else text[:MAX_ANSWER_CHARS]
+
+
+def problem_results(problems, texts, correct, response_tokens, finish_reasons) -> list[dict]:
+    """One record per problem (the format in the module docstring)."""
+    out = []
+    for position, (p, text, c, n, finish) in enumerate(
+        zip(problems, texts, correct, response_tokens, finish_reasons, strict=True)
+    ):
+        record = {
+            "id": problem_id(p),
+            "position": position,
+            "correct": int(c > 0.5),
+            "answer": _bounded(last_boxed(text)),
+            "gold": _bounded(str(p.answer)),
+            "response_tokens": int(n),
+            "finish": finish,
+        }
+        record.update({k: p.meta[k] for k in BREAKDOWN_KEYS if p.meta.get(k) is not None})
+        out.append(record)
+    return out
+
+
+def accuracy_metrics(correct, problems) -> dict:
+    """``eval/accuracy`` overall and ``eval/accuracy/<level|subject>/<value>`` where rows carry them."""
+    out = {"eval/accuracy": float(np.mean(correct))}
+    for key in BREAKDOWN_KEYS:
+        groups: dict[str, list[float]] = {}
+        for c, p in zip(correct, problems, strict=True):
+            if p.meta.get(key) is not None:
+                groups.setdefault(str(p.meta[key]), []).append(c)
+        out.update({f"eval/accuracy/{key}/{g}": float(np.mean(v)) for g, v in sorted(groups.items())})
+    return out
+
+
+def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
+    """``path`` holds exactly ``records`` (a JSON line each) or its previous content, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def evaluate(
+    engine,
+    tokenizer,
+    task,
+    problems,
+    max_new_tokens: int,
+    enable_thinking: bool = False,
+    output_path: Path | None = None,
+) -> dict:
+    """Greedy pass@1 of ``engine`` on ``problems``, graded by ``task.rewards``.
+
+    Returns the metrics (``eval/accuracy``, per level and subject where rows carry them); with
+    ``output_path`` also writes every problem's result there (the module docstring's format).
+    """
+    batch = engine.generate(
+        encode_prompts(tokenizer, problems, enable_thinking), 1, max_new_tokens, greedy=True
+    )
+    correct = task.rewards(batch.texts, problems)
+    if output_path is not None:
+        lengths = batch.response_mask.sum(dim=1).tolist()
+        records = problem_results(problems, batch.texts, correct, lengths, batch.finish_reasons)
+        write_jsonl_atomic(output_path, records)
+    return accuracy_metrics(correct, problems)
+
+
+def read_results(path: Path) -> list[dict]:
+    """The records of an ``eval/step_<n>.jsonl`` file."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,97 @@
+"""Per-problem eval results (``arca_sweep.evaluation``): the file's records agree with the returned
+metrics, ids are stable, answers bounded, and the write is atomic."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from arca_sweep.evaluation import MAX_ANSWER_CHARS, evaluate, read_results, results_path, write_jsonl_atomic
+from arca_sweep.rollout import RolloutBatch
+from arca_sweep.tasks import Problem
+from arca_sweep.tasks.arith import ArithTask
+
+
+class ScriptedEngine:
+    """Returns fixed responses (one per prompt) of fixed token lengths, greedy only."""
+
+    def __init__(self, texts: list[str], lengths: list[int]):
+        self.texts, self.lengths = texts, lengths
+
+    def generate(self, prompts, num_samples, max_new_tokens, greedy=False):
+        assert num_samples == 1 and greedy and len(prompts) == len(self.texts)
+        width = max(self.lengths)
+        mask = torch.tensor([[j < n for j in range(width)] for n in self.lengths])
+        return RolloutBatch(
+            prompt_ids=torch.zeros(len(prompts), 1, dtype=torch.long),
+            prompt_mask=torch.ones(len(prompts), 1, dtype=torch.bool),
+            response_ids=torch.zeros(len(prompts), width, dtype=torch.long),
+            response_mask=mask,
+            finish_reasons=["stop" if n < width else "length" for n in self.lengths],
+            texts=self.texts,
+        )
+
+
+class TemplateTokenizer:
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt, enable_thinking):
+        return messages[0]["content"]
+
+    def __call__(self, text, add_special_tokens):
+        return {"input_ids": [ord(c) for c in text[:8]]}
+
+
+def test_results_file_matches_metrics(tmp_path):
+    task = ArithTask()
+    problems = task.eval_problems(4)
+    long_box = "\\boxed{" + "9" * 1000 + "}"
+    texts = [f"\\boxed{{{problems[0].answer}}}", "no box", long_box, f"x \\boxed{{{problems[3].answer}}}"]
+    engine = ScriptedEngine(texts, [5, 7, 40, 3])
+    out = results_path(tmp_path / "arm", 20)
+    metrics = evaluate(engine, TemplateTokenizer(), task, problems, 40, output_path=out)
+    assert out == tmp_path / "arm" / "eval" / "step_20.jsonl"
+    assert metrics == {"eval/accuracy": 0.5}
+    rows = read_results(out)
+    assert [r["correct"] for r in rows] == [1, 0, 0, 1]
+    assert [r["id"] for r in rows] == [p.index for p in problems]
+    assert [r["position"] for r in rows] == [0, 1, 2, 3]
+    assert [r["response_tokens"] for r in rows] == [5, 7, 40, 3]
+    assert [r["finish"] for r in rows] == ["stop", "stop", "length", "stop"]
+    assert rows[0]["answer"] == problems[0].answer == rows[0]["gold"] and rows[1]["answer"] is None
+    assert len(rows[2]["answer"]) == MAX_ANSWER_CHARS
+    assert sum(r["correct"] for r in rows) / len(rows) == metrics["eval/accuracy"]
+    assert list(out.parent.iterdir()) == [out], "no temporary file left behind"
+
+
+def test_breakdown_and_row_ids(tmp_path):
+    problems = [
+        Problem(0, "q0", "1", {"level": 1, "subject": "Algebra", "unique_id": "test/algebra/1.json"}),
+        Problem(1, "q1", "2", {"level": 1, "subject": "Geometry", "unique_id": "test/geometry/2.json"}),
+        Problem(2, "q2", "3", {"level": None, "subject": "Algebra"}),
+    ]
+    task = ArithTask()
+    engine = ScriptedEngine(["\\boxed{1}", "\\boxed{5}", "\\boxed{3}"], [2, 2, 2])
+    out = tmp_path / "r.jsonl"
+    metrics = evaluate(engine, TemplateTokenizer(), task, problems, 8, output_path=out)
+    assert metrics["eval/accuracy/level/1"] == 0.5 and metrics["eval/accuracy/subject/Algebra"] == 1.0
+    rows = read_results(out)
+    assert [r["id"] for r in rows] == ["test/algebra/1.json", "test/geometry/2.json", 2]
+    assert rows[0]["level"] == 1 and rows[0]["subject"] == "Algebra"
+    assert "level" not in rows[2] and rows[2]["subject"] == "Algebra"
+    # without an output path nothing is written, the metrics are the same
+    assert evaluate(engine, TemplateTokenizer(), task, problems, 8) == metrics
+
+
+def test_atomic_write_keeps_old_content_on_failure(tmp_path):
+    path = tmp_path / "eval" / "step_0.jsonl"
+    write_jsonl_atomic(path, [{"id": 0, "correct": 1}])
+
+    class Unserializable:
+        pass
+
+    try:
+        write_jsonl_atomic(path, [{"id": 0}, {"id": 1, "bad": Unserializable()}])
+    except TypeError:
+        pass
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"id": 0, "correct": 1}]
+    assert list(path.parent.iterdir()) == [path]
