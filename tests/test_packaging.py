@@ -100,4 +100,10 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_anywhere(tmp_path):
     arms = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
     assert arms == ["budget.steps=1,budget=smoke,credit=arca", "budget.steps=1,budget=smoke,credit=uniform"]
     assert (sweep / "sweep_summary.md").is_file() and (sweep / "report.md").is_file()
+
+    arm = work / "outputs" / "multirun" / sweep.name / arms[0]
+    _run([str(venv / "bin" / "arca-sweep-eval"), "--adapter", str(arm), "threads=1"], work, env)
+    (evaluated,) = (work / "outputs" / "eval").iterdir()
+    got = json.loads((evaluated / "summary.json").read_text())
+    assert got["eval/accuracy"] == json.loads((arm / "summary.json").read_text())["eval/accuracy_final"]
     assert sorted(p.name for p in work.iterdir()) == ["mine", "outputs"]
