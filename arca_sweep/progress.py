@@ -63,7 +63,7 @@ class Progress:
 
             self.bar = tqdm(initial=start, total=total, desc=name[:40], dynamic_ncols=True)
         else:
-            log.info("arm %s: steps %d..%d, results in %s", name, start + 1, total, out_dir)
+            log.info("arm %s: steps %d..%d", out_dir, start + 1, total)
 
     def update(self, step: int, metrics: dict) -> None:
         if metrics.get("eval/accuracy") is not None:
@@ -86,9 +86,8 @@ class Progress:
             acc = _num(self.accuracy[1], 3) + (
                 "" if self.accuracy[0] == step else f" (step {self.accuracy[0]})"
             )
-        log.info(
-            "%s step %d/%d: reward %s, gini %s, eval acc %s | %.2f s/step, %s left",
-            self.name,
+        log.info(  # no arm name: the arm's first line names it, and each arm's lines come in one run
+            "step %d/%d: reward %s, gini %s, eval acc %s | %.2f s/step, %s left",
             step,
             self.total,
             _num(reward, 3),

@@ -40,11 +40,9 @@ def test_progress_lines_every_n_steps_and_the_last(tmp_path, caplog):
         clock.now += 2.0
         p.update(step, metrics(step, 0.7 if step == 20 else None))
     out = lines(caplog)
-    assert out[0] == f"arm credit=arca: steps 1..25, results in {tmp_path / 'credit=arca'}"
-    assert [int(re.search(r" step (\d+)/25", s)[1]) for s in out[1:]] == [10, 20, 25]
-    assert out[1] == (
-        "credit=arca step 10/25: reward 0.500, gini 0.250, eval acc 0.635 (step 0) | 2.00 s/step, 30 s left"
-    )
+    assert out[0] == f"arm {tmp_path / 'credit=arca'}: steps 1..25"
+    assert [int(re.search(r"^step (\d+)/25", s)[1]) for s in out[1:]] == [10, 20, 25]
+    assert out[1] == "step 10/25: reward 0.500, gini 0.250, eval acc 0.635 (step 0) | 2.00 s/step, 30 s left"
     assert "eval acc 0.700 |" in out[2] and "eval acc 0.700 (step 20)" in out[3] and "0 s left" in out[3]
 
 
@@ -55,7 +53,7 @@ def test_progress_lines_at_least_every_m_seconds(tmp_path, caplog):
     for step in range(5, 101):
         clock.now += 25.0  # a line every third step (75 s >= 60 s), and the last
         p.update(step, metrics(step))
-    steps = [int(re.search(r" step (\d+)/100", s)[1]) for s in lines(caplog)[1:]]
+    steps = [int(re.search(r"^step (\d+)/100", s)[1]) for s in lines(caplog)[1:]]
     assert steps == list(range(7, 101, 3)) and steps[-1] == 100
     assert "eval acc -" in lines(caplog)[1]
 
@@ -99,23 +97,31 @@ def test_expected_vllm_warnings_are_info(text):
         vllm_logger.setLevel(before)
 
 
+SHORT_DEMO = """# @package _global_
+# experiment=demo with fewer, smaller steps; as many progress lines per arm as the demo (every 2 of 12 steps)
+defaults:
+  - demo
+  - _self_
+budget: {steps: 12, eval_every: 4, eval_size: 32, prompts_per_step: 4, group_size: 4}
+logger: {progress_every: 2}
+"""
+
+
 @pytest.mark.slow
 def test_demo_log_in_a_file_is_short_and_says_where_each_arm_is(tmp_path):
-    """`experiment=demo` (five arms), shortened to 6 steps, stdout and stderr into a file: one line per
-    progress interval per arm, each arm's closing line with its dir, no bar refreshes, no library noise;
-    relaunched, each finished arm says so in one line."""
+    """The demo's five arms, shortened to small steps (a user experiment config, so the arms keep the
+    demo's short names) with the demo's six progress lines per arm, stdout and stderr into a file:
+    under 10 KB, one line per progress interval per arm, each arm's closing line with its dir, no bar
+    refreshes, no library noise; relaunched, each finished arm says so in one line."""
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "short_demo.yaml").write_text(SHORT_DEMO)
     sweep, log_path = tmp_path / "sweep", tmp_path / "demo.log"
     cmd = [
         sys.executable,
         "-m",
         "arca_sweep",
-        "experiment=demo",
-        "budget.steps=6",
-        "budget.eval_every=3",
-        "budget.eval_size=32",
-        "budget.prompts_per_step=4",
-        "budget.group_size=4",
-        "logger.progress_every=2",
+        "experiment=short_demo",
+        f"hydra.searchpath=[file://{tmp_path / 'mine'}]",
         "threads=1",
         "-m",
         f"hydra.sweep.dir={sweep}",
@@ -127,17 +133,19 @@ def test_demo_log_in_a_file_is_short_and_says_where_each_arm_is(tmp_path):
         )
     text = log_path.read_text()
     arms = sorted(p for p in sweep.iterdir() if (p / "summary.json").is_file())
-    assert len(arms) == 5, text
+    assert [a.name for a in arms] == [
+        f"credit={c},experiment=short_demo"
+        for c in sorted(["uniform", "surprisal", "entropy", "divergence", "arca"])
+    ]
     assert len(text.encode()) < 10_000 and "\r" not in text, text
     for noise in ("Loading weights", "WARNING", "it/s]", "Warning"):
         assert noise not in text, (noise, text)
     for arm in arms:
-        progress = re.findall(
-            rf"\] - {re.escape(arm.name)} step (\d+)/6: reward [\d.]+, gini [\d.]+, eval acc", text
-        )
-        assert progress == ["2", "4", "6"], (arm.name, text)
-        closing = [s for s in text.splitlines() if f"arm {arm.name} finished: 6 steps" in s]
-        assert len(closing) == 1 and closing[0].endswith(f"results in {arm}"), text
+        own = text.split(f"arm {arm}: steps 1..12\n")[1].split("[HYDRA]")[0]  # up to the next arm
+        progress = re.findall(r"\] - step (\d+)/12: reward [\d.]+, gini [\d.]+, eval acc [\d.]+", own)
+        assert progress == ["2", "4", "6", "8", "10", "12"], (arm.name, own)
+        closing = [s for s in own.splitlines() if f"arm {arm.name} finished: 12 steps" in s]
+        assert len(closing) == 1 and closing[0].endswith(f"results in {arm}"), own
 
     with log_path.open("w") as f:
         subprocess.run(
