@@ -63,7 +63,7 @@ class Progress:
 
             self.bar = tqdm(initial=start, total=total, desc=name[:40], dynamic_ncols=True)
         else:
-            log.info("arm %s: steps %d..%d", out_dir, start + 1, total)
+            log.info("arm %s: steps %d..%d", name, start + 1, total)  # its dir: in the closing line
 
     def update(self, step: int, metrics: dict) -> None:
         if metrics.get("eval/accuracy") is not None:

@@ -40,7 +40,7 @@ def test_progress_lines_every_n_steps_and_the_last(tmp_path, caplog):
         clock.now += 2.0
         p.update(step, metrics(step, 0.7 if step == 20 else None))
     out = lines(caplog)
-    assert out[0] == f"arm {tmp_path / 'credit=arca'}: steps 1..25"
+    assert out[0] == "arm credit=arca: steps 1..25"
     assert [int(re.search(r"^step (\d+)/25", s)[1]) for s in out[1:]] == [10, 20, 25]
     assert out[1] == "step 10/25: reward 0.500, gini 0.250, eval acc 0.635 (step 0) | 2.00 s/step, 30 s left"
     assert "eval acc 0.700 |" in out[2] and "eval acc 0.700 (step 20)" in out[3] and "0 s left" in out[3]
@@ -141,7 +141,7 @@ def test_demo_log_in_a_file_is_short_and_says_where_each_arm_is(tmp_path):
     for noise in ("Loading weights", "WARNING", "it/s]", "Warning"):
         assert noise not in text, (noise, text)
     for arm in arms:
-        own = text.split(f"arm {arm}: steps 1..12\n")[1].split("[HYDRA]")[0]  # up to the next arm
+        own = text.split(f"arm {arm.name}: steps 1..12\n")[1].split("[HYDRA]")[0]  # up to the next arm
         progress = re.findall(r"\] - step (\d+)/12: reward [\d.]+, gini [\d.]+, eval acc [\d.]+", own)
         assert progress == ["2", "4", "6", "8", "10", "12"], (arm.name, own)
         closing = [s for s in own.splitlines() if f"arm {arm.name} finished: 12 steps" in s]
