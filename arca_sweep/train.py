@@ -35,13 +35,7 @@ from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
 from arca_sweep.tasks import batch_hash, build_task
 
 # Keys that may differ between an interrupted run and its resumption.
-RESUME_FREE_KEYS = {
-    "logger.progress",
-    "logger.progress_every",
-    "logger.progress_every_s",
-    "threads",
-    "device",
-}
+RESUME_FREE_KEYS = {"logger.progress", "threads", "device"}
 
 
 def run(
