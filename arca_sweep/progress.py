@@ -12,6 +12,7 @@ vLLM's start-up chatter and its warnings that do not apply to how this project d
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -56,7 +57,7 @@ class Progress:
         self.name, self.total, self.every, self.every_s, self.clock = name, total, every, every_s, clock
         self.started = self.last_line = clock()
         self.start = start
-        self.accuracy: tuple[int, float] | None = None  # (step, eval accuracy) of the latest eval
+        self.accuracy = latest_eval(out_dir / "metrics.jsonl")  # (step, eval accuracy) of the latest eval
         self.bar = None
         if live:
             from tqdm.auto import tqdm
@@ -100,6 +101,18 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def latest_eval(metrics_path: Path) -> tuple[int, float] | None:
+    """``(step, eval/accuracy)`` of the last eval in an arm's ``metrics.jsonl`` (the step-0 eval of a
+    fresh run, or the last one before a resume), or None."""
+    if not metrics_path.is_file():
+        return None
+    found = None
+    for line in metrics_path.read_text().splitlines():
+        if line.strip() and (r := json.loads(line)).get("eval/accuracy") is not None:
+            found = (r["step"], r["eval/accuracy"])
+    return found
 
 
 def closing_line(out_dir: Path, summary: dict) -> str:

@@ -79,7 +79,7 @@ def run(
         start = checkpoint.restore(state, model, learner.optimizer)
         engine.sync(model)
         log.truncate_after(start)
-        console.info(f"resuming {out_dir} after step {start}")
+        print(f"resuming {out_dir} after step {start}")
     else:
         log.truncate_after(-1)
         acc = evaluate(
@@ -89,10 +89,6 @@ def run(
 
     live = cfg.logger.progress and is_terminal()
     progress = Progress(out_dir, start, b.steps, live, cfg.logger.progress_every, cfg.logger.progress_every_s)
-    progress.accuracy = next(
-        ((r["step"], r["eval/accuracy"]) for r in reversed(log.metrics.records()) if "eval/accuracy" in r),
-        None,
-    )
     for step in range(start + 1, b.steps + 1):
         # ---- rollout: G samples for each of this step's prompts (the order is data.seed's, shared by all arms)
         t0 = time.time()

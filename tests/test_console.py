@@ -34,8 +34,10 @@ def metrics(step: int, acc: float | None = None) -> dict:
 def test_progress_lines_every_n_steps_and_the_last(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     clock = Clock()
-    p = Progress(tmp_path / "credit=arca", 0, 25, live=False, every=10, every_s=0, clock=clock)
-    p.accuracy = (0, 0.635)
+    arm = tmp_path / "credit=arca"
+    arm.mkdir()
+    (arm / "metrics.jsonl").write_text('{"step": 0, "eval/accuracy": 0.635}\n')  # a fresh run's initial eval
+    p = Progress(arm, 0, 25, live=False, every=10, every_s=0, clock=clock)
     for step in range(1, 26):
         clock.now += 2.0
         p.update(step, metrics(step, 0.7 if step == 20 else None))
