@@ -94,6 +94,8 @@ def test_expected_vllm_warnings_are_info(text):
         mine = logging.LogRecord("arca_sweep.x", logging.WARNING, __file__, 1, f"{text}", None, None)
         vllm_logger.setLevel(logging.WARNING)
         assert f.filter(other) and other.levelname == "WARNING"
+        formatted = logging.LogRecord("vllm.x", logging.WARNING, __file__, 1, "%s", (f"a {text} b",), None)
+        assert not f.filter(formatted) and formatted.levelname == "INFO"  # matched after formatting
         assert f.filter(mine) and mine.levelname == "WARNING"
     finally:
         vllm_logger.setLevel(before)
