@@ -48,3 +48,19 @@ def test_help_lists_every_group_with_its_options_and_describes_it(tmp_path):
 
 def test_help_shows_the_config_an_override_composes(tmp_path):
     assert "credit:\n  name: entropy" in help_text(tmp_path, "credit=entropy")
+
+
+def test_shell_completion_completes_group_options(tmp_path):
+    """What `eval "$(arca-sweep -sc install=bash)"` asks for on <TAB> after `credit=`."""
+    line = "arca-sweep credit="
+    env = {**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "arca_sweep", "-sc", "query=bash"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert set(proc.stdout.split()) == {f"credit={p.stem}" for p in (CONF / "credit").glob("*.yaml")}
