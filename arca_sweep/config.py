@@ -129,7 +129,7 @@ class RolloutConfig:
 @dataclass
 class LoggerConfig:
     name: str = MISSING  # jsonl (metrics.jsonl is always written)
-    progress: bool = True  # a progress bar per arm
+    progress: bool = True  # a live bar on a terminal; else (or false) a line every progress_every steps
     samples_every: int = 10  # write sample rollouts with every signal's token weights (0: never)
     samples_per_step: int = 4  # how many (one per prompt), for heatmaps
     project: str = "arca-sweep"  # wandb only, from here on
@@ -138,6 +138,8 @@ class LoggerConfig:
     mode: str = "offline"  # offline | online | disabled
     job_type: str = "train"
     init_timeout_s: float = 30.0
+    progress_every: int = 10  # steps between progress lines (not on a terminal, or progress=false; 0: none)
+    progress_every_s: float = 300.0  # and a line at least this often, in seconds (0: steps only)
 
 
 @dataclass

@@ -31,7 +31,23 @@ def run_name(override_dirname: str) -> str:
 if not OmegaConf.has_resolver("arca_run_name"):
     OmegaConf.register_new_resolver("arca_run_name", run_name)
 register_configs()
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def find_conf_dir() -> str:
+    """The config tree: ``arca_sweep/conf/`` in an installed wheel (the repo's top-level ``conf/``,
+    shipped as the package data ``arca_sweep.conf``: pyproject.toml), else ``conf/`` beside the
+    package in a checkout. One tree either way; users add their own through ``hydra.searchpath``."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"arca_sweep's config tree is missing: neither {package / 'conf'} (an installed wheel) nor "
+        f"{package.parent / 'conf'} (a checkout) holds config.yaml; reinstall the package"
+    )
+
+
+CONF_DIR = find_conf_dir()
 _NUMERIC_LIST = re.compile(r"^(?P<key>[+~]{0,2}[\w/]+)=(?P<values>-?\d+(,-?\d+)*)$")
 
 
@@ -50,7 +66,10 @@ def quote_numeric_choices(args: list[str], conf_dir: str = CONF_DIR) -> list[str
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg) -> None:
+    from arca_sweep.progress import quiet_libraries
     from arca_sweep.train import run
+
+    quiet_libraries()
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)

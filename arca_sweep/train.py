@@ -12,7 +12,6 @@ Re-running the same command resumes from the checkpoint; a finished arm is skipp
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -21,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 
 from arca_sweep.arm_dir import ArmDir, ArmStateError, RunLog, restore
 from arca_sweep.config import validate
@@ -33,6 +31,8 @@ from arca_sweep.loggers import build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
 from arca_sweep.nonfinite import check_finite
 from arca_sweep.preflight import prompt_token_limit
+from arca_sweep.progress import Progress, closing_line, is_terminal, skip_line
+from arca_sweep.progress import log as console
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
 from arca_sweep.rollout_correction import rollout_is_metrics
 from arca_sweep.tasks import Problem, batch_hash, build_task
@@ -69,7 +69,7 @@ def run(
     arm.create()
     with arm.lock():  # one run per arm dir, held to the end (arca_sweep/arm_dir.py)
         if (summary := arm.read_summary()) is not None:
-            print(f"arm already finished, skipping: {out_dir}\n{json.dumps(summary, indent=1)}")
+            console.info(skip_line(out_dir, summary))
             return summary
         return train(cfg, arm, overrides, sweep_dir, choices)
 
@@ -114,15 +114,9 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
         )
         log.log({"step": 0, **acc})
 
-    bar = tqdm(
-        range(start + 1, b.steps + 1),
-        initial=start,
-        total=b.steps,
-        desc=out_dir.name[:40],
-        disable=not cfg.logger.progress,
-        dynamic_ncols=True,
-    )
-    for step in bar:
+    live = cfg.logger.progress and is_terminal()
+    progress = Progress(out_dir, start, b.steps, live, cfg.logger.progress_every, cfg.logger.progress_every_s)
+    for step in range(start + 1, b.steps + 1):
         # ---- rollout: G samples for each of this step's prompts (the order is data.seed's, shared by all arms)
         t0 = time.time()
         indices = task.train_indices(step - 1, b.prompts_per_step)
@@ -186,18 +180,15 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
                 config=resolved,
                 metrics_lines=log.metrics.lines,
             )
-        bar.set_postfix(
-            reward=f"{metrics['reward/mean']:.2f}",
-            gini=f"{metrics['credit/gini/mean']:.2f}",
-            acc=metrics.get("eval/accuracy", ""),
-        )
-    bar.close()
+        progress.update(step, metrics)
+    progress.close()
 
     task.close()
     arm.save_adapter(model)
     summary = summarize(log.metrics.records(), overrides or [], time.time() - t_start, start)
     arm.write_summary(summary)
     log.finish(summary)
+    console.info(closing_line(out_dir, summary))
     return summary
 
 

@@ -12,7 +12,7 @@ with random weights and saved to a temporary directory: nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import sys
 import tempfile
 import time
@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from arca_sweep.config import validate  # noqa: E402
 from arca_sweep.model import load_policy, load_tokenizer  # noqa: E402
+from arca_sweep.progress import quiet_libraries  # noqa: E402
 from arca_sweep.rollout import build_engine  # noqa: E402
 from arca_sweep.testing import make_config, random_qwen3, randomize_adapter  # noqa: E402
 
@@ -77,7 +78,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = parser.parse_args()
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vllm is imported later, by the engine
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()  # before vllm is imported (by the engine): its expected start-up warnings at INFO
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {}

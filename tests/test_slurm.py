@@ -259,7 +259,9 @@ def test_local_launcher_runs_the_sweep_in_parallel_processes(tmp_path):
     assert len(arms) == 6
     for arm in arms:
         check_arm_files(arm, SMOKE_STEPS)
-    assert len(submitit_jobs(sweep)) == 6  # one process per arm (submitit's job id is its pid)
+    # one process per arm (submitit's job id is its pid), its files directly in .submitit/: no stray "%j" dir
+    assert len(list((sweep / ".submitit").glob("*_submitted.pkl"))) == 6
+    assert [p.name for p in (sweep / ".submitit").iterdir() if p.is_dir()] == []
     # run one after another, the arms' wall times could not add up to more than the whole sweep took
     walls = [json.loads((arm / "summary.json").read_text())["wall_s"] for arm in arms]
     assert sum(walls) > elapsed, (walls, elapsed)

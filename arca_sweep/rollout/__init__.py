@@ -55,7 +55,7 @@ def resolve_engine_name(name: str) -> str:
     from arca_sweep.rollout.vllm import vllm_available
 
     chosen = "vllm" if torch.cuda.is_available() and vllm_available() else "hf"
-    log.warning(
+    log.info(
         "rollout=auto: using rollout=%s (CUDA: %s, vLLM installed: %s)",
         chosen,
         torch.cuda.is_available(),

@@ -1,0 +1,194 @@
+"""``arca-sweep-eval`` (``python -m arca_sweep.eval``): greedy pass@1 of the base model or a saved adapter.
+
+    arca-sweep-eval experiment=demo                          # the base tiny model, the demo's 200 eval problems
+    arca-sweep-eval --adapter outputs/multirun/<date>_<time>/credit=arca,experiment=demo
+    arca-sweep-eval --adapter /runs/arm/adapter model=qwen3_1_7b data=math500 budget.eval_size=500 \\
+        budget.max_new_tokens=1024 --out outputs/eval/arca-r16-math500
+
+The config is the training config (any ``key=value`` or ``group=option`` of ``arca-sweep``): ``model``,
+``data`` (arith, math, math500, local files through ``data.path``/``data.eval_path``), ``rollout``,
+``budget.eval_size`` and ``budget.max_new_tokens`` say what is evaluated and how. ``--adapter`` takes a
+peft adapter dir or an arm dir (its ``adapter/``); an arm's own overrides (``.hydra/``) are applied first,
+so the arm's eval set and generation length are reproduced, and the command line's come on top.
+
+Writes into ``--out`` (default ``outputs/eval/<date>_<time>``): ``results.jsonl``, one line per problem in
+the format of a run's ``eval/step_<n>.jsonl`` (:mod:`arca_sweep.evaluation`), and ``summary.json``
+(accuracy overall and per level/subject, what was evaluated). Prints one line per breakdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("arca_sweep.eval")
+
+
+def arm_overrides(arm_dir: Path) -> list[str]:
+    """The overrides an arm was run with (``.hydra/overrides.yaml``), and the ``hydra.searchpath`` it
+    used (``.hydra/hydra.yaml``) so that a user's own config options still compose."""
+    from omegaconf import OmegaConf
+
+    hydra_dir = arm_dir / ".hydra"
+    overrides = list(OmegaConf.load(hydra_dir / "overrides.yaml"))
+    if (hydra_dir / "hydra.yaml").is_file():
+        hydra_overrides = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.overrides.hydra
+        overrides += [o for o in hydra_overrides if o.startswith("hydra.searchpath=")]
+    return overrides
+
+
+def locate_adapter(path: str) -> tuple[Path, Path | None]:
+    """``(adapter dir, arm dir or None)`` for a peft adapter dir or an arm dir; a clear error otherwise."""
+    p = Path(path).expanduser().resolve()
+    if (p / "adapter" / "adapter_config.json").is_file():
+        p = p / "adapter"
+    if not (p / "adapter_config.json").is_file():
+        hint = (
+            " (the arm has not finished: its adapter/ is written at the end)"
+            if (p / ".hydra").is_dir()
+            else ""
+        )
+        raise SystemExit(f"--adapter {path}: no adapter_config.json in it or in its adapter/{hint}")
+    arm = p.parent if (p.parent / ".hydra" / "overrides.yaml").is_file() else None
+    return p, arm
+
+
+def compose_config(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from arca_sweep.main import CONF_DIR, quote_numeric_choices
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3", job_name="eval"):
+        return compose("config", overrides=quote_numeric_choices(overrides))
+
+
+def load_model(cfg, adapter: Path | None, device):
+    """The base model under a peft LoRA: the saved ``adapter``, or a fresh one (B = 0, the base model's
+    outputs exactly, as a run's step-0 eval sees it)."""
+    from arca_sweep.model import load_policy, model_source, resolve_dtype
+
+    if adapter is None:
+        return load_policy(cfg.model, cfg.rank, device, cfg.seed)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(
+        model_source(cfg.model), dtype=resolve_dtype(cfg.model.dtype, device)
+    )
+    return PeftModel.from_pretrained(base.to(device), str(adapter))
+
+
+def evaluate_model(cfg, adapter: Path | None, out_dir: Path) -> dict:
+    """Greedy pass@1 of the base model or ``adapter`` on ``cfg``'s eval set; writes ``out_dir``."""
+    import numpy as np
+    import torch
+
+    from arca_sweep.config import validate
+    from arca_sweep.evaluation import evaluate, read_results
+    from arca_sweep.model import load_tokenizer, resolve_device
+    from arca_sweep.rollout import build_engine
+    from arca_sweep.tasks import build_task
+
+    validate(cfg)  # a run's checks, before any model is loaded
+    t0 = time.time()
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_model(cfg, adapter, device)
+    task = build_task(cfg.data)
+    try:
+        engine = build_engine(cfg.rollout, model, tokenizer)
+        problems = task.eval_problems(cfg.budget.eval_size)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = evaluate(
+            engine,
+            tokenizer,
+            task,
+            problems,
+            cfg.budget.max_new_tokens,
+            cfg.data.enable_thinking,
+            out_dir / "results.jsonl",
+        )
+    finally:
+        task.close()
+    from arca_sweep.model import model_source
+
+    summary = {
+        "correct": sum(r["correct"] for r in read_results(out_dir / "results.jsonl")),
+        "model": model_source(cfg.model),
+        "adapter": None if adapter is None else str(adapter),
+        "data": cfg.data.name,
+        "problems": len(problems),
+        "max_new_tokens": cfg.budget.max_new_tokens,
+        "wall_s": round(time.time() - t0, 2),
+        **metrics,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="arca-sweep-eval",
+        description="Greedy pass@1 of the base model or a saved LoRA adapter on any data config, "
+        "overall and per level/subject; every problem's result in results.jsonl.",
+        epilog="overrides: any key=value or group=option of arca-sweep (arca-sweep --help lists them), "
+        "e.g. data=math500 model=qwen3_1_7b budget.eval_size=500 budget.max_new_tokens=1024 rollout=vllm",
+    )
+    parser.add_argument(
+        "--adapter", help="a peft adapter dir, or an arm dir (its adapter/ and its overrides); default: none"
+    )
+    parser.add_argument("--out", help="output dir (default: outputs/eval/<date>_<time>)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, as for arca-sweep")
+    return parser.parse_intermixed_args(argv)  # overrides and --options in any order
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from arca_sweep.progress import quiet_libraries
+
+    quiet_libraries()
+    adapter, arm = (None, None) if args.adapter is None else locate_adapter(args.adapter)
+    overrides = (arm_overrides(arm) if arm else []) + args.overrides
+    try:
+        cfg = compose_config(overrides)
+        from arca_sweep.config import validate
+
+        validate(cfg)
+    except Exception as e:  # a bad override: Hydra's or validate's message, without a traceback
+        raise SystemExit(f"arca-sweep-eval: {type(e).__name__}: {e}") from e
+    out_dir = Path(args.out or Path("outputs") / "eval" / time.strftime("%Y-%m-%d_%H-%M-%S")).absolute()
+    summary = evaluate_model(cfg, adapter, out_dir)
+    what = f"adapter {adapter}" if adapter else f"base model {summary['model']}"
+    log.info(
+        "eval accuracy %.3f (%d/%d) of %s on %s (greedy, %d new tokens); results in %s",
+        summary["eval/accuracy"],
+        summary["correct"],
+        summary["problems"],
+        what,
+        summary["data"],
+        summary["max_new_tokens"],
+        out_dir,
+    )
+    for key, value in summary.items():
+        if key.startswith("eval/accuracy/"):
+            log.info("  %s: %.3f", key.removeprefix("eval/accuracy/"), value)
+    return summary
+
+
+def cli() -> None:
+    main()
+
+
+if __name__ == "__main__":
+    cli()

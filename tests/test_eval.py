@@ -1,0 +1,88 @@
+"""``arca-sweep-eval`` (arca_sweep/eval.py) against what the README states and what runs logged."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from arca_sweep.evaluation import read_results, results_path
+from tests.test_end_to_end import cli
+
+REPO = Path(__file__).resolve().parents[1]
+README_BASE_ACCURACY = 0.635  # README "What the demo shows": the tiny model on the demo's 200 eval problems
+
+
+def run_eval(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "arca_sweep.eval", *args, "threads=1"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def test_base_model_reproduces_the_readmes_accuracy(tmp_path):
+    assert f"base accuracy is {README_BASE_ACCURACY}" in (REPO / "README.md").read_text()
+    proc = run_eval("experiment=demo", cwd=tmp_path)
+    (out,) = (tmp_path / "outputs" / "eval").iterdir()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval/accuracy"] == README_BASE_ACCURACY and summary["problems"] == 200
+    rows = read_results(out / "results.jsonl")
+    assert [r["position"] for r in rows] == list(range(200)) and sum(r["correct"] for r in rows) == 127
+    assert summary["adapter"] is None and "eval accuracy 0.635 (127/200)" in proc.stderr
+    assert f"results in {out}" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_trained_adapter_reproduces_its_runs_evals(tmp_path):
+    """Train a short run hard enough to change its greedy answers, then evaluate its arm (its adapter,
+    its own config) and the base model on the same config: each reproduces, problem by problem, the
+    run's own final and initial eval."""
+    arm = tmp_path / "arm"
+    run = ["budget=smoke", "budget.steps=4", "budget.eval_size=48", "optim.lr=0.03", "credit=uniform"]
+    cli(*run, "threads=1", f"hydra.run.dir={arm}", cwd=tmp_path)
+    summary = json.loads((arm / "summary.json").read_text())
+    final, initial = read_results(results_path(arm, 4)), read_results(results_path(arm, 0))
+    assert final != initial, (
+        "the run must have changed the model's greedy answers for this test to mean anything"
+    )
+
+    run_eval("--adapter", str(arm), "--out", str(tmp_path / "adapter"), cwd=tmp_path)
+    got = json.loads((tmp_path / "adapter" / "summary.json").read_text())
+    assert got["eval/accuracy"] == summary["eval/accuracy_final"] and got["adapter"] == str(arm / "adapter")
+    assert read_results(tmp_path / "adapter" / "results.jsonl") == final
+
+    run_eval(*run, "--out", str(tmp_path / "base"), cwd=tmp_path)
+    base = json.loads((tmp_path / "base" / "summary.json").read_text())
+    assert base["eval/accuracy"] == summary["eval/accuracy_initial"]
+    assert read_results(tmp_path / "base" / "results.jsonl") == initial
+
+    # the arm's adapter dir itself works too; overrides on top of the arm's own (another eval set size)
+    run_eval(
+        "--adapter",
+        str(arm / "adapter"),
+        "budget.eval_size=8",
+        "--out",
+        str(tmp_path / "eight"),
+        cwd=tmp_path,
+    )
+    assert read_results(tmp_path / "eight" / "results.jsonl") == final[:8]
+
+
+def test_bad_input_fails_with_one_message_before_loading_anything(tmp_path):
+    proc = run_eval("--adapter", str(tmp_path), cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and f"--adapter {tmp_path}: no adapter_config.json" in proc.stderr
+    proc = run_eval("credit.normalize=softmaxx", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "credit.normalize='softmaxx'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "outputs").exists()
