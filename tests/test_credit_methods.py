@@ -3,9 +3,7 @@ installed libraries on identical inputs (TRL for entropy_mask, verl for clip_cov
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import types
 
 import pytest
@@ -14,6 +12,7 @@ import torch
 from arca_sweep import credit
 from arca_sweep.credit import GroupContext, TokenCredit, TokenStats
 from arca_sweep.learner import aggregate_loss, credit_token_loss
+from tests.verl_peer import import_verl
 
 NAN = float("nan")
 
@@ -280,35 +279,9 @@ def test_entropy_mask_equals_trl(trl_mask_fn, seed, rho):
     assert got.item() == pytest.approx(want.item(), abs=1e-6)
 
 
-def import_verl_core_algos():
-    """verl 0.9.1's ``verl.trainer.ppo.core_algos`` from the installed wheel (``pip install --no-deps
-    verl==0.9.1``, with tensordict as in pyproject's dev extra), its own code, unmodified.
-
-    Two imports are bypassed: the package ``verl/__init__.py`` (it imports ``verl.protocol`` and so Ray,
-    a cluster runtime not installed here) and ``verl.workers.config`` (imported by core_algos only for the
-    ``ActorConfig`` type annotation; it too pulls in Ray). Both are replaced by empty stand-ins in
-    ``sys.modules``; everything the two loss functions execute is verl's.
-    """
-    spec = importlib.util.find_spec("verl")
-    if spec is None:
-        pytest.skip("verl is not installed (pip install --no-deps verl==0.9.1)")
-    saved = {k: sys.modules[k] for k in ("verl", "verl.workers.config") if k in sys.modules}
-    package = types.ModuleType("verl")
-    package.__path__ = list(spec.submodule_search_locations)
-    workers_config = types.ModuleType("verl.workers.config")
-    workers_config.ActorConfig = type("ActorConfig", (), {})
-    sys.modules.update({"verl": package, "verl.workers.config": workers_config})
-    try:
-        return importlib.import_module("verl.trainer.ppo.core_algos")
-    except ImportError as exc:
-        pytest.skip(f"verl.trainer.ppo.core_algos does not import here: {exc}")
-    finally:
-        sys.modules.update(saved)
-
-
 @pytest.fixture(scope="module")
 def verl():
-    return import_verl_core_algos()
+    return import_verl("verl.trainer.ppo.core_algos")
 
 
 def verl_config(**policy_loss):

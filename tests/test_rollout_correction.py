@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from unittest import mock
 
 import pytest
 import torch
@@ -22,6 +20,7 @@ from arca_sweep.rollout_correction import (
 from tests.conftest import make_config, randomize_adapter
 from tests.test_end_to_end import REPO, cli, records
 from tests.test_signals_reference import make_batch
+from tests.verl_peer import import_verl
 
 
 def perturbed(seed=0, rows=5, width=9):
@@ -111,31 +110,15 @@ def test_weights_scale_the_policy_gradient_term_only():
 # ---------------------------------------------------------------- peers on identical inputs
 
 
-def import_verl():
-    """verl's pure functions; its package __init__ imports ray/codetiming/orjson, which these do not use."""
-    import importlib.util
-
-    if importlib.util.find_spec("verl") is None:
-        pytest.skip("peer check: needs verl (pip install verl --no-deps)")
-    stubs = {}
-    for _ in range(10):
-        try:
-            from verl.trainer.ppo.core_algos import kl_penalty
-            from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_weights
-
-            return compute_rollout_correction_weights, kl_penalty
-        except ModuleNotFoundError as e:
-            if e.name.startswith("verl") or e.name in stubs:
-                raise
-            stubs[e.name] = sys.modules[e.name] = mock.MagicMock()
-            for name in [n for n in sys.modules if n == "verl" or n.startswith("verl.")]:
-                del sys.modules[name]
-    raise RuntimeError(f"verl still does not import with stubs for {sorted(stubs)}")
+def import_verl_functions():
+    """verl's compute_rollout_correction_weights and kl_penalty (tests/verl_peer.py)."""
+    helper = import_verl("verl.trainer.ppo.rollout_corr_helper")
+    return helper.compute_rollout_correction_weights, import_verl("verl.trainer.ppo.core_algos").kl_penalty
 
 
 @pytest.mark.parametrize("mode", ["token", "sequence"])
 def test_weights_equal_verls_compute_rollout_correction_weights(mode):
-    compute_rollout_correction_weights, _ = import_verl()
+    compute_rollout_correction_weights, _ = import_verl_functions()
     logp_old, mu, mask = perturbed(seed=3)
     want, _ = compute_rollout_correction_weights(
         logp_old - mu, mask.double(), rollout_is=mode, rollout_is_threshold=2.0
@@ -145,7 +128,7 @@ def test_weights_equal_verls_compute_rollout_correction_weights(mode):
 
 
 def test_k3_penalty_is_verls_clamped_low_var_kl():
-    _, kl_penalty = import_verl()
+    _, kl_penalty = import_verl_functions()
     logp = torch.tensor([-1.0, -2.0, -50.0, -0.1, -3.0], dtype=torch.float64)
     ref = torch.tensor([-1.2, -0.5, -0.01, -95.0, -3.0], dtype=torch.float64)  # k3 > 10, log ratio > 20
     ours = ppo_clip_token_loss(logp, logp, torch.zeros_like(logp), 0.2, 0.2, ref, beta=1.0)
