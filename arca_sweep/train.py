@@ -90,7 +90,7 @@ def run(
     tokenizer = load_tokenizer(cfg.model)
     model = load_policy(cfg.model, cfg.rank, device, cfg.seed)
     task = build_task(cfg.data)
-    engine = build_engine(cfg.rollout, model, tokenizer)
+    engine = build_engine(cfg.rollout, model, tokenizer, budget=b)
     learner = Learner(model, cfg, temperature=cfg.rollout.temperature)
     max_logp_diff = guard_bound(cfg.rollout, next(model.parameters()).dtype)
     format_tokens = FormatTokens(tokenizer)
