@@ -350,9 +350,13 @@ def compare(name, common, rounds, tmp, peak_flops) -> dict:
             if out is not None:
                 raw[c].append(out)
                 s = summarize([out])
+                split = (
+                    f" (rollout {s['rollout_s']:.2f}, learner {s['learner_s']:.2f})" if s["learner_s"] else ""
+                )
                 print(
-                    f"  [{name} round {round_ + 1}] {c}: {s['step_s']:.2f} s/step, peak RSS "
-                    f"{s['peak_rss_gb']:.2f} GB, load {out['load_before'][0]:.1f}",
+                    f"  [{name} round {round_ + 1}] {c}: {s['step_s']:.2f} s/step{split}, peak RSS "
+                    f"{s['peak_rss_gb']:.2f} GB, learner FLOPs {s['learner_flops']}, load {out['load_before'][0]:.1f}"
+                    f" -> {out['load_after'][0]:.1f}, steps {[round(x[0], 2) for x in out['steps']]}",
                     flush=True,
                 )
     table = {c: summarize(v) for c, v in raw.items() if v}
