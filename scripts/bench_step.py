@@ -268,6 +268,9 @@ def memory_worker(args) -> dict:
         texts=[""] * rows,
     )
     learner = Learner(model, cfg, temperature=1.0)
+    with torch.no_grad():  # page the (memory-mapped) weights in, so the step's growth is the pass's own
+        for p in model.parameters():
+            p.sum()
     with RSSPeak() as watch:
         t0 = time.perf_counter()
         learner.step(batch, torch.randn(rows))
