@@ -2,6 +2,7 @@
 # make test   set up .venv on first use, then run the whole test suite
 # make lint   ruff check + format check
 # make bench  generated tokens/s of rollout=hf and rollout=vllm (adapter and merged sync), BENCHMARKS.md
+# make bench-step  one GRPO step vs TRL's GRPOTrainer (installs the bench extra: trl), BENCHMARKS.md
 # GPU machines: make venv TORCH_SPEC=torch VLLM_EXTRA=vllm   (PyPI's CUDA builds instead of the CPU pins)
 # No vLLM at all: make venv VLLM_EXTRA=   (rollout=auto then uses hf; the vLLM tests skip)
 
@@ -13,7 +14,7 @@ comma := ,
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo smoke test test-fast lint format model bench clean
+.PHONY: venv demo smoke test test-fast lint format model bench bench-step clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -56,6 +57,10 @@ format: venv
 
 bench: venv
 	$(PY) scripts/bench_rollout.py
+
+bench-step: venv
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) scripts/bench_step.py
 
 model: venv
 	$(PY) scripts/build_tiny_model.py

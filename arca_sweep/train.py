@@ -92,7 +92,7 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
     tokenizer = load_tokenizer(cfg.model)
     task = build_task(cfg.data, prompt_fitter(tokenizer, prompt_token_limit(cfg), think))  # data before model
     model = load_policy(cfg.model, cfg.rank, device, cfg.seed)
-    engine = build_engine(cfg.rollout, model, tokenizer)
+    engine = build_engine(cfg.rollout, model, tokenizer, budget=b)
     learner = Learner(model, cfg, temperature=cfg.rollout.temperature)
     max_logp_diff = guard_bound(cfg.rollout, next(model.parameters()).dtype)
     format_tokens = FormatTokens(tokenizer)

@@ -3,12 +3,13 @@
 An engine turns templated prompt token ids into a :class:`RolloutBatch`. The learner never asks
 how: ``rollout=hf`` uses transformers ``generate`` on the live peft model; ``rollout=vllm`` an
 in-process vLLM engine that receives the new weights through :meth:`sync`; ``rollout=auto`` picks
-vLLM when a CUDA device and vLLM are present, otherwise HF.
+the engine expected to finish the run's rollouts first (:func:`resolve_engine_name`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,24 +49,62 @@ class RolloutEngine(Protocol):
         """Make the engine sample from ``model``'s current weights (after each learner update)."""
 
 
-def resolve_engine_name(name: str) -> str:
-    """``auto``: vllm when a CUDA device and vLLM are present, otherwise hf."""
+# CPU generation measured on a 2-core machine, float32, rank-8 adapter (scripts/bench_rollout.py,
+# BENCHMARKS.md "rollout=auto"): (parameters of the model, HF tokens/s, vLLM merged-sync tokens/s,
+# vLLM start-up s, vLLM sync s per step). Merged is vLLM's faster mode on CPU (adapter sync: 0.5-1.4x HF).
+CPU_MEASURED = {
+    "tiny": (0.8e6, 4124.0, 7153.0, 11.5, 0.04),
+    "qwen3-1.7b-width-2-layers": (0.41e9, 50.1, 102.4, 21.8, 1.3),
+}
+# vLLM must win by this factor: the measured speed-ups moved by 2-3x between runs on a loaded machine.
+AUTO_MARGIN = 1.25
+
+
+def run_tokens(budget) -> int:
+    """Tokens a run generates at most: training rollouts plus greedy evals (step 0, every eval_every, last)."""
+    train = budget.steps * budget.prompts_per_step * budget.group_size * budget.max_new_tokens
+    evals = 1 + (budget.steps // budget.eval_every if budget.eval_every else 0) + 1
+    return train + evals * budget.eval_size * budget.max_new_tokens
+
+
+def cpu_rollout_seconds(n_params: int, budget) -> dict[str, float]:
+    """Estimated rollout seconds of a run on CPU per engine, from :data:`CPU_MEASURED`.
+
+    Tokens/s scale as 1 / parameters from the nearest measured model (generation is bound by
+    the weights each token reads); vLLM pays its start-up once and a sync per step:
+    ``hf = tokens / r_hf``, ``vllm = start * s + tokens / r_vllm + steps * sync * s``, ``s = n / n_ref``.
+    """
+    ref = min(CPU_MEASURED.values(), key=lambda m: abs(math.log(n_params / m[0])))
+    n_ref, hf_rate, vllm_rate, start_s, sync_s = ref
+    scale = n_params / n_ref
+    tokens = run_tokens(budget)
+    return {
+        "hf": tokens * scale / hf_rate,
+        "vllm": start_s * max(1.0, scale) + tokens * scale / vllm_rate + budget.steps * sync_s * scale,
+    }
+
+
+def resolve_engine_name(name: str, model=None, budget=None) -> str:
+    """``auto``: vllm on a CUDA device with vLLM installed. On CPU with vLLM installed: vllm when its
+    estimated rollout time for the whole run (start-up and syncs included, :func:`cpu_rollout_seconds`)
+    beats HF's by :data:`AUTO_MARGIN`, otherwise hf (also without ``model`` and ``budget``)."""
     if name != "auto":
         return name
     from arca_sweep.rollout.vllm import vllm_available
 
+    why = f"CUDA: {torch.cuda.is_available()}, vLLM installed: {vllm_available()}"
     chosen = "vllm" if torch.cuda.is_available() and vllm_available() else "hf"
-    log.info(
-        "rollout=auto: using rollout=%s (CUDA: %s, vLLM installed: %s)",
-        chosen,
-        torch.cuda.is_available(),
-        vllm_available(),
-    )
+    if not torch.cuda.is_available() and vllm_available() and model is not None and budget is not None:
+        est = cpu_rollout_seconds(sum(p.numel() for p in model.parameters()), budget)
+        chosen = "vllm" if est["vllm"] * AUTO_MARGIN < est["hf"] else "hf"
+        why += f", estimated rollout s for the run: hf {est['hf']:.0f}, vllm {est['vllm']:.0f}"
+    log.info("rollout=auto: using rollout=%s (%s)", chosen, why)
     return chosen
 
 
-def build_engine(rollout_cfg, model, tokenizer) -> RolloutEngine:
-    name = resolve_engine_name(rollout_cfg.name)
+def build_engine(rollout_cfg, model, tokenizer, budget=None) -> RolloutEngine:
+    """``budget``: the run's (steps, prompts, group size, tokens), for rollout=auto's choice on CPU."""
+    name = resolve_engine_name(rollout_cfg.name, model, budget)
     if name == "hf":
         from arca_sweep.rollout.hf import HFEngine
 
