@@ -26,18 +26,21 @@ NEUTRAL_SAMPLING = dict(
     no_repeat_ngram_size=0,
     encoder_no_repeat_ngram_size=0,
     length_penalty=1.0,
-    min_length=0,
-    min_new_tokens=0,
+    min_length=0,  # (min_new_tokens stays None: setting both makes transformers warn at every call)
     renormalize_logits=False,
     remove_invalid_values=False,
 )
+# Read by transformers only when sampling: left at their defaults under greedy (set, they make
+# transformers warn "generation flags are not valid" at every call).
+SAMPLING_ONLY = {"temperature", "top_k", "top_p", "typical_p", "epsilon_cutoff", "eta_cutoff"}
 
 
 def pinned_generation_config(greedy: bool, **fields) -> GenerationConfig:
     """Argmax decoding (``greedy``) or plain ancestral sampling from softmax(logits): every
     distribution-changing field pinned to its no-op value. Temperature and top-p run as our own
     processors, before the log-prob recorder, so it records the distribution tokens are drawn from."""
-    return GenerationConfig(do_sample=not greedy, **NEUTRAL_SAMPLING, **fields)
+    pinned = {k: v for k, v in NEUTRAL_SAMPLING.items() if not (greedy and k in SAMPLING_ONLY)}
+    return GenerationConfig(do_sample=not greedy, **pinned, **fields)
 
 
 @contextlib.contextmanager
