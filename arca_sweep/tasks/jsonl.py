@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from arca_sweep.tasks import Problem
-from arca_sweep.tasks.math import _read_file, prompt_order
+from arca_sweep.tasks.math import RowsTask, _read_file
 
 EXAMPLE_ROWS = Path(__file__).resolve().parents[1] / "assets" / "examples" / "arith_rows.jsonl"
 
@@ -40,7 +40,7 @@ def rows_to_problems(rows: list[dict], source: str) -> list[Problem]:
     return problems
 
 
-class JsonlTask:
+class JsonlTask(RowsTask):
     def __init__(
         self,
         train: list[Problem],
@@ -74,15 +74,6 @@ class JsonlTask:
         )
         reward = load_callable(cfg.reward, "data.reward")
         return cls(train, evals, reward, seed=cfg.seed, prompt_fits=prompt_fits)
-
-    def train_indices(self, step: int, num_prompts: int) -> list[int]:
-        return prompt_order(self.seed, step, num_prompts, len(self.train))
-
-    def train_problem(self, index: int) -> Problem:
-        return self.train[index]
-
-    def eval_problems(self, num: int) -> list[Problem]:
-        return self.eval[:num]
 
     def reward(self, response_text: str, problem: Problem) -> float:
         try:

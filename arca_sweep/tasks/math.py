@@ -191,7 +191,26 @@ def prompt_order(seed: int, step: int, num_prompts: int, size: int) -> list[int]
 # ---------------------------------------------------------------------------- the task
 
 
-class MathTask:
+class RowsTask:
+    """A task over loaded rows: ``self.train`` in a ``self.seed`` order shared by every arm
+    (:func:`prompt_order`), ``self.eval`` in file order. ``MathTask`` and ``JsonlTask``."""
+
+    train: list[Problem]
+    eval: list[Problem]
+    seed: int
+
+    def train_indices(self, step: int, num_prompts: int) -> list[int]:
+        return prompt_order(self.seed, step, num_prompts, len(self.train))
+
+    def train_problem(self, index: int) -> Problem:
+        return self.train[index]
+
+    def eval_problems(self, num: int) -> list[Problem]:
+        """The first ``num`` eval rows in file order (all of them when ``num`` >= their number)."""
+        return self.eval[:num]
+
+
+class MathTask(RowsTask):
     """Training rows in a ``data.seed`` order shared by every arm; eval rows in file order.
 
     ``stats`` (logged every step): rows kept and skipped per reason for train and eval, training rows
@@ -247,16 +266,6 @@ class MathTask:
     @property
     def stats(self) -> dict[str, int]:
         return {**self._data_stats, **self._grade_counts}
-
-    def train_indices(self, step: int, num_prompts: int) -> list[int]:
-        return prompt_order(self.seed, step, num_prompts, len(self.train))
-
-    def train_problem(self, index: int) -> Problem:
-        return self.train[index]
-
-    def eval_problems(self, num: int) -> list[Problem]:
-        """The first ``num`` eval rows in file order (all of them when ``num`` >= their number)."""
-        return self.eval[:num]
 
     def reward(self, response_text: str, problem: Problem) -> float:
         return self.rewards([response_text], [problem])[0]
