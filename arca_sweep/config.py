@@ -28,6 +28,7 @@ class ModelConfig:
     path: str | None = None  # local checkpoint dir; for `tiny`, null means the packaged asset
     hub_id: str | None = None  # Hugging Face name, used when path is null (needs network or a cache)
     dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16
+    cpu_matmul: str = "onednn"  # onednn | aten: the kernel of frozen-weight matmuls on CPU (arca_sweep/kernels.py)
 
 
 @dataclass
@@ -231,6 +232,7 @@ CHOICES: dict[str, Any] = {
     "loss.rollout_correction": ("auto", "none", "token", "sequence"),
     "advantage.scale": ("std", "none"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.cpu_matmul": ("onednn", "aten"),
     "rollout.name": ("auto", "hf", "vllm"),
     "rollout.sync": ("adapter", "merged"),
     "logger.name": ("jsonl", "wandb"),

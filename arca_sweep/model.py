@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 
+from arca_sweep import kernels
+
 TINY_PATH = Path(__file__).resolve().parent / "assets" / "tiny-arith"
 
 
@@ -83,6 +85,9 @@ def load_policy(model_cfg, rank_cfg, device: torch.device, seed: int):
     # attention, residual), so sampling, scoring, the reference pass and eval are deterministic and
     # agree with each other; gradients do not need train mode.
     model.eval()
+    kernels.configure(model_cfg.cpu_matmul)
+    if device.type == "cpu" and model_cfg.cpu_matmul == "onednn":
+        kernels.use_onednn(model)
     return model
 
 

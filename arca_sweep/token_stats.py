@@ -20,10 +20,18 @@ from dataclasses import dataclass
 
 import torch
 
+from arca_sweep import kernels
+
 
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
-    z = hidden @ weight.T
+    z = hidden @ weight.T if weight.requires_grad else kernels.linear(hidden, weight)
     return z.to(torch.promote_types(z.dtype, torch.float32)) / temperature
+
+
+def _times_weight(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``g @ W`` [chunk, D] for ``g`` [chunk, V]: the head's transpose as a (free) view."""
+    w = weight.detach()
+    return kernels.linear(g, w.t()) if g.dtype == w.dtype else g @ w
 
 
 class _ChunkedTargetLogProb(torch.autograd.Function):
@@ -57,7 +65,7 @@ class _ChunkedTargetLogProb(torch.autograd.Function):
             g.scatter_add_(1, targets[s : s + cs, None], torch.ones_like(g[:, :1]))
             g *= grad_out[s : s + cs, None] / t
             if grad_h is not None:
-                grad_h[s : s + cs] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
+                grad_h[s : s + cs] = _times_weight(g.to(weight.dtype), weight).to(hidden.dtype)
             if grad_w is not None:
                 grad_w += g.T @ h.to(g.dtype)
         return grad_h, (grad_w.to(weight.dtype) if grad_w is not None else None), None, None, None, None
@@ -204,7 +212,7 @@ def _fused_pass(
         p = logp.exp()
         if grad:
             # d log pi(y) / d h = (W_y - E_p[W]) / temperature
-            grad_dir[e] = (weight[y].to(dtype) - (p.to(weight.dtype) @ weight).to(dtype)) / temperature
+            grad_dir[e] = (weight[y].to(dtype) - _times_weight(p.to(weight.dtype), weight).to(dtype)) / temperature
         if "entropy" in out:
             out["entropy"][e] = -(p * logp).sum(-1)
         if not (need | need_sample) & ref_fields:

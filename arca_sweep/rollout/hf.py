@@ -62,26 +62,55 @@ def checkpoint_defaults_hidden(model):
         base.generation_config = saved
 
 
-class SampledLogProbRecorder(LogitsProcessor):
-    """Records log pi_sampler(y_t): the processed distribution each token was drawn from.
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of ``probs`` [B, V] (rows need not sum to 1), by inverse CDF in float64.
 
-    It runs last, after temperature and top-p; at step t+1 it reads the token sampled at step t
-    from ``input_ids`` and keeps one [B, V] block alive at a time (no [B, T, V] score history).
+    The same distribution as ``torch.multinomial(probs, 1)``, at a fraction of its cost on a
+    151,936-token vocabulary (multinomial draws one exponential variate per vocabulary entry: 76 ms
+    per decoding step of 32 rows on two threads; this draws one uniform per row). Two levels of
+    float64 partial sums (blocks of 1,024, then within the chosen block) keep the CDF exact to
+    float64 rounding; a token of probability 0 is never drawn.
+    """
+    b, v = probs.shape
+    block = 1024
+    nb = -(-v // block)
+    p = probs.to(torch.float64)
+    if nb * block != v:
+        p = torch.nn.functional.pad(p, (0, nb * block - v))
+    p = p.view(b, nb, block)
+    block_cdf = p.sum(-1).cumsum(-1)  # [B, nb]
+    u = torch.rand(b, 1, dtype=torch.float64, device=probs.device, generator=generator)
+    target = u * block_cdf[:, -1:]
+    k = torch.searchsorted(block_cdf, target, right=True).clamp_(max=nb - 1)  # [B, 1]
+    before = torch.where(k > 0, block_cdf.gather(1, (k - 1).clamp(min=0)), torch.zeros_like(target))
+    inner = p.gather(1, k[:, :, None].expand(b, 1, block))[:, 0].cumsum(-1)  # [B, block]
+    j = torch.searchsorted(inner, target - before, right=True).clamp_(max=block - 1)
+    token = (k * block + j)[:, 0]
+    # Rounding can put the target at the very end of the CDF: fall back to the row's most likely
+    # token rather than a padding slot or a zero-probability one.
+    bad = (token >= v) | (probs.gather(1, token.clamp(max=v - 1)[:, None])[:, 0] <= 0)
+    return torch.where(bad, probs.argmax(-1), token)
+
+
+class TokenChooser(LogitsProcessor):
+    """Chooses each step's token itself and records log pi_sampler(y_t); runs last, after
+    temperature and top-p, so it records the distribution the token is drawn from.
+
+    ``generate`` runs in greedy mode: the returned scores are 0 at the chosen token and -inf
+    elsewhere, so transformers' argmax takes it. Sampling draws from softmax(scores) with
+    :func:`draw`; greedy takes ``scores.argmax`` as transformers would.
     """
 
-    def __init__(self):
-        self.previous = None
+    def __init__(self, sample: bool):
+        self.sample = sample
         self.logprobs: list[torch.Tensor] = []
 
     def __call__(self, input_ids, scores):
-        self.collect(input_ids[:, -1])
-        self.previous = scores.float().log_softmax(-1)
-        return scores
-
-    def collect(self, tokens):
-        if self.previous is not None:
-            self.logprobs.append(self.previous.gather(1, tokens[:, None])[:, 0])
-            self.previous = None
+        logp = scores.float().log_softmax(-1)
+        token = draw(logp.exp()) if self.sample else scores.argmax(-1)
+        self.logprobs.append(logp.gather(1, token[:, None])[:, 0])
+        forced = torch.full_like(scores, -torch.inf)
+        return forced.scatter_(1, token[:, None], 0.0)
 
 
 class HFEngine:
@@ -105,8 +134,8 @@ class HFEngine:
         tok, device = self.tokenizer, self.model.device
         enc = tok.pad({"input_ids": rows}, return_tensors="pt", padding_side="left")
         input_ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        gen = pinned_generation_config(
-            greedy, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=self.eos_ids
+        gen = pinned_generation_config(  # greedy: TokenChooser draws the samples
+            True, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=self.eos_ids
         )
         processors = LogitsProcessorList()
         if not greedy:
@@ -114,17 +143,16 @@ class HFEngine:
                 processors.append(TemperatureLogitsWarper(self.cfg.temperature))
             if self.cfg.top_p < 1.0:
                 processors.append(TopPLogitsWarper(self.cfg.top_p))
-        recorder = SampledLogProbRecorder()
-        processors.append(recorder)
+        chooser = TokenChooser(sample=not greedy)
+        processors.append(chooser)
         with checkpoint_defaults_hidden(self.model):
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=attn, generation_config=gen, logits_processor=processors
             )
         response = out[:, input_ids.shape[1] :]
-        recorder.collect(response[:, -1])
         mask, reasons = finish_masks(response, self.eos_ids)
         response = response.masked_fill(~mask, tok.pad_token_id)
-        logprobs = torch.stack(recorder.logprobs, 1).masked_fill(~mask, 0.0)
+        logprobs = torch.stack(chooser.logprobs, 1).masked_fill(~mask, 0.0)
         return RolloutBatch(
             prompt_ids=input_ids,
             prompt_mask=attn.bool(),
