@@ -28,7 +28,9 @@ class ModelConfig:
     path: str | None = None  # local checkpoint dir; for `tiny`, null means the packaged asset
     hub_id: str | None = None  # Hugging Face name, used when path is null (needs network or a cache)
     dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16
-    cpu_matmul: str = "onednn"  # onednn | aten: the kernel of frozen-weight matmuls on CPU (arca_sweep/kernels.py)
+    cpu_matmul: str = (
+        "onednn"  # onednn | aten: the kernel of frozen-weight matmuls on CPU (arca_sweep/kernels.py)
+    )
 
 
 @dataclass

@@ -113,4 +113,4 @@ def flop_formulas() -> dict:
             rows *= s
         return 2 * rows * w_shape[0] * w_shape[1]
 
-    return {torch.ops.mkldnn._linear_pointwise.default: linear_flops}
+    return {torch.ops.mkldnn._linear_pointwise: linear_flops}  # keyed by the overload packet

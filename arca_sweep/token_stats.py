@@ -212,7 +212,9 @@ def _fused_pass(
         p = logp.exp()
         if grad:
             # d log pi(y) / d h = (W_y - E_p[W]) / temperature
-            grad_dir[e] = (weight[y].to(dtype) - _times_weight(p.to(weight.dtype), weight).to(dtype)) / temperature
+            grad_dir[e] = (
+                weight[y].to(dtype) - _times_weight(p.to(weight.dtype), weight).to(dtype)
+            ) / temperature
         if "entropy" in out:
             out["entropy"][e] = -(p * logp).sum(-1)
         if not (need | need_sample) & ref_fields:

@@ -42,7 +42,9 @@ ARCA_CONFIGS = {
     "arca-sweep default (credit=arca, shadow on)": [],
     "arca-sweep credit=arca shadow off": ["diagnostics.shadow=false"],
     "arca-sweep credit=uniform shadow off": ["credit=uniform", "diagnostics.shadow=false"],
+    "arca-sweep default, MKL matmuls (model.cpu_matmul=aten)": ["model.cpu_matmul=aten"],
 }
+SHADOW_ROWS = list(ARCA_CONFIGS)[:3]  # default, arca shadow off, uniform shadow off
 TRL = "TRL GRPOTrainer (gradient checkpointing off)"
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -85,19 +87,28 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-def matmul_peak_flops(threads: int, seconds: float = 3.0) -> float:
-    """Best float32 FLOP/s of a 2048^3 matmul on ``threads`` threads."""
+def matmul_peak_flops(threads: int, seconds: float = 3.0) -> dict[str, float]:
+    """Best float32 FLOP/s of a 2048^3 matmul on ``threads`` threads, per library: torch's default
+    (``a @ b``: MKL on x86) and oneDNN (:mod:`arca_sweep.kernels`, when torch has it)."""
     import torch
+
+    from arca_sweep import kernels
 
     torch.set_num_threads(threads)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    best, t_end = 0.0, time.time() + seconds
-    while time.time() < t_end:
-        t0 = time.perf_counter()
-        a @ b
-        best = max(best, 2 * 2048**3 / (time.perf_counter() - t0))
-    return best
+    libraries = {"mkl": lambda: a @ b}
+    if kernels.available():
+        libraries["onednn"] = lambda: kernels.linear(a, b)
+    out = {}
+    for name, f in libraries.items():
+        f()
+        best, t_end = 0.0, time.time() + seconds
+        while time.time() < t_end:
+            t0 = time.perf_counter()
+            f()
+            best = max(best, 2 * 2048**3 / (time.perf_counter() - t0))
+        out[name] = best
+    return out
 
 
 def _model_overrides(args) -> list[str]:
@@ -115,6 +126,7 @@ def arca_worker(args) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from arca_sweep import kernels
     from arca_sweep.config import validate
     from arca_sweep.learner import Learner, group_advantages
     from arca_sweep.model import load_policy, load_tokenizer
@@ -157,7 +169,7 @@ def arca_worker(args) -> dict:
         rewards = torch.tensor([random.random() for _ in batch.texts])
         advantages, _ = group_advantages(rewards, b.group_size)
         if step == 1:  # counted once, outside the timed steps
-            with FlopCounterMode(display=False) as counter:
+            with FlopCounterMode(display=False, custom_mapping=kernels.flop_formulas()) as counter:
                 learner.step(batch, advantages)
             flops = counter.get_total_flops()
         else:
@@ -285,7 +297,7 @@ def worker_main(args) -> None:
     elif args.worker == "trl":
         out = trl_worker(args)
     elif args.worker == "matmul":
-        out = dict(flops=matmul_peak_flops(args.threads))
+        out = dict(flops=matmul_peak_flops(args.threads))  # per library
     else:
         out = memory_worker(args)
     out.update(peak_rss_gb=peak_rss_gb(), load_before=load, load_after=os.getloadavg())
@@ -379,9 +391,8 @@ def compare(name, common, rounds, tmp, peak_flops) -> dict:
             f"| {fmt(s['learner_s'])} | {s['peak_rss_gb']:.2f} | {speed} | {rss} "
             f"| {fl / 1e9 if fl else 0:.1f} | {f'{fl / peak_flops:.1%}' if fl else '-'} |"
         )
-    names = list(ARCA_CONFIGS)
-    if all(n in table for n in names):
-        d, off, uni = (table[n]["step_s"] for n in names)
+    if all(n in table for n in SHADOW_ROWS):
+        d, off, uni = (table[n]["step_s"] for n in SHADOW_ROWS)
         print(f"\narca shadow off / uniform shadow off: {off / uni:.3f}x; shadow on / off: {d / off:.3f}x")
     return table
 
@@ -413,11 +424,18 @@ def main() -> None:
         flush=True,
     )
     threads = ["--threads", str(args.threads)]
-    results = {}
+    results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        peak = run_worker("matmul", tmp / "m.json", threads)["flops"]
-        print(f"float32 matmul peak (2048^3, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s", flush=True)
+        peaks = run_worker("matmul", tmp / "m.json", threads)["flops"]
+        peak = max(peaks.values())
+        print(
+            f"float32 matmul peak (2048^3, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s ("
+            + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peaks.items())
+            + ")",
+            flush=True,
+        )
+        results["matmul_peak"] = peaks
         wide = random_qwen3(tmp / "qwen3-1.7b-width-2-layers", "qwen3_1_7b", layers=2)
         load_tokenizer(make_config().model).save_pretrained(
             wide

@@ -1,0 +1,152 @@
+"""The oneDNN frozen-weight matmul (arca_sweep/kernels.py) and the rollout's inverse-CDF sampler,
+against plain torch and float64 references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from arca_sweep import kernels
+from arca_sweep.model import load_policy
+from arca_sweep.rollout.hf import draw
+from arca_sweep.testing import make_config
+
+needs_onednn = pytest.mark.skipif(not kernels.available(), reason="torch built without oneDNN")
+
+
+@pytest.fixture(autouse=True)
+def _onednn_on():
+    kernels.configure("onednn")
+    yield
+    kernels.configure("onednn")
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(7, 64), (3, 5, 64), (1, 64)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_matches_float64_in_forward_and_backward(shape, bias):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(300, 64, generator=g)
+    b = torch.randn(300, generator=g) if bias else None
+    x = torch.randn(*shape, generator=g, requires_grad=True)
+    y = kernels.linear(x, w, b)
+    assert y.grad_fn is not None and "FrozenLinear" in type(y.grad_fn).__name__  # the oneDNN path ran
+    x64 = x.detach().double().requires_grad_()
+    y64 = F.linear(x64, w.double(), b.double() if bias else None)
+    assert _rel(y, y64) < 1e-5
+    upstream = torch.randn(y.shape, generator=g)
+    y.backward(upstream)
+    y64.backward(upstream.double())
+    assert _rel(x.grad, x64.grad) < 1e-5
+    assert not w.requires_grad and w.grad is None
+
+
+@needs_onednn
+def test_linear_on_noncontiguous_input_and_transposed_weight():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(200, 96, generator=g)
+    x = torch.randn(96, 10, generator=g).t()  # [10, 96], not contiguous
+    assert _rel(kernels.linear(x, w), F.linear(x.double(), w.double())) < 1e-5
+    p = torch.randn(10, 200, generator=g)  # the head's "p @ W" direction: W^T as a view
+    assert _rel(kernels.linear(p, w.t()), p.double() @ w.double()) < 1e-5
+
+
+def test_float64_autocast_and_aten_fall_back_to_f_linear_exactly():
+    g = torch.Generator().manual_seed(2)
+    w, x = torch.randn(50, 32, generator=g), torch.randn(4, 32, generator=g)
+    assert torch.equal(kernels.linear(x.double(), w.double()), F.linear(x.double(), w.double()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(kernels.linear(x, w), F.linear(x, w))
+    kernels.configure("aten")
+    assert not kernels.available()
+    assert torch.equal(kernels.linear(x, w), F.linear(x, w))
+
+
+def test_trainable_weight_and_unknown_choice_are_refused():
+    with pytest.raises(ValueError, match="frozen"):
+        kernels.linear(torch.randn(2, 3), torch.randn(4, 3, requires_grad=True))
+    with pytest.raises(ValueError, match="model.cpu_matmul='mkl'"):
+        kernels.configure("mkl")
+
+
+@needs_onednn
+def test_policy_swaps_only_frozen_linears_and_scores_like_aten():
+    cfg = make_config("rank=8")
+    ids = torch.tensor([[5, 9, 13, 2, 7, 11]])
+    outs = {}
+    for choice in ("aten", "onednn"):
+        model = load_policy(
+            make_config("rank=8", f"model.cpu_matmul={choice}").model, cfg.rank, torch.device("cpu"), seed=0
+        )
+        swapped = [n for n, m in model.named_modules() if isinstance(m, kernels.FrozenLinear)]
+        trainable = [n for n, m in model.named_modules() if type(m) is nn.Linear]
+        if choice == "aten":
+            assert swapped == []
+        else:
+            assert swapped and all("lora_" not in n for n in swapped)
+            assert any(n.endswith("lm_head") for n in swapped)
+            assert trainable and all("lora_" in n for n in trainable)
+        logits = model(input_ids=ids).logits
+        logits[0, -1].logsumexp(-1).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        outs[choice] = (logits.detach(), grads, model.state_dict().keys())
+    (la, ga, ka), (lo, go, ko) = outs["aten"], outs["onednn"]
+    assert list(ka) == list(ko)
+    assert _rel(lo, la) < 1e-5
+    assert ga.keys() == go.keys()
+    for n in ga:
+        assert torch.allclose(go[n], ga[n], rtol=1e-4, atol=1e-6), n
+
+
+@needs_onednn
+def test_flop_formula_counts_the_onednn_op_like_aten_mm():
+    w, x = torch.randn(300, 64), torch.randn(7, 64)
+    with FlopCounterMode(display=False, custom_mapping=kernels.flop_formulas()) as c1:
+        kernels.linear(x, w)
+    with FlopCounterMode(display=False) as c2:
+        F.linear(x, w)
+    assert c1.get_total_flops() == c2.get_total_flops() == 2 * 7 * 64 * 300
+
+
+@pytest.mark.parametrize("vocab", [7, 1024, 3000])
+def test_draw_follows_the_distribution_and_never_draws_a_zero(vocab):
+    g = torch.Generator().manual_seed(3)
+    p = torch.rand(vocab, generator=g) ** 3
+    p[torch.randperm(vocab, generator=g)[: vocab // 3]] = 0.0  # a third of the vocabulary impossible
+    p[-1] = 0.0
+    p *= 5.0  # rows need not be normalized
+    rows, rounds = 20_000, 10
+    counts = torch.zeros(vocab, dtype=torch.float64)
+    for _ in range(rounds):
+        tokens = draw(p.expand(rows, vocab), generator=g)
+        counts += torch.bincount(tokens, minlength=vocab).double()
+    n = rows * rounds
+    q = (p / p.sum()).double()
+    assert counts[q == 0].sum() == 0
+    # every token's frequency within 5 standard errors (plus a floor for the rarest ones)
+    se = (q * (1 - q) / n).sqrt()
+    assert ((counts / n - q).abs() <= 5 * se + 2 / n).all()
+    # and the whole histogram: chi-square over tokens with enough expected mass
+    big = q * n >= 20
+    chi2 = ((counts[big] - n * q[big]) ** 2 / (n * q[big])).sum().item()
+    dof = int(big.sum()) - 1
+    assert chi2 < dof + 6 * (2 * dof) ** 0.5
+
+
+def test_draw_edge_rows():
+    one_hot = torch.zeros(3, 2000)
+    one_hot[0, 1999] = 1.0  # all mass on the last entry of a padded block
+    one_hot[1, 0] = 1.0
+    one_hot[2, 1024] = 2.0  # first entry of the second block
+    for _ in range(50):
+        assert draw(one_hot).tolist() == [1999, 0, 1024]
+    tiny = torch.full((4, 151_936), 1e-30)  # the float64 sums must not underflow or mislead
+    tiny[:, 77] = 1e-20
+    assert (draw(tiny) == 77).float().mean() > 0.99
