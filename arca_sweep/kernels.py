@@ -24,6 +24,9 @@ from torch import nn
 
 CHOICES = ("onednn", "aten")
 _DTYPES = (torch.float32, torch.bfloat16)
+# oneDNN costs ~35 us more per call than MKL: below ~4M multiply-adds (e.g. 64 rows x 64 x 256) MKL
+# is faster, above it (64 x 128 x 512 and up) oneDNN (measured on the machine of BENCHMARKS.md).
+_MIN_MACS = 1 << 22
 _enabled = True
 
 
@@ -47,7 +50,7 @@ def _applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == weight.dtype
         and x.dtype in _DTYPES
         and not torch.is_autocast_enabled("cpu")
-        and x.numel() > 0
+        and x.numel() * weight.shape[0] >= _MIN_MACS
     )
 
 

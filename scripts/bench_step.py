@@ -14,7 +14,8 @@ length). Each configuration runs in its own process, one at a time, in alternati
 ``--rounds`` rounds; per configuration: median step time over steps 2..N, rollout and learner time,
 peak RSS, ratio to TRL, and the learner's achieved FLOP/s (torch's FlopCounterMode on step 1,
 divided by the median learner time) against the float32 matmul peak measured in the same run.
-"scaling": step time and peak RSS at 32, 128 and 512 new tokens, TRL and arca-sweep's default.
+"scaling": step time and peak RSS at 32, 128 and 512 new tokens, TRL and arca-sweep's default (TRL in
+micro-batches of 8 rows with 4 gradient-accumulation steps, as a user would run it at 512 tokens).
 "memory": the scoring pass (one learner step, default config) at 8 x 512 response tokens.
 
 TRL installs as the optional ``bench`` extra (``pip install -e '.[bench]'``); without it its rows are
@@ -225,7 +226,8 @@ def trl_worker(args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
             output_dir=out,
-            per_device_train_batch_size=32,
+            per_device_train_batch_size=args.trl_micro_batch,  # 32 rows per step in all cases
+            gradient_accumulation_steps=32 // args.trl_micro_batch,
             num_generations=8,
             max_completion_length=args.new_tokens,
             temperature=1.0,
@@ -410,6 +412,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scaling-tokens", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--scaling-steps", type=int, default=2)
+    parser.add_argument(
+        "--trl-micro-batch",
+        type=int,
+        default=32,
+        help="TRL's per_device_train_batch_size (gradient accumulation makes up the 32 rows of a step); "
+        "the scaling part always uses 8: at 512 new tokens one 32-row forward holds 10 GB of logits",
+    )
     parser.add_argument("--only", nargs="+", default=["main", "tiny", "scaling", "memory"])
     args = parser.parse_args()
     if args.worker:
@@ -455,6 +464,7 @@ def main() -> None:
             rows = {}
             for n in args.scaling_tokens:
                 common = [*wide_args, "--new-tokens", str(n), "--steps", str(args.scaling_steps)]
+                common += ["--trl-micro-batch", "8"]
                 for worker, name in ([("trl", TRL)] if have_trl() else []) + [("arca", "arca-sweep default")]:
                     out = run_worker(worker, tmp / "s.json", common)
                     if out is not None:

@@ -18,10 +18,20 @@ needs_onednn = pytest.mark.skipif(not kernels.available(), reason="torch built w
 
 
 @pytest.fixture(autouse=True)
-def _onednn_on():
+def _onednn_on(monkeypatch):
+    """oneDNN on, for every size: these shapes are below the size where it takes over from MKL."""
+    monkeypatch.setattr(kernels, "_MIN_MACS", 0)
     kernels.configure("onednn")
     yield
     kernels.configure("onednn")
+
+
+def test_small_matmuls_stay_on_aten(monkeypatch):
+    monkeypatch.setattr(kernels, "_MIN_MACS", 1 << 22)
+    g = torch.Generator().manual_seed(4)
+    w, x = torch.randn(256, 64, generator=g), torch.randn(64, 64, generator=g, requires_grad=True)
+    y = kernels.linear(x, w)  # 64 x 64 x 256 = 1M multiply-adds: MKL is faster there
+    assert torch.equal(y, F.linear(x, w)) and "FrozenLinear" not in type(y.grad_fn).__name__
 
 
 def _rel(a, b):

@@ -131,9 +131,11 @@ def test_two_epochs_two_mini_batches_equal_the_naive_loop(setup, credit_override
     assert min(spreads[1:]) > 1e-2, "from the second update on the ratio departs from 1"
     assert result.loss == pytest.approx(sum(losses) / 4, rel=1e-4, abs=1e-6)
     # float32, four AdamW steps at a high lr: the fused scoring pass and length-sorted micro-batches sum
-    # in another order than the naive loop (measured: at most 5.6e-5 on one element of 1,024)
+    # in another order than the naive loop, and Adam's g / sqrt(v) magnifies the rounding of elements
+    # whose gradient is near 0 (measured: at most 5.6e-5 on one element of 1,024 with MKL matmuls,
+    # 1.1e-4 with oneDNN's; a wrong ratio or clip moves many elements by ~lr = 2e-3)
     for got, want in zip(learner_params, naive_params, strict=True):
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got, want, atol=2.5e-4, rtol=1e-4)
     # at this high lr the clip binds on some tokens of the later updates
     assert result.metrics["loss/clip_frac/low"] + result.metrics["loss/clip_frac/high"] > 0
     assert result.metrics["loss/approx_kl"] > 0
@@ -152,9 +154,11 @@ def test_single_update_has_no_clip_and_no_kl(setup):
     assert result.metrics["loss/approx_kl"] == 0
     assert result.loss == pytest.approx(losses[0], rel=1e-5)
     # float32, four AdamW steps at a high lr: the fused scoring pass and length-sorted micro-batches sum
-    # in another order than the naive loop (measured: at most 5.6e-5 on one element of 1,024)
+    # in another order than the naive loop, and Adam's g / sqrt(v) magnifies the rounding of elements
+    # whose gradient is near 0 (measured: at most 5.6e-5 on one element of 1,024 with MKL matmuls,
+    # 1.1e-4 with oneDNN's; a wrong ratio or clip moves many elements by ~lr = 2e-3)
     for got, want in zip(learner_params, naive_params, strict=True):
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got, want, atol=2.5e-4, rtol=1e-4)
 
 
 def test_diagnostics_from_the_scoring_pass(setup):

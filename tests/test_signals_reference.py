@@ -120,6 +120,9 @@ def test_every_signal_matches_two_full_forwards(setup, layer, temperature):
         for name in expected:
             # k3 = e^d - d - 1 amplifies float32 round-off in d = ref_logp - logp by e^d.
             t = dict(tol, rtol=5e-5) if name == "divergence_k3" and model.dtype == torch.float32 else tol
+            # the exact KL sums pi (log pi - log ref) over the vocabulary: float32 round-off of the
+            # log-probs adds up (measured at most 2.1e-5 with oneDNN matmuls, under 1e-5 with MKL's)
+            t = dict(t, atol=5e-5) if name == "divergence" and model.dtype == torch.float32 else t
             torch.testing.assert_close(got[name].double(), expected[name], **t, msg=name)
         assert want["arca"].min() > 1e-3, "the adapter must actually move the hidden state"
         assert want["kl"].max() > 1e-4, "the adapter must actually change the distribution"

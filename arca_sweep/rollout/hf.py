@@ -1,4 +1,10 @@
-"""``rollout=hf``: batched sampling with the peft model through transformers ``generate``."""
+"""``rollout=hf``: batched sampling with the peft model through transformers ``generate``.
+
+``generate`` runs the decoding loop (KV cache, padding, EOS) in greedy mode; :class:`TokenChooser`,
+the last logits processor, chooses each token (a draw from the processed distribution, or the
+argmax) and records its log-prob. On CPU the model's frozen projections and LM head run on oneDNN
+(``model.cpu_matmul``, arca_sweep/kernels.py).
+"""
 
 from __future__ import annotations
 
@@ -37,8 +43,8 @@ SAMPLING_ONLY = {"temperature", "top_k", "top_p", "typical_p", "epsilon_cutoff",
 
 def pinned_generation_config(greedy: bool, **fields) -> GenerationConfig:
     """Argmax decoding (``greedy``) or plain ancestral sampling from softmax(logits): every
-    distribution-changing field pinned to its no-op value. Temperature and top-p run as our own
-    processors, before the log-prob recorder, so it records the distribution tokens are drawn from."""
+    distribution-changing field pinned to its no-op value. The engine always asks for argmax
+    decoding: temperature and top-p run as our own processors, then :class:`TokenChooser` draws."""
     pinned = {k: v for k, v in NEUTRAL_SAMPLING.items() if not (greedy and k in SAMPLING_ONLY)}
     return GenerationConfig(do_sample=not greedy, **pinned, **fields)
 
