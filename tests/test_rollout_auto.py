@@ -36,7 +36,8 @@ def test_estimate_matches_the_measured_rates_at_the_measured_model():
     "params,budget,engine",
     [
         (0.8e6, "smoke", "hf"),  # 3 steps: vLLM's start-up alone outlasts HF's whole run
-        (0.8e6, "demo", "hf"),  # the demo: vLLM saves ~10 s of ~56 s, under the 1.25x margin
+        (0.8e6, "demo", "hf"),  # the demo: ~24 s HF vs ~26 s vLLM (its start-up), no gain
+        (0.41e9, "smoke", "hf"),
         (0.8e6, "paper", "vllm"),
         (0.41e9, "demo", "vllm"),
         (2.0e9, "paper", "vllm"),

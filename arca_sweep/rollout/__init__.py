@@ -49,12 +49,13 @@ class RolloutEngine(Protocol):
         """Make the engine sample from ``model``'s current weights (after each learner update)."""
 
 
-# CPU generation measured on a 2-core machine, float32, rank-8 adapter (scripts/bench_rollout.py,
-# BENCHMARKS.md "rollout=auto"): (parameters of the model, HF tokens/s, vLLM merged-sync tokens/s,
-# vLLM start-up s, vLLM sync s per step). Merged is vLLM's faster mode on CPU (adapter sync: 0.5-1.4x HF).
+# CPU generation measured on a quiet 2-core machine, float32, rank-8 adapter, 2026-12-01, HF with
+# oneDNN matmuls and the inverse-CDF sampler (scripts/bench_rollout.py, BENCHMARKS.md "rollout=auto"):
+# (parameters of the model, HF tokens/s, vLLM merged-sync tokens/s, vLLM start-up s, vLLM sync s per
+# step). Merged is vLLM's faster mode on CPU (adapter sync: 0.55-0.94x HF).
 CPU_MEASURED = {
-    "tiny": (0.8e6, 4124.0, 7153.0, 11.5, 0.04),
-    "qwen3-1.7b-width-2-layers": (0.41e9, 50.1, 102.4, 21.8, 1.3),
+    "tiny": (0.8e6, 9689.6, 15608.8, 10.0, 0.016),
+    "qwen3-1.7b-width-2-layers": (0.41e9, 160.1, 252.2, 18.0, 1.816),
 }
 # vLLM must win by this factor: the measured speed-ups moved by 2-3x between runs on a loaded machine.
 AUTO_MARGIN = 1.25
