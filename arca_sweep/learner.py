@@ -218,6 +218,16 @@ def forward_hidden(
     """
     decoder, _ = _decoder_and_head(model)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return _decoder_pass(
+        decoder, input_ids, attention_mask, position_ids, layer, final, checkpoint, autocast_bf16
+    )
+
+
+def _decoder_pass(
+    decoder, input_ids, attention_mask, position_ids, layer, final, checkpoint, autocast_bf16, cache=None
+):
+    """One decoder call for :func:`forward_hidden`; with ``cache`` (a DynamicCache), ``input_ids``
+    continue the sequences the cache holds and ``attention_mask`` covers both."""
     k = hidden_index(layer, len(decoder.layers))
     stop = not final and k < len(decoder.layers)
     if stop:  # the output of decoder layer k (1-based), or of the embedding for k = 0
@@ -237,7 +247,8 @@ def forward_hidden(
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 output_hidden_states=layer != -1,
-                use_cache=False,
+                past_key_values=cache,
+                use_cache=cache is not None,
             )
     except _StopForward as early:
         return None, early.hidden
@@ -249,6 +260,65 @@ def forward_hidden(
         final_state = final_state.float()
         at_layer = at_layer.float() if at_layer is not None else None
     return final_state, final_state if layer == -1 else at_layer
+
+
+@torch.no_grad()
+def response_hidden(
+    model, input_ids, attention_mask, prompt_len: int, layer: int, *, final, autocast_bf16=False
+):
+    """:func:`forward_hidden` without a gradient, at the positions that predict the response
+    (``prompt_len - 1 .. L - 2``: ``[B, L - prompt_len, D]`` each), every distinct prompt run once.
+
+    The G samples of a group share their prompt, so the prompt's keys and values are computed for one
+    row per distinct prompt and copied to the others through the KV cache; the response positions then
+    run for every row. Same arithmetic as one full forward (a row's prompt positions never see its
+    response); for the reference pass, about (G - 1) / G of the prompt tokens' work saved.
+    """
+    from transformers import DynamicCache
+
+    p = prompt_len
+    prompt = torch.cat([input_ids[:, :p], attention_mask[:, :p].long()], 1)
+    unique, inverse = torch.unique(prompt, dim=0, return_inverse=True)
+    if unique.shape[0] == input_ids.shape[0]:  # nothing shared: one plain forward
+        return tuple(
+            None if h is None else h[:, p - 1 : -1]
+            for h in forward_hidden(
+                model, input_ids, attention_mask, layer, final=final, autocast_bf16=autocast_bf16
+            )
+        )
+    decoder, _ = _decoder_and_head(model)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    first = torch.full((unique.shape[0],), input_ids.shape[0], device=input_ids.device, dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")  # one row per distinct prompt
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=decoder.config)
+    head = _decoder_pass(
+        decoder,
+        input_ids[first, :p],
+        attention_mask[first, :p],
+        position_ids[first, :p],
+        layer,
+        final,
+        False,
+        autocast_bf16,
+        cache,
+    )
+    cache.reorder_cache(inverse)  # [distinct prompts] -> [B]: each row's own prompt
+    tail = _decoder_pass(
+        decoder,
+        input_ids[:, p:],
+        attention_mask,
+        position_ids[:, p:],
+        layer,
+        final,
+        False,
+        autocast_bf16,
+        cache,
+    )
+    return tuple(
+        None if a is None else torch.cat([a[inverse, -1:], b[:, :-1]], 1)
+        for a, b in zip(head, tail, strict=True)
+    )
 
 
 @dataclass
@@ -513,11 +583,12 @@ class Learner:
             on = slice(None) if ref_rows is None else ref_rows  # None: every row
             with torch.no_grad(), self.model.disable_adapter():
                 ref_final, ref_layer = (
-                    None if h is None else h[:, p - 1 : -1][mask[on]]
-                    for h in forward_hidden(
+                    None if h is None else h[mask[on]]
+                    for h in response_hidden(
                         self.model,
                         input_ids[on],
                         attn[on],
+                        p,
                         layer,
                         final=ref_head,
                         autocast_bf16=self.autocast_bf16,

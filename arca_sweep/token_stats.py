@@ -25,7 +25,8 @@ from arca_sweep import kernels
 
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
     z = hidden @ weight.T if weight.requires_grad else kernels.linear(hidden, weight)
-    return z.to(torch.promote_types(z.dtype, torch.float32)) / temperature
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    return z if temperature == 1.0 else z / temperature  # (T = 1: no [chunk, V] copy)
 
 
 def _times_weight(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -190,6 +191,11 @@ class _SavedGradLogProb(torch.autograd.Function):
         return (grad_out[:, None] * grad_dir).to(ctx.hidden_dtype), None, None
 
 
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` for [n, V] blocks as one batched dot: no [n, V] product is formed."""
+    return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
+
+
 @torch.no_grad()
 def _fused_pass(
     hidden, weight, targets, ref_hidden, sample, temperature, chunk_size, need, need_sample, grad
@@ -216,7 +222,7 @@ def _fused_pass(
                 weight[y].to(dtype) - _times_weight(p.to(weight.dtype), weight).to(dtype)
             ) / temperature
         if "entropy" in out:
-            out["entropy"][e] = -(p * logp).sum(-1)
+            out["entropy"][e] = -_rowdot(p, logp)
         if not (need | need_sample) & ref_fields:
             continue
         full_ref = bool(need & ref_fields)
@@ -234,9 +240,9 @@ def _fused_pass(
         if "ref_logp" in out:
             out["ref_logp"][at] = logq.gather(1, y[:, None])[:, 0]
         if "kl" in out:
-            out["kl"][at] = (p * (logp - logq)).sum(-1)
+            out["kl"][at] = _rowdot(p, logp - logq)
         if "ref_entropy" in out:
-            out["ref_entropy"][at] = -(logq.exp() * logq).sum(-1)
+            out["ref_entropy"][at] = -_rowdot(logq.exp(), logq)
     return out, grad_dir
 
 
