@@ -11,7 +11,7 @@ from arca_sweep.config import ConfigError, validate
 from arca_sweep.learner import Learner, hidden_index
 from arca_sweep.model import load_policy
 from tests.conftest import make_config, randomize_adapter
-from tests.test_signals_reference import make_batch
+from tests.test_signals_reference import _rows, make_batch, reference
 
 PROMPTS = ["Compute 12 + 7.", "Compute 88 - 24 + 29.", "Compute 5 - 9."]
 RESPONSES = ["12 + 7 = 19\n\\boxed{19}", "88 - 24 = 64\n64 + 29 = 93\n\\boxed{93}", "The answer is -4."]
@@ -104,6 +104,61 @@ def test_arca_reference_forward_runs_only_the_layers_up_to_credit_layer(tiny_tok
     torch.testing.assert_close(stats.hidden[m], want_pol[m], atol=1e-5, rtol=1e-5)
     if k:
         assert credit.salience("arca", stats)[m].min() > 0
+
+
+@pytest.mark.parametrize("layer,shadow", [(-1, "true"), (2, "false"), (0, "false")])
+def test_the_reference_pass_runs_each_shared_prompt_once_with_the_full_forwards_values(
+    tiny_tokenizer, layer, shadow
+):
+    """G = 3 samples of each of 3 prompts (left-padded to different widths), float64: the reference
+    pass computes each prompt once (the first decoder layer sees 3 prompt rows, then 9 response rows)
+    and its hidden states and reference log-probs are those of plain full forwards."""
+    cfg = make_config(
+        "rank=8",
+        "model.dtype=float64",
+        "credit=arca",
+        f"credit.layer={layer}",
+        f"diagnostics.shadow={shadow}",
+        "diagnostics.shadow_sample=1",
+        "budget.group_size=3",
+    )
+    model = load_policy(cfg.model, cfg.rank, torch.device("cpu"), seed=0)
+    randomize_adapter(model, scale=0.2)
+    responses = RESPONSES + ["19", "\\boxed{64}", "-4 is it"] + ["x", "88 - 24", "5 - 9 = -4"]
+    batch = make_batch(
+        tiny_tokenizer,
+        [p for p in PROMPTS for _ in range(3)],
+        [responses[(i % 3) * 3 + i // 3] for i in range(9)],
+    )
+    rows_seen = []
+    first = decoder_layers(model)[0]
+    handle = first.register_forward_pre_hook(
+        lambda mod, args, kwargs: rows_seen.append(
+            (kwargs.get("hidden_states", args[0] if args else None)).shape[:2]
+        ),
+        with_kwargs=True,
+    )
+    with torch.no_grad():
+        stats, _ = Learner(model, cfg, temperature=1.0).score(batch, torch.arange(9))
+    handle.remove()
+    p_width, n_layers = batch.prompt_ids.shape[1], len(decoder_layers(model))
+    if hidden_index(layer, n_layers) > 0:
+        # reference: 3 prompt rows, then 9 response rows; policy: 9 full rows
+        assert [tuple(s) for s in rows_seen[:2]] == [(3, p_width), (9, rows_seen[1][1])], rows_seen
+        assert rows_seen[2][0] == 9 and rows_seen[2][1] == p_width + rows_seen[1][1]
+    ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
+    attn = torch.cat([batch.prompt_mask, batch.response_mask], 1)
+    k = hidden_index(layer, n_layers)
+    want = full_hidden(model, ids, attn, k, adapter=False)[:, p_width - 1 : -1]
+    m = stats.mask
+    if layer == -1:  # hidden_states[-1] is the normed state fed to the head, as stats holds
+        want = full_hidden(model, ids, attn, n_layers, adapter=False)[:, p_width - 1 : -1]
+    torch.testing.assert_close(stats.ref_hidden[m], want[m], atol=1e-10, rtol=1e-10)
+    if shadow == "true":
+        for i in range(9):
+            ref = reference(model, *_rows(batch, i), -1, 1.0)
+            torch.testing.assert_close(stats.ref_logp[i][m[i]], ref["ref_logp"], atol=1e-10, rtol=1e-10)
+            torch.testing.assert_close(stats.kl[i][m[i]], ref["kl"], atol=1e-10, rtol=1e-10)
 
 
 def test_the_reference_runs_every_layer_when_a_signal_needs_its_lm_head(tiny_tokenizer):
