@@ -332,6 +332,8 @@ class Grader:
                         f"a grading worker exited with code {worker.process.exitcode} on start"
                     )
                 if worker.job is not None:
+                    # the pipe can break before the process is reaped (exitcode still None): wait for it
+                    worker.process.join(timeout=5.0)
                     over_cpu = worker.process.exitcode == -signal.SIGPROF  # its CPU-time limit
                     if not over_cpu:
                         logger.warning("grading worker died (exit code %s)", worker.process.exitcode)
