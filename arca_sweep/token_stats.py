@@ -31,8 +31,7 @@ def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float
 
 def _times_weight(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``g @ W`` [chunk, D] for ``g`` [chunk, V]: the head's transpose as a (free) view."""
-    w = weight.detach()
-    return kernels.linear(g, w.t()) if g.dtype == w.dtype else g @ w
+    return kernels.linear(g, weight.detach().t())  # (F.linear, i.e. g @ W, where oneDNN does not apply)
 
 
 class _ChunkedTargetLogProb(torch.autograd.Function):

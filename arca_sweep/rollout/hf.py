@@ -41,12 +41,12 @@ NEUTRAL_SAMPLING = dict(
 SAMPLING_ONLY = {"temperature", "top_k", "top_p", "typical_p", "epsilon_cutoff", "eta_cutoff"}
 
 
-def pinned_generation_config(greedy: bool, **fields) -> GenerationConfig:
-    """Argmax decoding (``greedy``) or plain ancestral sampling from softmax(logits): every
-    distribution-changing field pinned to its no-op value. The engine always asks for argmax
-    decoding: temperature and top-p run as our own processors, then :class:`TokenChooser` draws."""
-    pinned = {k: v for k, v in NEUTRAL_SAMPLING.items() if not (greedy and k in SAMPLING_ONLY)}
-    return GenerationConfig(do_sample=not greedy, **pinned, **fields)
+def pinned_generation_config(**fields) -> GenerationConfig:
+    """Argmax decoding with every distribution-changing field pinned to its no-op value (the
+    sampling-only ones left at their defaults, :data:`SAMPLING_ONLY`). Sampling is ours: temperature
+    and top-p run as our own processors, then :class:`TokenChooser` draws and forces the token."""
+    pinned = {k: v for k, v in NEUTRAL_SAMPLING.items() if k not in SAMPLING_ONLY}
+    return GenerationConfig(do_sample=False, **pinned, **fields)
 
 
 @contextlib.contextmanager
@@ -140,8 +140,8 @@ class HFEngine:
         tok, device = self.tokenizer, self.model.device
         enc = tok.pad({"input_ids": rows}, return_tensors="pt", padding_side="left")
         input_ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        gen = pinned_generation_config(  # greedy: TokenChooser draws the samples
-            True, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=self.eos_ids
+        gen = pinned_generation_config(  # argmax decoding: TokenChooser draws the samples
+            max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=self.eos_ids
         )
         processors = LogitsProcessorList()
         if not greedy:
