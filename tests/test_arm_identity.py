@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from arca_sweep.config import LoggerConfig
 from arca_sweep.main import CONF_DIR
-from arca_sweep.report_data import arm_overrides, groups, is_neutral, load_arms, parse_override
+from arca_sweep.report.data import arm_overrides, groups, is_neutral, load_arms, parse_override
 
 
 def write_arm(sweep, name: str, overrides: list[str] | None, config: dict | None = None) -> None:

@@ -1,5 +1,6 @@
 """The arms of a sweep dir as the report reads them: each arm's config, ``metrics.jsonl``,
-``samples.jsonl`` and whether it finished (``summary.json``)."""
+``samples.jsonl``, ``eval/step_<n>.jsonl`` and whether it finished (``summary.json``); their cells over
+the sweep's axes and per-unit results. Every read of an arm's files is in this module."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 
 from arca_sweep import heatmap
 from arca_sweep.evaluation import results_path
-from arca_sweep.report_stats import as_number, last_quarter, mean
+from arca_sweep.report.stats import as_number, last_quarter, mean
 
 REGIMES = ("uniform", "middle", "concentrated")
 
