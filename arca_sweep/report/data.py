@@ -13,10 +13,9 @@ import numpy as np
 import yaml
 
 from arca_sweep import heatmap
+from arca_sweep.credit import REGIMES
 from arca_sweep.evaluation import results_path
 from arca_sweep.report.stats import as_number, last_quarter, mean
-
-REGIMES = ("uniform", "middle", "concentrated")
 
 
 class NotASweepError(ValueError):

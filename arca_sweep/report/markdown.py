@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from arca_sweep.credit import REGIMES
 from arca_sweep.report.data import (
-    REGIMES,
     Arm,
     accuracy,
     cell_label,
