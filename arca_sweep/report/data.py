@@ -116,7 +116,7 @@ def all_overrides(path: Path) -> dict[str, str]:
     return dict(parse_override(o) for o in listed)
 
 
-def arm_overrides(path: Path) -> dict[str, str]:
+def read_cell_overrides(path: Path) -> dict[str, str]:
     """The arm's non-neutral overrides (those that define its cell)."""
     return {k: v for k, v in all_overrides(path).items() if not is_neutral(k)}
 
@@ -129,7 +129,7 @@ def load_arm(path: Path) -> Arm:
         credit=str((config.get("credit") or {}).get("name", "?")),
         rank=(config.get("rank") or {}).get("r", "?"),
         seed=config.get("seed", all_overrides(path).get("seed", "?")),
-        overrides=arm_overrides(path),
+        overrides=read_cell_overrides(path),
         config=config,
         choices=(hydra.get("runtime") or {}).get("choices") or {},
         records=_jsonl(path / "metrics.jsonl"),
