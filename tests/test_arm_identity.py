@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from arca_sweep.config import LoggerConfig
 from arca_sweep.main import CONF_DIR
-from arca_sweep.report_data import arm_overrides, groups, is_neutral, load_arms, parse_override
+from arca_sweep.report.data import groups, is_neutral, load_arms, parse_override, read_cell_overrides
 
 
 def write_arm(sweep, name: str, overrides: list[str] | None, config: dict | None = None) -> None:
@@ -69,5 +69,5 @@ def test_missing_override_takes_the_arms_own_value(tmp_path):
 def test_dir_name_fallback_keeps_list_values(tmp_path):
     arm = tmp_path / "optim.betas=[0.9,0.99],rank=8,seed=3,logger.progress=false"
     (arm / ".hydra").mkdir(parents=True)
-    assert arm_overrides(arm) == {"optim.betas": "[0.9,0.99]", "rank": "8"}
+    assert read_cell_overrides(arm) == {"optim.betas": "[0.9,0.99]", "rank": "8"}
     assert parse_override("rank='16'") == ("rank", "16") and parse_override("~loss.beta") == ("loss.beta", "")

@@ -534,8 +534,8 @@ def test_real_sweep_keeps_every_cell_apart(real_sweep):
         ]
         assert_close(row["final acc"].split("±")[0], np.mean(finals))
     # every figure's legend names the cell by its axes
-    from arca_sweep.report_data import load_arms
-    from arca_sweep.report_figures import gini_etr_figure, regime_figure, reward_accuracy_figure
+    from arca_sweep.report.data import load_arms
+    from arca_sweep.report.figures import gini_etr_figure, regime_figure, reward_accuracy_figure
 
     arms = load_arms(real_sweep)
     want = {

@@ -1,4 +1,4 @@
-"""The report's statistics (``arca_sweep.report_stats``) against slow, obviously-correct references and
+"""The report's statistics (``arca_sweep.report.stats``) against slow, obviously-correct references and
 against synthetic results whose true values are known (arms at 60% and 70% on 500 problems)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from arca_sweep.report_stats import (
+from arca_sweep.report.stats import (
     Z95,
     bootstrap_interval,
     bootstrap_means,

@@ -1,56 +1,29 @@
-"""Offline report of a sweep: ``python -m arca_sweep.report SWEEP_DIR [--baseline credit=uniform]``
-(prints the report's path).
-
-Reads every arm under ``SWEEP_DIR`` (a subdirectory with ``.hydra/config.yaml``: its overrides,
-``metrics.jsonl``, ``samples.jsonl``, ``eval/step_<n>.jsonl`` and, once finished, ``summary.json``;
-:mod:`arca_sweep.report_data`) and writes into ``SWEEP_DIR``:
-
-- ``report.md``: finished and unfinished arms; the final table, one row per cell (a cell: the arms
-  that share every swept override but the seed), with final accuracy mean ± std over seeds and its
-  bootstrap 95% interval over problems x seeds, the last quarter's training reward with its
-  interval, and the training signal's diagnostics (mean ± std over seeds); per-seed accuracy with
-  Wilson intervals; each cell's paired difference against its baseline cell (default
-  ``credit=uniform`` at the same other axes) in accuracy and in training reward, with a 95%
-  interval, a p-value and "no difference shown" when the interval holds 0
-  (:mod:`arca_sweep.report_stats`); the regime shares of every signal per cell from the shadow
-  diagnostics (the headline); links to the figures.
-- ``regime_shares.png``, ``gini_etr.png``, ``reward_accuracy.png``: the figures
-  (:mod:`arca_sweep.report_figures`), legends naming cells by the sweep's axes.
-- ``heatmaps.html``: per cell, sample rollouts from the first, middle and last sampled steps, tokens
-  coloured by each signal's weights.
-
-Every number is recomputed from ``metrics.jsonl`` and the per-problem files (not from
-``summary.json``'s run means). Tables and the regime figure count finished arms only; the curves
-over steps show every arm with metrics.
+"""The report's markdown: ``report.md`` of a sweep's arms (finished and unfinished arms, the final table,
+per-seed accuracy, the paired comparisons against a baseline cell, the regime shares per signal, links to
+the figures), and the table formatting it uses. Numbers from :mod:`arca_sweep.report.data` (the arms)
+and :mod:`arca_sweep.report.stats` (intervals, paired tests); strings out, no files written.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from arca_sweep import heatmap
-from arca_sweep.report_data import (
-    REGIMES,
+from arca_sweep.credit import REGIMES
+from arca_sweep.report.data import (
     Arm,
-    NotASweepError,
     accuracy,
     cell_label,
     eval_correct,
     groups,
     last_quarter_rewards,
-    load_arms,
-    parse_override,
     run_mean,
     shadow_means,
     signals_of,
     unit_matrix,
 )
-from arca_sweep.report_figures import gini_etr_figure, regime_figure, reward_accuracy_figure
-from arca_sweep.report_stats import (
+from arca_sweep.report.stats import (
     BOOTSTRAP_SEED,
     N_RESAMPLES,
     PairedDifference,
@@ -68,12 +41,6 @@ RUN_MEAN_COLUMNS = [
     *((r, f"credit/regime/{r}") for r in REGIMES),
     ("tokens/s", "perf/tokens_per_s"),
 ]
-MAX_HEATMAP_SECTIONS = 30
-SMOOTH_STEPS = 5
-DPI = 110
-
-
-DEFAULT_BASELINE = {"credit": "uniform"}
 NO_DIFFERENCE = "no difference shown"
 
 
@@ -354,98 +321,3 @@ def report_markdown(
         "",
     ]
     return "\n".join(out)
-
-
-# ------------------------------------------------------------------------------------------------
-# heatmaps.html
-# ------------------------------------------------------------------------------------------------
-
-
-def sample_steps(samples: list[dict]) -> list[int]:
-    """The first, middle and last of the steps with samples (fewer when there are fewer)."""
-    steps = sorted({s.get("step", 0) for s in samples})
-    return sorted({steps[0], steps[len(steps) // 2], steps[-1]}) if steps else []
-
-
-def heatmap_page(sweep_dir: Path, arms: list[Arm]) -> str:
-    """Per cell, its first seed's sample rollouts from the first, middle and last steps with samples
-    (one rollout each), at most :data:`MAX_HEATMAP_SECTIONS` sections."""
-    sections = []
-    for group in groups([a for a in arms if a.samples]).values():
-        arm = group[0]
-        for step in sample_steps(arm.samples):
-            sample = next(s for s in arm.samples if s.get("step", 0) == step)
-            status = "" if arm.finished else " (not finished)"
-            heading = f"{arm.label}, seed {arm.seed}{status}: trained with {arm.credit}, step {step}"
-            sections.append((heading, heatmap.sample_html(sample, training_signal=arm.credit)))
-    return heatmap.page_html(f"Token credit heatmaps: {sweep_dir}", sections[:MAX_HEATMAP_SECTIONS])
-
-
-# ------------------------------------------------------------------------------------------------
-# Entry points
-# ------------------------------------------------------------------------------------------------
-
-
-def build_report(sweep_dir: Path, baseline: dict[str, str] | None = None, smooth: int = SMOOTH_STEPS) -> Path:
-    """Write ``report.md``, the figures and ``heatmaps.html`` into ``sweep_dir``; return report.md's
-    path. ``baseline`` (default ``credit=uniform``) names the reference cell of the paired comparisons;
-    ``smooth`` the trailing window of the curves. Raises :class:`NotASweepError` if ``sweep_dir`` holds
-    no arm."""
-    sweep_dir = Path(sweep_dir)
-    baseline = dict(DEFAULT_BASELINE if baseline is None else baseline)
-    arms = load_arms(sweep_dir)
-    finished = [a for a in arms if a.finished]
-    with_metrics = [a for a in arms if a.records]
-    regime_figure(finished).savefig(sweep_dir / "regime_shares.png", dpi=DPI)
-    gini_etr_figure(with_metrics, smooth).savefig(sweep_dir / "gini_etr.png", dpi=DPI)
-    reward_accuracy_figure(with_metrics, smooth).savefig(sweep_dir / "reward_accuracy.png", dpi=DPI)
-    (sweep_dir / "heatmaps.html").write_text(heatmap_page(sweep_dir, arms), encoding="utf-8")
-    figures = ["regime_shares.png", "gini_etr.png", "reward_accuracy.png"]
-    report = sweep_dir / "report.md"
-    report.write_text(report_markdown(sweep_dir, arms, figures, baseline, smooth), encoding="utf-8")
-    return report
-
-
-def parse_baseline(items: list[str]) -> dict[str, str]:
-    """``["credit=uniform", "rank=8"]`` -> ``{"credit": "uniform", "rank": "8"}``."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--baseline {item!r}: expected KEY=VALUE, e.g. --baseline credit=uniform")
-        key, value = parse_override(item)
-        out[key] = value
-    return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m arca_sweep.report",
-        description="Write report.md, figures and token heatmaps of a finished or running sweep into its dir.",
-    )
-    parser.add_argument("sweep_dir", type=Path, help="a multirun's hydra.sweep.dir (holds one dir per arm)")
-    parser.add_argument(
-        "--baseline",
-        action="append",
-        metavar="KEY=VALUE",
-        help="the reference cell of the paired comparisons, at the same other axes (default: credit=uniform; "
-        "repeat for several keys)",
-    )
-    parser.add_argument(
-        "--smooth", type=int, default=SMOOTH_STEPS, help="trailing window of the curves, in steps (default 5)"
-    )
-    args = parser.parse_args(argv)
-    if args.smooth < 1:
-        parser.error(f"--smooth {args.smooth}: need a window of at least 1 step")
-    try:
-        baseline = parse_baseline(args.baseline) if args.baseline else None
-    except ValueError as e:
-        parser.error(str(e))
-    try:
-        report = build_report(args.sweep_dir, baseline, args.smooth)
-    except NotASweepError as e:
-        parser.error(str(e))  # exit status 2
-    print(report)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -13,8 +13,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from arca_sweep.report_data import REGIMES, Arm, cell_label, groups, shadow_means, signals_of
-from arca_sweep.report_stats import as_number, mean
+from arca_sweep.credit import REGIMES
+from arca_sweep.report.data import Arm, cell_label, groups, shadow_means, signals_of
+from arca_sweep.report.stats import as_number, mean
 
 REGIME_COLOURS = {"uniform": "#c6dbef", "middle": "#6baed6", "concentrated": "#08306b"}
 LINESTYLES = ("-", "--", ":", "-.")

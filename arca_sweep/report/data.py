@@ -1,5 +1,6 @@
 """The arms of a sweep dir as the report reads them: each arm's config, ``metrics.jsonl``,
-``samples.jsonl`` and whether it finished (``summary.json``)."""
+``samples.jsonl``, ``eval/step_<n>.jsonl`` and whether it finished (``summary.json``); their cells over
+the sweep's axes and per-unit results. Every read of an arm's files is in this module."""
 
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ import numpy as np
 import yaml
 
 from arca_sweep import heatmap
+from arca_sweep.credit import REGIMES
 from arca_sweep.evaluation import results_path
-from arca_sweep.report_stats import as_number, last_quarter, mean
-
-REGIMES = ("uniform", "middle", "concentrated")
+from arca_sweep.report.stats import as_number, last_quarter, mean
 
 
 class NotASweepError(ValueError):
@@ -116,7 +116,7 @@ def all_overrides(path: Path) -> dict[str, str]:
     return dict(parse_override(o) for o in listed)
 
 
-def arm_overrides(path: Path) -> dict[str, str]:
+def read_cell_overrides(path: Path) -> dict[str, str]:
     """The arm's non-neutral overrides (those that define its cell)."""
     return {k: v for k, v in all_overrides(path).items() if not is_neutral(k)}
 
@@ -129,7 +129,7 @@ def load_arm(path: Path) -> Arm:
         credit=str((config.get("credit") or {}).get("name", "?")),
         rank=(config.get("rank") or {}).get("r", "?"),
         seed=config.get("seed", all_overrides(path).get("seed", "?")),
-        overrides=arm_overrides(path),
+        overrides=read_cell_overrides(path),
         config=config,
         choices=(hydra.get("runtime") or {}).get("choices") or {},
         records=_jsonl(path / "metrics.jsonl"),
