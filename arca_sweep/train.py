@@ -67,7 +67,7 @@ def run(
     validate(cfg)
     arm = ArmDir(out_dir)
     arm.create()
-    with arm.lock():  # one run per arm dir, held to the end (arca_sweep/arm_dir.py)
+    with arm.lock():  # one run per arm dir, held to the end (arca_sweep/arm_dir/)
         if (summary := arm.read_summary()) is not None:
             console.info(skip_line(out_dir, summary))
             return summary

@@ -1,0 +1,63 @@
+"""How a file of an arm dir is written and read: the one error for damaged or unwritable state, and the
+JSONL reader."""
+
+from __future__ import annotations
+
+import errno
+import json
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+from arca_sweep.errors import UserError
+
+
+class ArmStateError(UserError):
+    """The arm dir's state is damaged or cannot be written; the message names the file and the fix."""
+
+
+@contextmanager
+def writing(path: Path, resume_hint: str = "re-run the same command: the arm resumes from its checkpoint"):
+    """Turn an OSError while writing ``path`` into an :class:`ArmStateError` that says what to do."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ArmStateError(
+                f"no space left on device while writing {path} ({exc.strerror}). Free space on that "
+                f"filesystem (or raise the quota), then {resume_hint}."
+            ) from exc
+        raise ArmStateError(
+            f"could not write {path}: {exc.strerror or exc}. Fix that, then {resume_hint}."
+        ) from exc
+
+
+def read_lines(path: Path) -> list[str]:
+    """The whole JSON lines of a JSONL file. A torn last line (no newline, or not JSON: a writer died or
+    the disk filled mid-line) is dropped with a warning; a bad line before the end is an error."""
+    if not path.exists():
+        return []
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArmStateError(f"{path} is not UTF-8 text ({exc.reason}): delete it and re-run") from None
+    lines = text.split("\n")
+    whole, last = lines[:-1], lines[-1]  # ``last`` is "" when the file ends with a newline
+    good = []
+    for number, line in enumerate(whole, 1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            if number == len(whole) and not last:
+                last = line  # a garbled final line: torn as well
+                break
+            raise ArmStateError(
+                f"{path}:{number} is not a JSON record (the file was edited or written by two runs): "
+                "delete the file and re-run; the checkpoint restores the metrics up to its step"
+            ) from None
+        good.append(line)
+    if last.strip():
+        warnings.warn(f"{path}: dropped a torn last line ({len(last)} characters)", stacklevel=2)
+    return good
