@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from arca_sweep.arm_dir import ADAPTER
+
 log = logging.getLogger("arca_sweep.eval")
 
 
@@ -46,8 +48,8 @@ def arm_overrides(arm_dir: Path) -> list[str]:
 def locate_adapter(path: str) -> tuple[Path, Path | None]:
     """``(adapter dir, arm dir or None)`` for a peft adapter dir or an arm dir; a clear error otherwise."""
     p = Path(path).expanduser().resolve()
-    if (p / "adapter" / "adapter_config.json").is_file():
-        p = p / "adapter"
+    if (p / ADAPTER / "adapter_config.json").is_file():
+        p = p / ADAPTER
     if not (p / "adapter_config.json").is_file():
         hint = (
             " (the arm has not finished: its adapter/ is written at the end)"

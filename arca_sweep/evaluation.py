@@ -1,6 +1,6 @@
 """Greedy pass@1 on a held-out eval set, with every problem's result kept for paired comparisons.
 
-Each eval of an arm writes ``eval/step_<n>.jsonl`` in the arm's dir (:func:`results_path`): one JSON
+Each eval of an arm writes ``eval/step_<n>.jsonl`` in the arm's dir (:func:`arca_sweep.arm_dir.results_path`): one JSON
 line per problem, in eval-set order::
 
     {"id": 17, "position": 0, "correct": 1, "answer": "66", "gold": "66", "response_tokens": 23,
@@ -39,11 +39,6 @@ def encode_prompts(tokenizer, problems, enable_thinking: bool = False) -> list[l
         for p in problems
     ]
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-
-
-def results_path(arm_dir: Path, step: int) -> Path:
-    """Where an arm's per-problem results of the eval at ``step`` live."""
-    return Path(arm_dir) / "eval" / f"step_{step}.jsonl"
 
 
 def problem_id(problem):

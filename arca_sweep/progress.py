@@ -20,6 +20,8 @@ import time
 import warnings
 from pathlib import Path
 
+from arca_sweep.arm_dir import METRICS
+
 log = logging.getLogger("arca_sweep.train")
 
 # vLLM warnings that are expected with how arca_sweep drives the engine (rollout/vllm.py), logged at INFO:
@@ -60,7 +62,7 @@ class Progress:
         self.name, self.total, self.every, self.every_s, self.clock = name, total, every, every_s, clock
         self.started = self.last_line = clock()
         self.start = start
-        self.accuracy = latest_eval(out_dir / "metrics.jsonl")  # (step, eval accuracy) of the latest eval
+        self.accuracy = latest_eval(out_dir / METRICS)  # (step, eval accuracy) of the latest eval
         self.bar = None
         if live:
             from tqdm.auto import tqdm

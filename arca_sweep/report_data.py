@@ -12,7 +12,7 @@ import numpy as np
 import yaml
 
 from arca_sweep import heatmap
-from arca_sweep.evaluation import results_path
+from arca_sweep.arm_dir import METRICS, SAMPLES, SUMMARY, results_path
 from arca_sweep.report_stats import as_number, last_quarter, mean
 
 REGIMES = ("uniform", "middle", "concentrated")
@@ -132,9 +132,9 @@ def load_arm(path: Path) -> Arm:
         overrides=arm_overrides(path),
         config=config,
         choices=(hydra.get("runtime") or {}).get("choices") or {},
-        records=_jsonl(path / "metrics.jsonl"),
-        samples=_jsonl(path / "samples.jsonl"),
-        finished=(path / "summary.json").exists(),
+        records=_jsonl(path / METRICS),
+        samples=_jsonl(path / SAMPLES),
+        finished=(path / SUMMARY).exists(),
     )
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from arca_sweep.evaluation import read_results, results_path
+from arca_sweep.arm_dir import results_path
+from arca_sweep.evaluation import read_results
 from tests.test_end_to_end import cli
 
 REPO = Path(__file__).resolve().parents[1]

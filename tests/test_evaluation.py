@@ -7,7 +7,8 @@ import json
 
 import torch
 
-from arca_sweep.evaluation import MAX_ANSWER_CHARS, evaluate, read_results, results_path, write_jsonl_atomic
+from arca_sweep.arm_dir import results_path
+from arca_sweep.evaluation import MAX_ANSWER_CHARS, evaluate, read_results, write_jsonl_atomic
 from arca_sweep.rollout import RolloutBatch
 from arca_sweep.tasks import Problem
 from arca_sweep.tasks.arith import ArithTask

@@ -5,6 +5,9 @@
     checkpoint.pt   adapter, optimizer, RNG states, step (the data position is the step)
     summary.json    written last: its presence means the arm is finished
     run.lock        held for the whole run: pid, host, SLURM job id of the run using the dir
+    eval/step_<n>.jsonl   every problem's result of the eval at step n (:func:`results_path`)
+    adapter/        the final peft adapter
+    wandb_run_id.txt      with ``logger=wandb``: the W&B run's id, so a resumed arm continues that run
 
 Faults it survives, each tested in ``tests/test_faults.py`` with real processes and files:
 
@@ -38,23 +41,38 @@ from pathlib import Path
 
 from arca_sweep.arm_dir.files import ArmStateError, read_lines, writing
 from arca_sweep.arm_dir.lock import ArmLock, ArmLocked
-from arca_sweep.arm_dir.names import CHECKPOINT, LOCK, METRICS, SAMPLES, SUMMARY
-from arca_sweep.arm_dir.records import JsonlLogger, RunLog
+from arca_sweep.arm_dir.names import (
+    ADAPTER,
+    CHECKPOINT,
+    EVAL_DIR,
+    LOCK,
+    METRICS,
+    SAMPLES,
+    SUMMARY,
+    WANDB_RUN_ID,
+    results_path,
+)
+from arca_sweep.arm_dir.records import JsonlLogger, RunLog, json_safe
 
 __all__ = [
+    "ADAPTER",
     "CHECKPOINT",
+    "EVAL_DIR",
     "LOCK",
     "METRICS",
     "SAMPLES",
     "SUMMARY",
+    "WANDB_RUN_ID",
     "ArmDir",
     "ArmLock",
     "ArmLocked",
     "ArmStateError",
     "JsonlLogger",
     "RunLog",
+    "json_safe",
     "read_lines",
     "restore",
+    "results_path",
     "rng_states",
     "set_rng_states",
     "trainable_state",
@@ -120,5 +138,5 @@ class ArmDir:
         return _checkpoint().load(self.checkpoint_path)
 
     def save_adapter(self, model) -> None:
-        with writing(self.path / "adapter"):
-            model.save_pretrained(self.path / "adapter")
+        with writing(self.path / ADAPTER):
+            model.save_pretrained(self.path / ADAPTER)

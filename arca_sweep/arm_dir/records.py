@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import warnings
 from pathlib import Path
 
 from arca_sweep.arm_dir.files import ArmStateError, read_lines, writing
 from arca_sweep.arm_dir.names import METRICS, SAMPLES
-from arca_sweep.loggers import _clean
+
+
+def json_safe(value):
+    """JSON-safe: NaN and inf become null (an undefined statistic, e.g. Spearman of a constant row)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 class JsonlLogger:
@@ -38,7 +45,7 @@ class JsonlLogger:
         self.lines = list(lines)
 
     def log(self, metrics: dict) -> None:
-        line = json.dumps({k: _clean(v) for k, v in metrics.items()})
+        line = json.dumps({k: json_safe(v) for k, v in metrics.items()})
         data = (line + "\n").encode()
         with writing(self.path):
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
