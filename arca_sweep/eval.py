@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from arca_sweep.arm_dir import ADAPTER
+from arca_sweep.arm_dir import ADAPTER, atomic_write
 
 log = logging.getLogger("arca_sweep.eval")
 
@@ -134,7 +134,7 @@ def evaluate_model(cfg, adapter: Path | None, out_dir: Path) -> dict:
         "wall_s": round(time.time() - t0, 2),
         **metrics,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 

@@ -16,11 +16,11 @@ written atomically (a temporary file, then a rename): a reader never sees half a
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from arca_sweep.arm_dir import atomic_write
 from arca_sweep.rewards import last_boxed
 
 MAX_ANSWER_CHARS = 200
@@ -82,22 +82,6 @@ def accuracy_metrics(correct, problems) -> dict:
     return out
 
 
-def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
-    """``path`` holds exactly ``records`` (a JSON line each) or its previous content, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in records))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def evaluate(
     engine,
     tokenizer,
@@ -119,7 +103,7 @@ def evaluate(
     if output_path is not None:
         lengths = batch.response_mask.sum(dim=1).tolist()
         records = problem_results(problems, batch.texts, correct, lengths, batch.finish_reasons)
-        write_jsonl_atomic(output_path, records)
+        atomic_write(output_path, "".join(json.dumps(r) + "\n" for r in records))
     return accuracy_metrics(correct, problems)
 
 

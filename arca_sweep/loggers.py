@@ -13,7 +13,7 @@ import uuid
 import warnings
 from pathlib import Path
 
-from arca_sweep.arm_dir import WANDB_RUN_ID, json_safe
+from arca_sweep.arm_dir import WANDB_RUN_ID, atomic_write, json_safe
 
 RUN_MEAN_PREFIX = "run_mean/"
 NAME_FREE_KEYS = {"seed", "threads", "device"}  # with logger*: not in a W&B run's name
@@ -39,7 +39,7 @@ class WandbTracker:
         self.wandb = wandb
         id_file = out_dir / WANDB_RUN_ID
         if not id_file.exists():
-            id_file.write_text(uuid.uuid4().hex[:12] + "\n")
+            atomic_write(id_file, uuid.uuid4().hex[:12] + "\n")
         kwargs = dict(
             project=logger_cfg.project,
             entity=logger_cfg.entity,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -13,7 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from arca_sweep.arm_dir import ArmDir, ArmLock, ArmLocked, ArmStateError, JsonlLogger, RunLog, read_lines
+from arca_sweep.arm_dir import (
+    ArmDir,
+    ArmLock,
+    ArmLocked,
+    ArmStateError,
+    JsonlLogger,
+    RunLog,
+    atomic_write,
+    read_lines,
+    writing,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,6 +110,26 @@ def test_stale_lock_of_same_slurm_job_on_same_host(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- records
+
+
+def test_atomic_write_replaces_whole_or_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "sub" / "summary.json"
+    atomic_write(path, "old\n")  # the parent is created
+    atomic_write(path, "new\n")
+    assert path.read_text() == "new\n" and sorted(path.parent.iterdir()) == [path]
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)  # the disk fills before the text is durable
+    with pytest.raises(
+        ArmStateError, match=r"no space left on device while writing .*summary.json.*Free space"
+    ):
+        with writing(path):
+            atomic_write(path, "newer\n")
+    assert path.read_text() == "new\n" and sorted(path.parent.iterdir()) == [path], "no temporary file left"
+    with pytest.raises(OSError, match="No space left"):  # outside writing(): the error as it came
+        atomic_write(path, "newer\n")
 
 
 def test_record_lines_torn_last_line_dropped_with_a_warning(tmp_path):

@@ -39,7 +39,7 @@ import importlib
 import json
 from pathlib import Path
 
-from arca_sweep.arm_dir.files import ArmStateError, read_lines, writing
+from arca_sweep.arm_dir.files import ArmStateError, atomic_write, read_lines, writing
 from arca_sweep.arm_dir.lock import ArmLock, ArmLocked
 from arca_sweep.arm_dir.names import (
     ADAPTER,
@@ -63,6 +63,7 @@ __all__ = [
     "SAMPLES",
     "SUMMARY",
     "WANDB_RUN_ID",
+    "atomic_write",
     "ArmDir",
     "ArmLock",
     "ArmLocked",
@@ -122,10 +123,8 @@ class ArmDir:
             ) from None
 
     def write_summary(self, summary: dict) -> None:
-        tmp = self.summary_path.with_suffix(".tmp")
         with writing(self.summary_path):
-            tmp.write_text(json.dumps(summary, indent=1) + "\n")
-            tmp.replace(self.summary_path)
+            atomic_write(self.summary_path, json.dumps(summary, indent=1) + "\n")
 
     def save_checkpoint(self, *, step: int, model, optimizer, config: dict, metrics_lines: list[str]) -> None:
         """Adapter, optimizer, RNG states, step, config, and the metrics lines of steps 0..``step``."""

@@ -1,10 +1,11 @@
-"""How a file of an arm dir is written and read: the one error for damaged or unwritable state, and the
-JSONL reader."""
+"""How a file of an arm dir is written and read: the one error for damaged or unwritable state, the one
+atomic writer and the JSONL reader."""
 
 from __future__ import annotations
 
 import errno
 import json
+import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,29 @@ def writing(path: Path, resume_hint: str = "re-run the same command: the arm res
         raise ArmStateError(
             f"could not write {path}: {exc.strerror or exc}. Fix that, then {resume_hint}."
         ) from exc
+
+
+def temporary(path: Path) -> Path:
+    """The file :func:`atomic_write` writes before moving it onto ``path``: ``<stem>.tmp`` beside it."""
+    return Path(path).with_suffix(".tmp")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """``path`` holds exactly ``text`` or its previous content, never a part: ``text`` goes to
+    :func:`temporary` (flushed to disk), which is then renamed onto ``path``; on any failure the temporary
+    file is removed and the error re-raised unchanged (inside :func:`writing` it names the file and the fix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_lines(path: Path) -> list[str]:

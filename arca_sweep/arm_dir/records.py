@@ -10,7 +10,7 @@ import os
 import warnings
 from pathlib import Path
 
-from arca_sweep.arm_dir.files import ArmStateError, read_lines, writing
+from arca_sweep.arm_dir.files import ArmStateError, atomic_write, read_lines, temporary, writing
 from arca_sweep.arm_dir.names import METRICS, SAMPLES
 
 
@@ -38,10 +38,8 @@ class JsonlLogger:
 
     def restore(self, lines: list[str]) -> None:
         """Make the file hold exactly ``lines`` (atomically: written aside, then moved into place)."""
-        tmp = self.path.with_suffix(".tmp")
-        with writing(tmp):
-            tmp.write_text("".join(line + "\n" for line in lines))
-            tmp.replace(self.path)
+        with writing(temporary(self.path)):
+            atomic_write(self.path, "".join(line + "\n" for line in lines))
         self.lines = list(lines)
 
     def log(self, metrics: dict) -> None:
