@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arca_sweep.arm_dir import atomic_write
+from arca_sweep.arm_dir import atomic_write, read_jsonl
 from arca_sweep.rewards import last_boxed
 
 MAX_ANSWER_CHARS = 200
@@ -109,4 +109,4 @@ def evaluate(
 
 def read_results(path: Path) -> list[dict]:
     """The records of an ``eval/step_<n>.jsonl`` file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path)

@@ -22,6 +22,7 @@ from arca_sweep.arm_dir import (
     JsonlLogger,
     RunLog,
     atomic_write,
+    read_jsonl,
     read_lines,
     writing,
 )
@@ -149,6 +150,22 @@ def test_record_lines_torn_last_line_dropped_with_a_warning(tmp_path):
     path.write_text('{"step": 0}\n{oops\n{"step": 1}\n')  # in the middle: not a torn write
     with pytest.raises(ArmStateError, match=r"metrics.jsonl:2 is not a JSON record.*delete"):
         read_lines(path)
+
+
+def test_read_jsonl_accepts_what_each_reader_accepts(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert read_jsonl(path, bad_lines="skip") == []
+    with pytest.raises(FileNotFoundError):
+        read_jsonl(path)
+    path.write_text('{"step": 0}\n\n[1]\n{"step": 1}\n{"step": 2, "lo')
+    assert read_jsonl(path, bad_lines="skip") == [{"step": 0}, {"step": 1}]  # a running arm, for the report
+    with pytest.raises(json.JSONDecodeError):
+        read_jsonl(path)
+    path.write_text('{"step": 0}\n\n{"step": 1}\n')
+    assert read_jsonl(path) == [{"step": 0}, {"step": 1}]
+    path.write_text('{"step": 0}\n{"step": 1')
+    with pytest.warns(UserWarning, match="dropped a torn last line"):
+        assert read_jsonl(path, bad_lines="torn") == [{"step": 0}]
 
 
 def test_resume_restores_deleted_or_truncated_metrics_from_the_checkpoint(tmp_path):

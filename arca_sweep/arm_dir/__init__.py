@@ -39,7 +39,7 @@ import importlib
 import json
 from pathlib import Path
 
-from arca_sweep.arm_dir.files import ArmStateError, atomic_write, read_lines, writing
+from arca_sweep.arm_dir.files import ArmStateError, atomic_write, read_jsonl, read_lines, writing
 from arca_sweep.arm_dir.lock import ArmLock, ArmLocked
 from arca_sweep.arm_dir.names import (
     ADAPTER,
@@ -71,6 +71,7 @@ __all__ = [
     "JsonlLogger",
     "RunLog",
     "json_safe",
+    "read_jsonl",
     "read_lines",
     "restore",
     "results_path",

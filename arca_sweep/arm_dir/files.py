@@ -1,5 +1,5 @@
 """How a file of an arm dir is written and read: the one error for damaged or unwritable state, the one
-atomic writer and the JSONL reader."""
+atomic writer and the one JSONL reader."""
 
 from __future__ import annotations
 
@@ -56,11 +56,42 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def read_jsonl(path: Path, bad_lines: str = "raise") -> list:
+    """The records of a JSONL file, read as much damage as its reader accepts (``bad_lines``):
+
+    - ``"raise"``: every non-blank line is JSON (else :class:`json.JSONDecodeError`); a missing file raises.
+    - ``"skip"``: a missing file has none; a line that is not JSON, or not an object, is left out (a running
+      arm's torn last line, read by the report).
+    - ``"torn"``: :func:`read_lines`' rule, for the records this run restores.
+    """
+    return [record for _, record in _read(Path(path), bad_lines)]
+
+
 def read_lines(path: Path) -> list[str]:
     """The whole JSON lines of a JSONL file. A torn last line (no newline, or not JSON: a writer died or
     the disk filled mid-line) is dropped with a warning; a bad line before the end is an error."""
+    return [line for line, _ in _read(Path(path), "torn")]
+
+
+def _read(path: Path, bad_lines: str) -> list[tuple[str, object]]:
+    """``(line, record)`` of each line :func:`read_jsonl`'s ``bad_lines`` rule keeps."""
+    if bad_lines == "raise":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [(line, json.loads(line)) for line in lines if line.strip()]
     if not path.exists():
         return []
+    if bad_lines == "skip":
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                out.append((line, record))
+        return out
+    if bad_lines != "torn":
+        raise ValueError(f"bad_lines={bad_lines!r}: one of raise, skip, torn")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -72,7 +103,7 @@ def read_lines(path: Path) -> list[str]:
         if not line.strip():
             continue
         try:
-            json.loads(line)
+            record = json.loads(line)
         except (json.JSONDecodeError, RecursionError):
             if number == len(whole) and not last:
                 last = line  # a garbled final line: torn as well
@@ -81,7 +112,7 @@ def read_lines(path: Path) -> list[str]:
                 f"{path}:{number} is not a JSON record (the file was edited or written by two runs): "
                 "delete the file and re-run; the checkpoint restores the metrics up to its step"
             ) from None
-        good.append(line)
+        good.append((line, record))
     if last.strip():
-        warnings.warn(f"{path}: dropped a torn last line ({len(last)} characters)", stacklevel=2)
+        warnings.warn(f"{path}: dropped a torn last line ({len(last)} characters)", stacklevel=3)
     return good
