@@ -64,6 +64,7 @@ __all__ = [
     "SUMMARY",
     "WANDB_RUN_ID",
     "atomic_write",
+    "check_same_config",
     "ArmDir",
     "ArmLock",
     "ArmLocked",
@@ -81,7 +82,7 @@ __all__ = [
     "writing",
 ]
 
-_CHECKPOINT_NAMES = {"restore", "rng_states", "set_rng_states", "trainable_state"}
+_CHECKPOINT_NAMES = {"check_same_config", "restore", "rng_states", "set_rng_states", "trainable_state"}
 
 
 def __getattr__(name: str):

@@ -1,5 +1,6 @@
 """An arm's checkpoint: adapter, optimizer and RNG states, the step, the config and the metrics lines up to
-that step, written aside and moved into place (a run killed mid-write keeps the previous one)."""
+that step, written aside and moved into place (a run killed mid-write keeps the previous one); and the
+resume rule (:func:`check_same_config`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ import torch
 
 from arca_sweep.arm_dir.files import ArmStateError, writing
 from arca_sweep.arm_dir.names import CHECKPOINT
+
+# Keys that may differ between an interrupted run and its resumption (none changes results): these,
+# and every logger.* key, so W&B can be turned on or off for a resumed arm.
+RESUME_FREE_KEYS = {"logger.progress", "threads", "device"}
+RESUME_FREE_PREFIXES = ("logger.",)
 
 
 def rng_states() -> dict:
@@ -92,3 +98,24 @@ def load(path: Path) -> dict | None:
     if missing:
         raise ArmStateError(f"{path} lacks {sorted(missing)}: not an arca-sweep checkpoint. Delete it.")
     return state
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def check_same_config(saved: dict, current: dict, out_dir: Path) -> None:
+    """The resume rule: a checkpoint is resumed only by the config it was taken under (``saved``), but for
+    :data:`RESUME_FREE_KEYS` and every ``logger.*`` key; else an :class:`ArmStateError` naming the keys."""
+    a, b = _flatten(saved), _flatten(current)
+    free = [k for k in a.keys() | b.keys() if k in RESUME_FREE_KEYS or k.startswith(RESUME_FREE_PREFIXES)]
+    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in free)
+    if diff:
+        raise ArmStateError(
+            f"{out_dir} holds a checkpoint of a different config ({', '.join(diff)} differ); "
+            "refusing to resume over it. Use another output dir (hydra.run.dir=...) or delete that one."
+        )
