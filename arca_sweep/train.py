@@ -6,7 +6,7 @@
 Writes into the arm's output dir: ``metrics.jsonl`` (a line per step), ``samples.jsonl`` (sample
 rollouts with every signal's token weights, every ``logger.samples_every`` steps), ``checkpoint.pt`` (every
 ``budget.checkpoint_every`` steps), ``eval/step_<n>.jsonl`` (every problem's result of the eval at step
-``n``; :mod:`arca_sweep.evaluation`), ``adapter/`` (the final peft adapter) and ``summary.json``.
+``n``; :mod:`arca_sweep.eval`), ``adapter/`` (the final peft adapter) and ``summary.json``.
 Re-running the same command resumes from the checkpoint; a finished arm is skipped.
 """
 
@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from arca_sweep.arm_dir import ArmDir, RunLog, check_same_config, restore, results_path
 from arca_sweep.config import validate
 from arca_sweep.diagnostics import FormatTokens, credit_metrics
-from arca_sweep.evaluation import encode_prompts, evaluate
+from arca_sweep.eval import encode_prompts, evaluate
 from arca_sweep.fidelity import fidelity_probe
 from arca_sweep.learner import Learner, group_advantages
 from arca_sweep.loggers import build_tracker

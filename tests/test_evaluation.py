@@ -1,4 +1,4 @@
-"""Per-problem eval results (``arca_sweep.evaluation``): the file's records agree with the returned
+"""Per-problem eval results (``arca_sweep.eval``): the file's records agree with the returned
 metrics, ids are stable, answers bounded, and the write is atomic."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from arca_sweep.arm_dir import atomic_write, results_path
-from arca_sweep.evaluation import MAX_ANSWER_CHARS, evaluate, read_results
+from arca_sweep.eval import MAX_ANSWER_CHARS, evaluate, read_results
 from arca_sweep.rollout import RolloutBatch
 from arca_sweep.tasks import Problem
 from arca_sweep.tasks.arith import ArithTask

@@ -12,7 +12,7 @@ peft adapter dir or an arm dir (its ``adapter/``); an arm's own overrides (``.hy
 so the arm's eval set and generation length are reproduced, and the command line's come on top.
 
 Writes into ``--out`` (default ``outputs/eval/<date>_<time>``): ``results.jsonl``, one line per problem in
-the format of a run's ``eval/step_<n>.jsonl`` (:mod:`arca_sweep.evaluation`), and ``summary.json``
+the format of a run's ``eval/step_<n>.jsonl`` (:mod:`arca_sweep.eval`), and ``summary.json``
 (accuracy overall and per level/subject, what was evaluated). Prints one line per breakdown.
 """
 
@@ -92,7 +92,7 @@ def evaluate_model(cfg, adapter: Path | None, out_dir: Path) -> dict:
     import torch
 
     from arca_sweep.config import validate
-    from arca_sweep.evaluation import evaluate, read_results
+    from arca_sweep.eval import evaluate, read_results
     from arca_sweep.model import load_tokenizer, resolve_device
     from arca_sweep.rollout import build_engine
     from arca_sweep.tasks import build_task
@@ -190,7 +190,3 @@ def main(argv: list[str] | None = None) -> dict:
 
 def cli() -> None:
     main()
-
-
-if __name__ == "__main__":
-    cli()

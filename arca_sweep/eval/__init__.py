@@ -1,4 +1,5 @@
-"""Greedy pass@1 on a held-out eval set, with every problem's result kept for paired comparisons.
+"""Greedy pass@1 on a held-out eval set, with every problem's result kept for paired comparisons (the
+library; the ``arca-sweep-eval`` command is :mod:`arca_sweep.eval.cli`).
 
 Each eval of an arm writes ``eval/step_<n>.jsonl`` in the arm's dir (:func:`arca_sweep.arm_dir.results_path`): one JSON
 line per problem, in eval-set order::
