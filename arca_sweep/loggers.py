@@ -9,18 +9,11 @@ weights), ``shadow/<signal>/*`` (every signal's weights from the same passes), `
 
 from __future__ import annotations
 
-import math
 import uuid
 import warnings
 from pathlib import Path
 
-
-def _clean(value):
-    """JSON-safe: NaN and inf become null (an undefined statistic, e.g. Spearman of a constant row)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
+from arca_sweep.arm_dir import WANDB_RUN_ID, atomic_write, json_safe
 
 RUN_MEAN_PREFIX = "run_mean/"
 NAME_FREE_KEYS = {"seed", "threads", "device"}  # with logger*: not in a W&B run's name
@@ -44,9 +37,9 @@ class WandbTracker:
         import wandb
 
         self.wandb = wandb
-        id_file = out_dir / "wandb_run_id.txt"
+        id_file = out_dir / WANDB_RUN_ID
         if not id_file.exists():
-            id_file.write_text(uuid.uuid4().hex[:12] + "\n")
+            atomic_write(id_file, uuid.uuid4().hex[:12] + "\n")
         kwargs = dict(
             project=logger_cfg.project,
             entity=logger_cfg.entity,
@@ -80,7 +73,7 @@ class WandbTracker:
             return self.wandb.init(mode="offline", settings=settings, **kwargs)
 
     def log(self, metrics: dict) -> None:
-        self.run.log({k: _clean(v) for k, v in metrics.items() if not isinstance(v, str)})
+        self.run.log({k: json_safe(v) for k, v in metrics.items() if not isinstance(v, str)})
 
     def log_samples(self, step: int, samples: list[dict]) -> None:
         """A bounded table of sample rollouts, each rendered as a token-weight heatmap."""

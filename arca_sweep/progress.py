@@ -12,13 +12,14 @@ vLLM's start-up chatter and its warnings that do not apply to how this project d
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
+
+from arca_sweep.arm_dir import METRICS, read_jsonl
 
 log = logging.getLogger("arca_sweep.train")
 
@@ -60,7 +61,7 @@ class Progress:
         self.name, self.total, self.every, self.every_s, self.clock = name, total, every, every_s, clock
         self.started = self.last_line = clock()
         self.start = start
-        self.accuracy = latest_eval(out_dir / "metrics.jsonl")  # (step, eval accuracy) of the latest eval
+        self.accuracy = latest_eval(out_dir / METRICS)  # (step, eval accuracy) of the latest eval
         self.bar = None
         if live:
             from tqdm.auto import tqdm
@@ -112,8 +113,8 @@ def latest_eval(metrics_path: Path) -> tuple[int, float] | None:
     if not metrics_path.is_file():
         return None
     found = None
-    for line in metrics_path.read_text().splitlines():
-        if line.strip() and (r := json.loads(line)).get("eval/accuracy") is not None:
+    for r in read_jsonl(metrics_path):
+        if r.get("eval/accuracy") is not None:
             found = (r["step"], r["eval/accuracy"])
     return found
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from arca_sweep.arm_dir import METRICS, SUMMARY, read_jsonl
+
 COLUMNS = [
     ("acc0", "eval/accuracy_initial"),
     ("acc", "eval/accuracy_final"),
@@ -28,9 +30,9 @@ def sweep_table(sweep_dir: Path) -> str:
     """Markdown table of the arms under ``sweep_dir``; unfinished arms are listed, not dropped."""
     rows, hashes = [], {}
     for arm in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()):
-        summary_path, metrics = arm / "summary.json", arm / "metrics.jsonl"
+        summary_path, metrics = arm / SUMMARY, arm / METRICS
         if metrics.exists():
-            records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            records = read_jsonl(metrics)
             hashes[arm.name] = [r["data/batch_hash"] for r in records if "data/batch_hash" in r]
         if not summary_path.exists():
             rows.append(f"| {arm.name} | " + " | ".join("-" for _ in COLUMNS) + " | not finished |")

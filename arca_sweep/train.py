@@ -6,7 +6,7 @@
 Writes into the arm's output dir: ``metrics.jsonl`` (a line per step), ``samples.jsonl`` (sample
 rollouts with every signal's token weights, every ``logger.samples_every`` steps), ``checkpoint.pt`` (every
 ``budget.checkpoint_every`` steps), ``eval/step_<n>.jsonl`` (every problem's result of the eval at step
-``n``; :mod:`arca_sweep.evaluation`), ``adapter/`` (the final peft adapter) and ``summary.json``.
+``n``; :mod:`arca_sweep.eval`), ``adapter/`` (the final peft adapter) and ``summary.json``.
 Re-running the same command resumes from the checkpoint; a finished arm is skipped.
 """
 
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from arca_sweep.arm_dir import ArmDir, ArmStateError, RunLog, restore
+from arca_sweep.arm_dir import ArmDir, RunLog, check_same_config, restore, results_path
 from arca_sweep.config import validate
 from arca_sweep.diagnostics import FormatTokens, credit_metrics
-from arca_sweep.evaluation import encode_prompts, evaluate, results_path
+from arca_sweep.eval import encode_prompts, evaluate
 from arca_sweep.fidelity import fidelity_probe
 from arca_sweep.learner import Learner, group_advantages
 from arca_sweep.loggers import build_tracker
@@ -36,11 +36,6 @@ from arca_sweep.progress import log as console
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
 from arca_sweep.rollout_correction import rollout_is_metrics
 from arca_sweep.tasks import Problem, batch_hash, build_task
-
-# Keys that may differ between an interrupted run and its resumption (none changes results): these,
-# and every logger.* key, so W&B can be turned on or off for a resumed arm.
-RESUME_FREE_KEYS = {"logger.progress", "threads", "device"}
-RESUME_FREE_PREFIXES = ("logger.",)
 
 
 def prompt_fitter(tokenizer, max_tokens: int | None, enable_thinking: bool = False):
@@ -67,7 +62,7 @@ def run(
     validate(cfg)
     arm = ArmDir(out_dir)
     arm.create()
-    with arm.lock():  # one run per arm dir, held to the end (arca_sweep/arm_dir.py)
+    with arm.lock():  # one run per arm dir, held to the end (arca_sweep/arm_dir/)
         if (summary := arm.read_summary()) is not None:
             console.info(skip_line(out_dir, summary))
             return summary
@@ -80,7 +75,7 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
     state = arm.load_checkpoint()  # before any model loads: a damaged one fails fast
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if state is not None:
-        _check_same_config(state["config"], resolved, out_dir)
+        check_same_config(state["config"], resolved, out_dir)
     t_start = time.time()
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))  # the job's CPUs, not the node's
     random.seed(cfg.seed)
@@ -290,22 +285,3 @@ def summarize(records: list[dict], overrides: list[str], wall_s: float, resumed_
         },
         "run_means": means,
     }
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def _check_same_config(saved: dict, current: dict, out_dir: Path) -> None:
-    a, b = _flatten(saved), _flatten(current)
-    free = [k for k in a.keys() | b.keys() if k in RESUME_FREE_KEYS or k.startswith(RESUME_FREE_PREFIXES)]
-    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in free)
-    if diff:
-        raise ArmStateError(
-            f"{out_dir} holds a checkpoint of a different config ({', '.join(diff)} differ); "
-            "refusing to resume over it. Use another output dir (hydra.run.dir=...) or delete that one."
-        )

@@ -129,12 +129,12 @@ def arca_worker(args) -> dict:
 
     from arca_sweep import kernels
     from arca_sweep.config import validate
+    from arca_sweep.eval import encode_prompts
     from arca_sweep.learner import Learner, group_advantages
     from arca_sweep.model import load_policy, load_tokenizer
     from arca_sweep.rollout import build_engine
     from arca_sweep.tasks import build_task
     from arca_sweep.testing import make_config
-    from arca_sweep.train import encode_prompts
 
     cfg = make_config(
         *_model_overrides(args),

@@ -14,7 +14,6 @@ vocabulary). Everything else is ``experiment=paper``. One arm per vLLM sync mode
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from arca_sweep import train  # noqa: E402
+from arca_sweep.arm_dir import METRICS, read_jsonl  # noqa: E402
 from arca_sweep.config import validate  # noqa: E402
 from arca_sweep.model import load_tokenizer  # noqa: E402
 from tests.conftest import make_config  # noqa: E402
@@ -84,7 +84,7 @@ def overrides(args) -> list[str]:
 
 
 def report(arm: Path, label: str, rows_per_step: int) -> None:
-    records = [json.loads(line) for line in (arm / "metrics.jsonl").read_text().splitlines()]
+    records = read_jsonl(arm / METRICS)
     for r in records:
         if r["step"] == 0:
             continue
@@ -118,10 +118,7 @@ def run_arm(args) -> None:
         )
     print(line, flush=True)
     report(args.out, f"[{args.sync}]", cfg.budget.prompts_per_step * cfg.budget.group_size)
-    if any(
-        "fidelity/arca/rel_err" not in r
-        for r in map(json.loads, (args.out / "metrics.jsonl").read_text().splitlines()[1:])
-    ):
+    if any("fidelity/arca/rel_err" not in r for r in read_jsonl(args.out / METRICS)[1:]):
         raise SystemExit("gpu_check: a step lacks the fidelity probe")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -13,7 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from arca_sweep.arm_dir import ArmDir, ArmLock, ArmLocked, ArmStateError, JsonlLogger, RunLog, read_lines
+from arca_sweep.arm_dir import (
+    ArmDir,
+    ArmLock,
+    ArmLocked,
+    ArmStateError,
+    JsonlLogger,
+    RunLog,
+    atomic_write,
+    read_jsonl,
+    read_lines,
+    writing,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,6 +113,26 @@ def test_stale_lock_of_same_slurm_job_on_same_host(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- records
 
 
+def test_atomic_write_replaces_whole_or_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "sub" / "summary.json"
+    atomic_write(path, "old\n")  # the parent is created
+    atomic_write(path, "new\n")
+    assert path.read_text() == "new\n" and sorted(path.parent.iterdir()) == [path]
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)  # the disk fills before the text is durable
+    with pytest.raises(
+        ArmStateError, match=r"no space left on device while writing .*summary.json.*Free space"
+    ):
+        with writing(path):
+            atomic_write(path, "newer\n")
+    assert path.read_text() == "new\n" and sorted(path.parent.iterdir()) == [path], "no temporary file left"
+    with pytest.raises(OSError, match="No space left"):  # outside writing(): the error as it came
+        atomic_write(path, "newer\n")
+
+
 def test_record_lines_torn_last_line_dropped_with_a_warning(tmp_path):
     path = tmp_path / "metrics.jsonl"
     log = JsonlLogger(path)
@@ -118,6 +150,22 @@ def test_record_lines_torn_last_line_dropped_with_a_warning(tmp_path):
     path.write_text('{"step": 0}\n{oops\n{"step": 1}\n')  # in the middle: not a torn write
     with pytest.raises(ArmStateError, match=r"metrics.jsonl:2 is not a JSON record.*delete"):
         read_lines(path)
+
+
+def test_read_jsonl_accepts_what_each_reader_accepts(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert read_jsonl(path, bad_lines="skip") == []
+    with pytest.raises(FileNotFoundError):
+        read_jsonl(path)
+    path.write_text('{"step": 0}\n\n[1]\n{"step": 1}\n{"step": 2, "lo')
+    assert read_jsonl(path, bad_lines="skip") == [{"step": 0}, {"step": 1}]  # a running arm, for the report
+    with pytest.raises(json.JSONDecodeError):
+        read_jsonl(path)
+    path.write_text('{"step": 0}\n\n{"step": 1}\n')
+    assert read_jsonl(path) == [{"step": 0}, {"step": 1}]
+    path.write_text('{"step": 0}\n{"step": 1')
+    with pytest.warns(UserWarning, match="dropped a torn last line"):
+        assert read_jsonl(path, bad_lines="torn") == [{"step": 0}]
 
 
 def test_resume_restores_deleted_or_truncated_metrics_from_the_checkpoint(tmp_path):

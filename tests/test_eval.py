@@ -1,4 +1,4 @@
-"""``arca-sweep-eval`` (arca_sweep/eval.py) against what the README states and what runs logged."""
+"""``arca-sweep-eval`` (arca_sweep/eval/cli.py) against what the README states and what runs logged."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from arca_sweep.evaluation import read_results, results_path
+from arca_sweep.arm_dir import results_path
+from arca_sweep.eval import read_results
 from tests.test_end_to_end import cli
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,13 +1,15 @@
-"""Per-problem eval results (``arca_sweep.evaluation``): the file's records agree with the returned
+"""Per-problem eval results (``arca_sweep.eval``): the file's records agree with the returned
 metrics, ids are stable, answers bounded, and the write is atomic."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
-from arca_sweep.evaluation import MAX_ANSWER_CHARS, evaluate, read_results, results_path, write_jsonl_atomic
+from arca_sweep.arm_dir import atomic_write, results_path
+from arca_sweep.eval import MAX_ANSWER_CHARS, evaluate, read_results
 from arca_sweep.rollout import RolloutBatch
 from arca_sweep.tasks import Problem
 from arca_sweep.tasks.arith import ArithTask
@@ -84,14 +86,8 @@ def test_breakdown_and_row_ids(tmp_path):
 
 def test_atomic_write_keeps_old_content_on_failure(tmp_path):
     path = tmp_path / "eval" / "step_0.jsonl"
-    write_jsonl_atomic(path, [{"id": 0, "correct": 1}])
-
-    class Unserializable:
-        pass
-
-    try:
-        write_jsonl_atomic(path, [{"id": 0}, {"id": 1, "bad": Unserializable()}])
-    except TypeError:
-        pass
+    atomic_write(path, json.dumps({"id": 0, "correct": 1}) + "\n")
+    with pytest.raises(UnicodeEncodeError):  # fails mid-write: the temporary file exists by then
+        atomic_write(path, json.dumps({"id": 0}) + "\n" + "\ud800")
     assert [json.loads(line) for line in path.read_text().splitlines()] == [{"id": 0, "correct": 1}]
     assert list(path.parent.iterdir()) == [path]

@@ -13,8 +13,8 @@ import numpy as np
 import yaml
 
 from arca_sweep import heatmap
+from arca_sweep.arm_dir import METRICS, SAMPLES, SUMMARY, read_jsonl, results_path
 from arca_sweep.credit import REGIMES
-from arca_sweep.evaluation import results_path
 from arca_sweep.report.stats import as_number, last_quarter, mean
 
 
@@ -89,21 +89,6 @@ def cell_label(cell: tuple) -> str:
     return ", ".join(f"{k}={v}" for k, v in cell) or "all arms"
 
 
-def _jsonl(path: Path) -> list[dict]:
-    """The records of a JSONL file; a missing file or a torn last line (a running arm) is skipped."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
-
-
 def _yaml(path: Path):
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
@@ -132,9 +117,9 @@ def load_arm(path: Path) -> Arm:
         overrides=read_cell_overrides(path),
         config=config,
         choices=(hydra.get("runtime") or {}).get("choices") or {},
-        records=_jsonl(path / "metrics.jsonl"),
-        samples=_jsonl(path / "samples.jsonl"),
-        finished=(path / "summary.json").exists(),
+        records=read_jsonl(path / METRICS, bad_lines="skip"),
+        samples=read_jsonl(path / SAMPLES, bad_lines="skip"),
+        finished=(path / SUMMARY).exists(),
     )
 
 
@@ -233,7 +218,7 @@ def eval_correct(arm: Arm, step: int | None = None) -> dict | None:
     path = results_path(arm.path, step)
     if not path.is_file():
         return None
-    rows = _jsonl(path)
+    rows = read_jsonl(path, bad_lines="skip")
     return {json.dumps(r["id"]): int(r["correct"]) for r in rows if "id" in r and "correct" in r} or None
 
 

@@ -12,7 +12,7 @@ peft adapter dir or an arm dir (its ``adapter/``); an arm's own overrides (``.hy
 so the arm's eval set and generation length are reproduced, and the command line's come on top.
 
 Writes into ``--out`` (default ``outputs/eval/<date>_<time>``): ``results.jsonl``, one line per problem in
-the format of a run's ``eval/step_<n>.jsonl`` (:mod:`arca_sweep.evaluation`), and ``summary.json``
+the format of a run's ``eval/step_<n>.jsonl`` (:mod:`arca_sweep.eval`), and ``summary.json``
 (accuracy overall and per level/subject, what was evaluated). Prints one line per breakdown.
 """
 
@@ -26,6 +26,8 @@ import random
 import sys
 import time
 from pathlib import Path
+
+from arca_sweep.arm_dir import ADAPTER, atomic_write
 
 log = logging.getLogger("arca_sweep.eval")
 
@@ -46,8 +48,8 @@ def arm_overrides(arm_dir: Path) -> list[str]:
 def locate_adapter(path: str) -> tuple[Path, Path | None]:
     """``(adapter dir, arm dir or None)`` for a peft adapter dir or an arm dir; a clear error otherwise."""
     p = Path(path).expanduser().resolve()
-    if (p / "adapter" / "adapter_config.json").is_file():
-        p = p / "adapter"
+    if (p / ADAPTER / "adapter_config.json").is_file():
+        p = p / ADAPTER
     if not (p / "adapter_config.json").is_file():
         hint = (
             " (the arm has not finished: its adapter/ is written at the end)"
@@ -90,7 +92,7 @@ def evaluate_model(cfg, adapter: Path | None, out_dir: Path) -> dict:
     import torch
 
     from arca_sweep.config import validate
-    from arca_sweep.evaluation import evaluate, read_results
+    from arca_sweep.eval import evaluate, read_results
     from arca_sweep.model import load_tokenizer, resolve_device
     from arca_sweep.rollout import build_engine
     from arca_sweep.tasks import build_task
@@ -132,7 +134,7 @@ def evaluate_model(cfg, adapter: Path | None, out_dir: Path) -> dict:
         "wall_s": round(time.time() - t0, 2),
         **metrics,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -188,7 +190,3 @@ def main(argv: list[str] | None = None) -> dict:
 
 def cli() -> None:
     main()
-
-
-if __name__ == "__main__":
-    cli()

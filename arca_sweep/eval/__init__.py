@@ -1,6 +1,7 @@
-"""Greedy pass@1 on a held-out eval set, with every problem's result kept for paired comparisons.
+"""Greedy pass@1 on a held-out eval set, with every problem's result kept for paired comparisons (the
+library; the ``arca-sweep-eval`` command is :mod:`arca_sweep.eval.cli`).
 
-Each eval of an arm writes ``eval/step_<n>.jsonl`` in the arm's dir (:func:`results_path`): one JSON
+Each eval of an arm writes ``eval/step_<n>.jsonl`` in the arm's dir (:func:`arca_sweep.arm_dir.results_path`): one JSON
 line per problem, in eval-set order::
 
     {"id": 17, "position": 0, "correct": 1, "answer": "66", "gold": "66", "response_tokens": 23,
@@ -16,11 +17,11 @@ written atomically (a temporary file, then a rename): a reader never sees half a
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from arca_sweep.arm_dir import atomic_write, read_jsonl
 from arca_sweep.rewards import last_boxed
 
 MAX_ANSWER_CHARS = 200
@@ -39,11 +40,6 @@ def encode_prompts(tokenizer, problems, enable_thinking: bool = False) -> list[l
         for p in problems
     ]
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-
-
-def results_path(arm_dir: Path, step: int) -> Path:
-    """Where an arm's per-problem results of the eval at ``step`` live."""
-    return Path(arm_dir) / "eval" / f"step_{step}.jsonl"
 
 
 def problem_id(problem):
@@ -87,22 +83,6 @@ def accuracy_metrics(correct, problems) -> dict:
     return out
 
 
-def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
-    """``path`` holds exactly ``records`` (a JSON line each) or its previous content, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in records))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def evaluate(
     engine,
     tokenizer,
@@ -124,10 +104,10 @@ def evaluate(
     if output_path is not None:
         lengths = batch.response_mask.sum(dim=1).tolist()
         records = problem_results(problems, batch.texts, correct, lengths, batch.finish_reasons)
-        write_jsonl_atomic(output_path, records)
+        atomic_write(output_path, "".join(json.dumps(r) + "\n" for r in records))
     return accuracy_metrics(correct, problems)
 
 
 def read_results(path: Path) -> list[dict]:
     """The records of an ``eval/step_<n>.jsonl`` file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path)

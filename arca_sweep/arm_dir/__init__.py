@@ -1,0 +1,143 @@
+"""An arm's output directory, and everything that reads or writes its run state.
+
+    metrics.jsonl   one JSON object per step, each step exactly once (step 0: the initial eval)
+    samples.jsonl   sample rollouts with every signal's token weights
+    checkpoint.pt   adapter, optimizer, RNG states, step (the data position is the step)
+    summary.json    written last: its presence means the arm is finished
+    run.lock        held for the whole run: pid, host, SLURM job id of the run using the dir
+    eval/step_<n>.jsonl   every problem's result of the eval at step n (:func:`results_path`)
+    adapter/        the final peft adapter
+    wandb_run_id.txt      with ``logger=wandb``: the W&B run's id, so a resumed arm continues that run
+
+Faults it survives, each tested in ``tests/test_faults.py`` with real processes and files:
+
+- Two runs in one dir: the second refuses at once (:class:`ArmLock`). The lock is a file created with
+  ``link()`` (atomic on NFS too) and also ``flock``-ed where the filesystem supports it. A lock left by a
+  dead process on this host, or by an earlier incarnation of this SLURM job (a requeue keeps the job id),
+  is taken over; any other is refused, naming its owner and how to clear it.
+- Kill -9 at any moment: each record line is one ``write()`` of the whole line, and a failed write
+  (disk full) is truncated back, so a line is whole or absent. Checkpoints are written to a temporary
+  file and moved into place, so a run killed mid-write keeps the previous one.
+- A torn, truncated or deleted ``metrics.jsonl``: the checkpoint carries the metrics lines up to its
+  step, and resuming rewrites the file from them (with a warning when they differed), so the record
+  never has a hole. ``samples.jsonl`` is illustrative and not carried: a torn line is dropped with a
+  warning.
+- Corrupt or unwritable state (a truncated ``checkpoint.pt``, an invalid ``summary.json``, a full disk):
+  one :class:`ArmStateError` naming the file, what is wrong and what to do.
+
+Resuming restores every RNG stream, so a resumed run continues exactly as an uninterrupted one (bit for
+bit on CPU).
+
+The modules: :mod:`~arca_sweep.arm_dir.names` (the files' names), :mod:`~arca_sweep.arm_dir.files` (writing
+and reading them), :mod:`~arca_sweep.arm_dir.lock`, :mod:`~arca_sweep.arm_dir.records` (metrics and
+samples), :mod:`~arca_sweep.arm_dir.checkpoint`; :class:`ArmDir` ties them to one directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from arca_sweep.arm_dir.files import ArmStateError, atomic_write, read_jsonl, read_lines, writing
+from arca_sweep.arm_dir.lock import ArmLock, ArmLocked
+from arca_sweep.arm_dir.names import (
+    ADAPTER,
+    CHECKPOINT,
+    EVAL_DIR,
+    LOCK,
+    METRICS,
+    SAMPLES,
+    SUMMARY,
+    WANDB_RUN_ID,
+    results_path,
+)
+from arca_sweep.arm_dir.records import JsonlLogger, RunLog, json_safe
+
+__all__ = [
+    "ADAPTER",
+    "CHECKPOINT",
+    "EVAL_DIR",
+    "LOCK",
+    "METRICS",
+    "SAMPLES",
+    "SUMMARY",
+    "WANDB_RUN_ID",
+    "atomic_write",
+    "check_same_config",
+    "ArmDir",
+    "ArmLock",
+    "ArmLocked",
+    "ArmStateError",
+    "JsonlLogger",
+    "RunLog",
+    "json_safe",
+    "read_jsonl",
+    "read_lines",
+    "restore",
+    "results_path",
+    "rng_states",
+    "set_rng_states",
+    "trainable_state",
+    "writing",
+]
+
+_CHECKPOINT_NAMES = {"check_same_config", "restore", "rng_states", "set_rng_states", "trainable_state"}
+
+
+def __getattr__(name: str):
+    """The checkpoint's names, imported on first use: they need torch, which the readers of an arm
+    (the report, the sweep table, the progress line) do not."""
+    if name in _CHECKPOINT_NAMES:
+        return getattr(_checkpoint(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _checkpoint():
+    return importlib.import_module("arca_sweep.arm_dir.checkpoint")
+
+
+class ArmDir:
+    """One arm's directory: its lock, checkpoint, records and summary."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.checkpoint_path = self.path / CHECKPOINT
+        self.summary_path = self.path / SUMMARY
+
+    def create(self) -> None:
+        with writing(self.path, "re-run"):
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    def lock(self) -> ArmLock:
+        return ArmLock(self.path / LOCK)
+
+    def read_summary(self) -> dict | None:
+        """The finished arm's summary, or None while the arm is unfinished."""
+        if not self.summary_path.exists():
+            return None
+        try:
+            return json.loads(self.summary_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ArmStateError(
+                f"{self.summary_path} is not valid JSON ({exc}): the arm's last write was cut short. Delete "
+                "it and re-run the same command: the arm resumes from its checkpoint and writes it again."
+            ) from None
+
+    def write_summary(self, summary: dict) -> None:
+        with writing(self.summary_path):
+            atomic_write(self.summary_path, json.dumps(summary, indent=1) + "\n")
+
+    def save_checkpoint(self, *, step: int, model, optimizer, config: dict, metrics_lines: list[str]) -> None:
+        """Adapter, optimizer, RNG states, step, config, and the metrics lines of steps 0..``step``."""
+        _checkpoint().save(
+            self.path, step=step, model=model, optimizer=optimizer, config=config, metrics_lines=metrics_lines
+        )
+
+    def load_checkpoint(self) -> dict | None:
+        """The checkpoint's state, or None when there is none; :class:`ArmStateError` when unreadable."""
+        return _checkpoint().load(self.checkpoint_path)
+
+    def save_adapter(self, model) -> None:
+        with writing(self.path / ADAPTER):
+            model.save_pretrained(self.path / ADAPTER)
