@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from arca_sweep.testing import make_config, randomize_adapter  # noqa: F401  (re-exported for the tests)
+from arca_sweep.testing import make_config
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ from arca_sweep import credit
 from arca_sweep.config import ConfigError, validate
 from arca_sweep.learner import Learner, hidden_index
 from arca_sweep.model import load_policy
-from tests.conftest import make_config, randomize_adapter
-from tests.test_signals_reference import _rows, make_batch, reference
+from arca_sweep.testing import make_batch, make_config, randomize_adapter
+from tests.test_signals_reference import _rows, reference
 
 PROMPTS = ["Compute 12 + 7.", "Compute 88 - 24 + 29.", "Compute 5 - 9."]
 RESPONSES = ["12 + 7 = 19\n\\boxed{19}", "88 - 24 = 64\n64 + 29 = 93\n\\boxed{93}", "The answer is -4."]

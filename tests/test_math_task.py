@@ -31,7 +31,7 @@ from arca_sweep.tasks.math import (
     prompt_order,
     subject_key,
 )
-from tests.conftest import make_config
+from arca_sweep.testing import make_config
 
 # MATH rows: level "Level n", subject in "type", gold only inside the solution
 MATH_ROWS = [

@@ -16,7 +16,7 @@ from arca_sweep.config import ConfigError, validate
 from arca_sweep.credit import GroupContext, TokenStats
 from arca_sweep.plugins import PluginError, load_callable
 from arca_sweep.tasks import build_task
-from tests.conftest import make_config
+from arca_sweep.testing import make_config
 from tests.test_end_to_end import records
 
 # The README's example module (README.md, "Plug-ins"), written into a temp dir outside the package.

@@ -10,8 +10,7 @@ import torch
 from arca_sweep import credit
 from arca_sweep.learner import Learner
 from arca_sweep.model import load_policy
-from tests.conftest import make_config, randomize_adapter
-from tests.test_signals_reference import make_batch
+from arca_sweep.testing import make_batch, make_config, randomize_adapter
 
 QUESTIONS = ("12 + 7", "88 - 24 + 29", "5 - 9", "40 + 2")
 RESPONSES = ("12 + 7 = 19\n\\boxed{19}", "88 - 24 = 64\n\\boxed{93}", "The answer is -4.", "\\boxed{42}")

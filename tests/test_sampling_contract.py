@@ -19,7 +19,7 @@ from arca_sweep.learner import Learner
 from arca_sweep.model import TINY_PATH, load_policy
 from arca_sweep.rollout import build_engine
 from arca_sweep.tasks import Problem
-from tests.conftest import make_config, randomize_adapter
+from arca_sweep.testing import make_config, randomize_adapter
 
 QWEN3_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.95, "min_p": 0.2}
 HOSTILE = {**QWEN3_SAMPLING, "repetition_penalty": 1.5, "no_repeat_ngram_size": 2}

@@ -12,27 +12,11 @@ import torch
 from arca_sweep import credit
 from arca_sweep.learner import Learner
 from arca_sweep.model import load_policy
-from arca_sweep.rollout import RolloutBatch, finish_masks
-from tests.conftest import make_config, randomize_adapter
+from arca_sweep.testing import make_batch, make_config, randomize_adapter
 
 # float32: 1e-5 absolute plus float32 round-off relative to the value (log-probs near -8 carry
 # ~1e-6 relative error from padding-dependent summation order); float64: the algorithm is exact.
 TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=2e-6), torch.float64: dict(atol=1e-9, rtol=1e-9)}
-
-
-def make_batch(tokenizer, prompts: list[str], responses: list[str], pad_width: int = 3) -> RolloutBatch:
-    """Left-padded prompts, right-padded responses (some ending in EOS, some cut off)."""
-    p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    r_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
-    r_ids = [ids + [tokenizer.eos_token_id] if i % 2 == 0 else ids for i, ids in enumerate(r_ids)]
-    pad = tokenizer.pad_token_id
-    p_w, r_w = max(map(len, p_ids)), max(map(len, r_ids)) + pad_width
-    prompt_ids = torch.tensor([[pad] * (p_w - len(x)) + x for x in p_ids])
-    prompt_mask = torch.tensor([[False] * (p_w - len(x)) + [True] * len(x) for x in p_ids])
-    response_ids = torch.tensor([x + [pad] * (r_w - len(x)) for x in r_ids])
-    mask, reasons = finish_masks(response_ids, [tokenizer.eos_token_id])
-    mask &= torch.tensor([[True] * len(x) + [False] * (r_w - len(x)) for x in r_ids])
-    return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, reasons, responses)
 
 
 def reference(model, prompt: list[int], response: list[int], layer: int, temperature: float) -> dict:
