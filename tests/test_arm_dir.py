@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from arca_sweep.arm_dir import ArmDir, ArmLock, ArmLocked, ArmStateError, JsonlLogger, RunLog, read_lines
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def dead_pid() -> int:

@@ -10,13 +10,12 @@ separate ``python -m arca_sweep`` processes, in parallel.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import cli, cli_env
 
 # (overrides, text the message must contain: the key, and where it matters the valid choices)
 CASES = [
@@ -103,13 +102,6 @@ RUNNER = f"RUN_MODULES = {RUN_MODULES!r}\n" + textwrap.dedent(
 )
 
 
-def env() -> dict:
-    return {
-        **{k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "ARCA_TRACEBACK")},
-        "PYTHONPATH": str(REPO),
-    }
-
-
 def test_table_has_the_issue_cases_and_enough_rows():
     assert len(CASES) >= 30
     keys = {args[0] for args, _ in CASES}
@@ -123,7 +115,7 @@ def test_every_bad_override_fails_fast_naming_the_key(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, json.dumps(table)],
         cwd=tmp_path,
-        env=env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -157,7 +149,7 @@ def test_separate_processes_fail_before_anything_is_written(tmp_path):
                 f"hydra.run.dir={tmp_path / str(i)}",
             ],
             cwd=tmp_path,
-            env=env(),
+            env=cli_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -180,13 +172,15 @@ def test_separate_processes_fail_before_anything_is_written(tmp_path):
 
 
 def test_traceback_on_request(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "arca_sweep", "seed=-1", f"hydra.run.dir={tmp_path / 'arm'}"],
+    env = cli_env(traceback=True)
+    proc = cli(
+        "seed=-1",
+        f"hydra.run.dir={tmp_path / 'arm'}",
         cwd=tmp_path,
-        env={**env(), "ARCA_TRACEBACK": "1"},
-        capture_output=True,
-        text=True,
+        quiet=False,
+        check=False,
         timeout=120,
+        env=env,
     )
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "seed=-1" in proc.stderr
 

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arca_sweep.grading import Grader, extract_boxed, gold_answer, verify
+from tests.helpers import REPO, cli, cli_env
 
-REPO = Path(__file__).resolve().parents[1]
 MATH_DIR = REPO.parent / "shared" / "data" / "math"
 HOSTILE_TIMEOUT_S = 2.0
 
@@ -349,13 +349,7 @@ def test_closed_grader_refuses_work():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "arca_sweep.grade", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli(*args, module="arca_sweep.grade", quiet=False, check=False, timeout=120, env=cli_env())
 
 
 def write_jsonl(path: Path, lines: list[str]) -> Path:

@@ -18,7 +18,7 @@ from arca_sweep.rollout_correction import (
     rollout_is_metrics,
 )
 from arca_sweep.testing import make_batch, make_config, randomize_adapter
-from tests.test_end_to_end import REPO, cli, records
+from tests.helpers import REPO, cli, records
 from tests.verl_peer import import_verl
 
 

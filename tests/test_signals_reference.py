@@ -11,8 +11,7 @@ import torch
 
 from arca_sweep import credit
 from arca_sweep.learner import Learner
-from arca_sweep.model import load_policy
-from arca_sweep.testing import make_batch, make_config, randomize_adapter
+from arca_sweep.testing import make_config
 
 # float32: 1e-5 absolute plus float32 round-off relative to the value (log-probs near -8 carry
 # ~1e-6 relative error from padding-dependent summation order); float64: the algorithm is exact.
@@ -48,20 +47,11 @@ def reference(model, prompt: list[int], response: list[int], layer: int, tempera
 
 
 @pytest.fixture(scope="module", params=[torch.float32, torch.float64], ids=["float32", "float64"])
-def setup(tiny_tokenizer, request):
-    cfg = make_config("rank=8", "learner.micro_batch_size=2", "learner.chunk_size=5")
-    model = load_policy(cfg.model, cfg.rank, torch.device("cpu"), seed=0).to(request.param)
-    randomize_adapter(model, scale=0.2)
-    prompts = [
-        tiny_tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"Compute {q}. Put the final answer in \\boxed{{}}."}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for q in ("12 + 7", "88 - 24 + 29", "5 - 9")
-    ]
+def setup(learner_setup, request):
+    questions = ("12 + 7", "88 - 24 + 29", "5 - 9")
     responses = ["12 + 7 = 19\n\\boxed{19}", "88 - 24 = 64\n64 + 29 = 93\n\\boxed{93}", "The answer is -4."]
-    return cfg, model, make_batch(tiny_tokenizer, prompts, responses)
+    overrides = ("rank=8", "learner.micro_batch_size=2", "learner.chunk_size=5")
+    return learner_setup(questions, responses, *overrides, scale=0.2, dtype=request.param, questions=True)
 
 
 def _rows(batch, i):

