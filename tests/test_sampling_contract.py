@@ -105,6 +105,7 @@ def test_checkpoint_generation_defaults_reach_transformers_unless_pinned(qwen3_d
     assert model.generation_config.min_p == 0.2
 
 
+@pytest.mark.slow  # 91 s (hf) and 166 s (vllm) on a loaded 2-core machine
 @pytest.mark.parametrize("engine_name", ["hf", "vllm"])
 def test_greedy_is_argmax_and_sampling_is_the_configured_softmax(qwen3_defaults_copy, engine_name):
     if engine_name == "vllm":
