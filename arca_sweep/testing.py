@@ -4,6 +4,7 @@
 - :func:`randomize_adapter`: a real, non-zero LoRA adapter (peft starts with B = 0, a no-op).
 - :func:`random_qwen3`: a Qwen3 checkpoint built from the released architecture's config with
   random weights (layers cut), saved locally: the 151,936-token vocabulary without a download.
+- :func:`make_batch`: a padded :class:`~arca_sweep.rollout.RolloutBatch` of given prompts and responses.
 """
 
 from __future__ import annotations
@@ -58,3 +59,20 @@ def random_qwen3(path, model: str, layers: int = 2):
     torch.manual_seed(0)
     Qwen3ForCausalLM(config).save_pretrained(path)
     return path
+
+
+def make_batch(tokenizer, prompts: list[str], responses: list[str], pad_width: int = 3):
+    """Left-padded prompts, right-padded responses (some ending in EOS, some cut off)."""
+    from arca_sweep.rollout import RolloutBatch, finish_masks
+
+    p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    r_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
+    r_ids = [ids + [tokenizer.eos_token_id] if i % 2 == 0 else ids for i, ids in enumerate(r_ids)]
+    pad = tokenizer.pad_token_id
+    p_w, r_w = max(map(len, p_ids)), max(map(len, r_ids)) + pad_width
+    prompt_ids = torch.tensor([[pad] * (p_w - len(x)) + x for x in p_ids])
+    prompt_mask = torch.tensor([[False] * (p_w - len(x)) + [True] * len(x) for x in p_ids])
+    response_ids = torch.tensor([x + [pad] * (r_w - len(x)) for x in r_ids])
+    mask, reasons = finish_masks(response_ids, [tokenizer.eos_token_id])
+    mask &= torch.tensor([[True] * len(x) + [False] * (r_w - len(x)) for x in r_ids])
+    return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, reasons, responses)

@@ -35,9 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from arca_sweep.fidelity import PROBED, cast_in_place, signal_values  # noqa: E402
 from arca_sweep.learner import Learner  # noqa: E402
 from arca_sweep.model import load_policy, load_tokenizer  # noqa: E402
-from tests.conftest import make_config, randomize_adapter  # noqa: E402
-from tests.test_paper_preset import random_qwen3  # noqa: E402
-from tests.test_signals_reference import make_batch  # noqa: E402
+from arca_sweep.testing import make_batch, make_config, random_qwen3, randomize_adapter  # noqa: E402
 
 SCALES = (0.005, 0.02, 0.05, 0.2)
 MODES = {

@@ -26,8 +26,7 @@ from arca_sweep import train  # noqa: E402
 from arca_sweep.arm_dir import METRICS, read_jsonl  # noqa: E402
 from arca_sweep.config import validate  # noqa: E402
 from arca_sweep.model import load_tokenizer  # noqa: E402
-from tests.conftest import make_config  # noqa: E402
-from tests.test_paper_preset import random_qwen3  # noqa: E402
+from arca_sweep.testing import make_config, random_qwen3  # noqa: E402
 
 REPORTED = [
     "rollout/logp_diff_max",

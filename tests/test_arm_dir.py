@@ -26,8 +26,7 @@ from arca_sweep.arm_dir import (
     read_lines,
     writing,
 )
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def dead_pid() -> int:

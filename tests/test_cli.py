@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from arca_sweep.main import CONF_DIR
+from tests.helpers import cli, cli_env
 
 CONF = Path(CONF_DIR)
 
 
 def help_text(tmp_path: Path, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "arca_sweep", *args, "--help"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = cli(*args, "--help", cwd=tmp_path, quiet=False, check=False, timeout=60, env=cli_env())
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -53,14 +43,7 @@ def test_help_shows_the_config_an_override_composes(tmp_path):
 def test_shell_completion_completes_group_options(tmp_path):
     """What `eval "$(arca-sweep -sc install=bash)"` asks for on <TAB> after `credit=`."""
     line = "arca-sweep credit="
-    env = {**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "arca_sweep", "-sc", "query=bash"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = cli_env(COMP_LINE=line, COMP_POINT=str(len(line)))
+    proc = cli("-sc", "query=bash", cwd=tmp_path, quiet=False, check=False, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert set(proc.stdout.split()) == {f"credit={p.stem}" for p in (CONF / "credit").glob("*.yaml")}

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from omegaconf import OmegaConf
 
 from arca_sweep.config import CHOICES, ConfigError, validate
 from arca_sweep.main import CONF_DIR, quote_numeric_choices, run_name
+from tests.helpers import cli, cli_env
 
 CONF = Path(CONF_DIR)
 # The app's config groups: every conf/ sub-directory holding at least one option file (conf/hydra
@@ -44,15 +43,7 @@ def compose_cfg(overrides: list[str] | None = None):
 
 
 def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(
-        [sys.executable, "-m", "arca_sweep", *args, "--cfg", "job"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return cli(*args, "--cfg", "job", cwd=tmp_path, quiet=False, check=False, timeout=60, env=cli_env())
 
 
 def available_options(output: str, group: str) -> set[str]:

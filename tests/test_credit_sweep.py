@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_end_to_end import check_arm_files, cli, records
+from tests.helpers import check_arm_files, cli, records
 
 METHODS = ("uniform", "arca", "entropy_mask", "clip_cov", "archer")
 

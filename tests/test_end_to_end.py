@@ -2,83 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-STEP_KEYS = [
-    "step",
-    "data/batch_hash",
-    "reward/mean",
-    "reward/frac_zero_std",
-    "loss",
-    *[f"credit/{m}/{s}" for m in ("gini", "etr") for s in ("mean", "p10", "p50", "p90")],
-    "credit/top5_mass/mean",
-    "credit/regime/uniform",
-    "credit/regime/middle",
-    "credit/regime/concentrated",
-    "credit/position/first5",
-    "credit/position/last5",
-    "credit/position/format",
-    *[
-        f"shadow/{sig}/{k}"
-        for sig in ("uniform", "surprisal", "entropy", "divergence", "arca")
-        for k in ("gini/mean", "etr/mean", "spearman")
-    ],
-    "rollout/logp_diff_mean",
-    "rollout/logp_diff_max",
-    "perf/rollout_s",
-    "perf/learner_s",
-    "perf/tokens_per_s",
-]
-
-
-def cli(*args: str, cwd: Path, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "arca_sweep", *args, "logger.progress=false"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"arca_sweep {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        )
-    return proc
-
-
-def records(arm: Path) -> list[dict]:
-    return [json.loads(line) for line in (arm / "metrics.jsonl").read_text().splitlines()]
-
-
-def check_arm_files(arm: Path, steps: int) -> list[dict]:
-    rows = records(arm)
-    assert [r["step"] for r in rows] == list(range(steps + 1)), (
-        "each step exactly once, step 0 = initial eval"
-    )
-    assert rows[0]["eval/accuracy"] is not None and rows[-1]["eval/accuracy"] is not None
-    for r in rows[1:]:
-        missing = [k for k in STEP_KEYS if k not in r]
-        assert not missing, f"{arm.name} step {r['step']} lacks {missing}"
-        assert 0 <= r["credit/gini/mean"] <= 1 and 0 < r["credit/etr/mean"] <= 1
-        assert abs(sum(r[f"credit/regime/{g}"] for g in ("uniform", "middle", "concentrated")) - 1) < 1e-6
-    summary = json.loads((arm / "summary.json").read_text())
-    assert summary["steps"] == steps and summary["eval/accuracy_initial"] == rows[0]["eval/accuracy"]
-    assert (arm / "adapter" / "adapter_model.safetensors").is_file()
-    assert (arm / "checkpoint.pt").is_file()
-    return rows
+from tests.helpers import check_arm_files, cli, cli_env, records
 
 
 @pytest.mark.slow
@@ -125,7 +58,9 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
 
     run_dir = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "arca_sweep", *args, f"hydra.run.dir={run_dir}", "logger.progress=false"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         metrics = run_dir / "metrics.jsonl"

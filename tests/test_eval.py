@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from arca_sweep.arm_dir import results_path
 from arca_sweep.eval import read_results
-from tests.test_end_to_end import cli
+from tests.helpers import REPO, cli, cli_env
 
-REPO = Path(__file__).resolve().parents[1]
 README_BASE_ACCURACY = 0.635  # README "What the demo shows": the tiny model on the demo's 200 eval problems
 
 
 def run_eval(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "arca_sweep.eval", *args, "threads=1"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+    return cli(*args, "threads=1", cwd=cwd, module="arca_sweep.eval", quiet=False, check=check, env=cli_env())
 
 
 def test_base_model_reproduces_the_readmes_accuracy(tmp_path):

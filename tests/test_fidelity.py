@@ -11,9 +11,9 @@ import torch
 from arca_sweep.fidelity import PROBED, cast_in_place, fidelity_probe, signal_values
 from arca_sweep.learner import Learner
 from arca_sweep.model import load_policy
-from tests.conftest import make_config, randomize_adapter
+from arca_sweep.testing import make_batch, make_config, randomize_adapter
 from tests.test_learner_fidelity import PROMPTS, RESPONSES
-from tests.test_signals_reference import make_batch, reference
+from tests.test_signals_reference import reference
 
 
 def bf16_run(tokenizer):

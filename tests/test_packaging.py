@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from arca_sweep.main import CONF_DIR
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def test_pyproject_lists_every_package():

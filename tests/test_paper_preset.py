@@ -11,9 +11,8 @@ import torch
 from arca_sweep.config import validate
 from arca_sweep.learner import Learner
 from arca_sweep.model import load_policy
-from arca_sweep.testing import make_config, random_qwen3
-from tests.test_end_to_end import cli, records
-from tests.test_signals_reference import make_batch
+from arca_sweep.testing import make_batch, make_config, random_qwen3
+from tests.helpers import cli, records
 
 
 def test_paper_preset_composes_with_the_papers_settings():

@@ -4,7 +4,6 @@ module outside the package, checked before any model is loaded, and run in a swe
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +15,9 @@ from arca_sweep.config import ConfigError, validate
 from arca_sweep.credit import GroupContext, TokenStats
 from arca_sweep.plugins import PluginError, load_callable
 from arca_sweep.tasks import build_task
-from tests.conftest import make_config
-from tests.test_end_to_end import records
+from arca_sweep.testing import make_config
+from tests.helpers import cli as run_cli
+from tests.helpers import cli_env, records
 
 # The README's example module (README.md, "Plug-ins"), written into a temp dir outside the package.
 USER_MODULE = '''
@@ -124,21 +124,8 @@ def test_packaged_examples_are_the_defaults():
 
 
 def cli(*args, cwd: Path, pythonpath: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-m", "arca_sweep", *args, "logger.progress=false"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"arca_sweep {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        )
-    return proc
+    env = cli_env(hydra_full_error=True, pythonpath=[pythonpath])
+    return run_cli(*args, cwd=cwd, check=check, timeout=900, env=env)
 
 
 def test_a_broken_plugin_fails_before_any_compute(user_dir, tmp_path):

@@ -9,9 +9,7 @@ import torch
 
 from arca_sweep import credit
 from arca_sweep.learner import Learner
-from arca_sweep.model import load_policy
-from tests.conftest import make_config, randomize_adapter
-from tests.test_signals_reference import make_batch
+from arca_sweep.testing import make_config
 
 QUESTIONS = ("12 + 7", "88 - 24 + 29", "5 - 9", "40 + 2")
 RESPONSES = ("12 + 7 = 19\n\\boxed{19}", "88 - 24 = 64\n\\boxed{93}", "The answer is -4.", "\\boxed{42}")
@@ -19,18 +17,9 @@ ADVANTAGES = torch.tensor([1.0, -1.0, 0.7, -0.7])
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_tokenizer):
-    model = load_policy(make_config().model, make_config().rank, torch.device("cpu"), seed=0)
-    randomize_adapter(model, scale=0.05)
-    prompts = [
-        tiny_tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"Compute {q}. Put the final answer in \\boxed{{}}."}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for q in QUESTIONS
-    ]
-    return model, make_batch(tiny_tokenizer, prompts, list(RESPONSES))
+def setup(learner_setup):
+    _, model, batch = learner_setup(QUESTIONS, RESPONSES, scale=0.05, questions=True)
+    return model, batch
 
 
 def _params(model):

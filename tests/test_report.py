@@ -19,6 +19,7 @@ from matplotlib.image import imread
 from arca_sweep import heatmap
 from arca_sweep.credit import shadow_names
 from arca_sweep.report import build_report, main
+from tests.helpers import cli, cli_env
 
 SIGNALS = ["uniform", "surprisal", "entropy", "divergence", "arca"]
 REGIMES = ["uniform", "middle", "concentrated"]
@@ -31,7 +32,6 @@ RUN_MEAN_KEYS = [
     *((r, f"credit/regime/{r}") for r in REGIMES),
     ("tokens/s", "perf/tokens_per_s"),
 ]
-REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------------------------
 # A synthetic sweep dir
@@ -424,8 +424,7 @@ def test_page_html_is_standalone():
 
 
 def run_report_cli(sweep_dir: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "arca_sweep.report", str(sweep_dir)]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    return cli(sweep_dir, module="arca_sweep.report", quiet=False, check=False, timeout=120, env=cli_env())
 
 
 def test_cli_prints_report_path(tmp_path):

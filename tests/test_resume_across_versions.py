@@ -9,35 +9,23 @@ command's uninterrupted records and final adapter, also from de630b0."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, cli
+
 DATA = REPO / "tests" / "data"
 ARGS = ["budget=smoke", "budget.steps=6", "threads=1"]
 
 pytestmark = pytest.mark.slow
 
 
-def run(run_dir: Path) -> subprocess.CompletedProcess:
-    env = {**{k: v for k, v in os.environ.items() if k != "ARCA_TRACEBACK"}, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "arca_sweep", *ARGS, f"hydra.run.dir={run_dir}"],
-        cwd=run_dir.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+def run(run_dir: Path):
+    return cli(*ARGS, f"hydra.run.dir={run_dir}", cwd=run_dir.parent, quiet=False)
 
 
 def records(path: Path) -> list[dict]:

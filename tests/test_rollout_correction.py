@@ -17,9 +17,8 @@ from arca_sweep.rollout_correction import (
     rollout_correction_weights,
     rollout_is_metrics,
 )
-from tests.conftest import make_config, randomize_adapter
-from tests.test_end_to_end import REPO, cli, records
-from tests.test_signals_reference import make_batch
+from arca_sweep.testing import make_batch, make_config, randomize_adapter
+from tests.helpers import REPO, cli, records
 from tests.verl_peer import import_verl
 
 

@@ -19,7 +19,7 @@ from arca_sweep.learner import Learner
 from arca_sweep.model import TINY_PATH, load_policy
 from arca_sweep.rollout import build_engine
 from arca_sweep.tasks import Problem
-from tests.conftest import make_config, randomize_adapter
+from arca_sweep.testing import make_config, randomize_adapter
 
 QWEN3_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.95, "min_p": 0.2}
 HOSTILE = {**QWEN3_SAMPLING, "repetition_penalty": 1.5, "no_repeat_ngram_size": 2}
@@ -105,6 +105,7 @@ def test_checkpoint_generation_defaults_reach_transformers_unless_pinned(qwen3_d
     assert model.generation_config.min_p == 0.2
 
 
+@pytest.mark.slow  # 91 s (hf) and 166 s (vllm) on a loaded 2-core machine
 @pytest.mark.parametrize("engine_name", ["hf", "vllm"])
 def test_greedy_is_argmax_and_sampling_is_the_configured_softmax(qwen3_defaults_copy, engine_name):
     if engine_name == "vllm":

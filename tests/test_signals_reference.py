@@ -11,28 +11,11 @@ import torch
 
 from arca_sweep import credit
 from arca_sweep.learner import Learner
-from arca_sweep.model import load_policy
-from arca_sweep.rollout import RolloutBatch, finish_masks
-from tests.conftest import make_config, randomize_adapter
+from arca_sweep.testing import make_config
 
 # float32: 1e-5 absolute plus float32 round-off relative to the value (log-probs near -8 carry
 # ~1e-6 relative error from padding-dependent summation order); float64: the algorithm is exact.
 TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=2e-6), torch.float64: dict(atol=1e-9, rtol=1e-9)}
-
-
-def make_batch(tokenizer, prompts: list[str], responses: list[str], pad_width: int = 3) -> RolloutBatch:
-    """Left-padded prompts, right-padded responses (some ending in EOS, some cut off)."""
-    p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    r_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
-    r_ids = [ids + [tokenizer.eos_token_id] if i % 2 == 0 else ids for i, ids in enumerate(r_ids)]
-    pad = tokenizer.pad_token_id
-    p_w, r_w = max(map(len, p_ids)), max(map(len, r_ids)) + pad_width
-    prompt_ids = torch.tensor([[pad] * (p_w - len(x)) + x for x in p_ids])
-    prompt_mask = torch.tensor([[False] * (p_w - len(x)) + [True] * len(x) for x in p_ids])
-    response_ids = torch.tensor([x + [pad] * (r_w - len(x)) for x in r_ids])
-    mask, reasons = finish_masks(response_ids, [tokenizer.eos_token_id])
-    mask &= torch.tensor([[True] * len(x) + [False] * (r_w - len(x)) for x in r_ids])
-    return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, reasons, responses)
 
 
 def reference(model, prompt: list[int], response: list[int], layer: int, temperature: float) -> dict:
@@ -64,20 +47,11 @@ def reference(model, prompt: list[int], response: list[int], layer: int, tempera
 
 
 @pytest.fixture(scope="module", params=[torch.float32, torch.float64], ids=["float32", "float64"])
-def setup(tiny_tokenizer, request):
-    cfg = make_config("rank=8", "learner.micro_batch_size=2", "learner.chunk_size=5")
-    model = load_policy(cfg.model, cfg.rank, torch.device("cpu"), seed=0).to(request.param)
-    randomize_adapter(model, scale=0.2)
-    prompts = [
-        tiny_tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"Compute {q}. Put the final answer in \\boxed{{}}."}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for q in ("12 + 7", "88 - 24 + 29", "5 - 9")
-    ]
+def setup(learner_setup, request):
+    questions = ("12 + 7", "88 - 24 + 29", "5 - 9")
     responses = ["12 + 7 = 19\n\\boxed{19}", "88 - 24 = 64\n64 + 29 = 93\n\\boxed{93}", "The answer is -4."]
-    return cfg, model, make_batch(tiny_tokenizer, prompts, responses)
+    overrides = ("rank=8", "learner.micro_batch_size=2", "learner.chunk_size=5")
+    return learner_setup(questions, responses, *overrides, scale=0.2, dtype=request.param, questions=True)
 
 
 def _rows(batch, i):

@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 
 from arca_sweep.launching import ArmFailed, arm_log_path, name_failed_arm
 from arca_sweep.main import CONF_DIR
-from tests.conftest import make_config
-from tests.test_end_to_end import REPO, check_arm_files, cli
+from arca_sweep.testing import make_config
+from tests.helpers import REPO, check_arm_files, cli
 
 TINY_MODEL = REPO / "arca_sweep" / "assets" / "tiny-arith"
 SMOKE_STEPS = make_config("budget=smoke").budget.steps

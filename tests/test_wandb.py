@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from arca_sweep.loggers import default_group
-from tests.test_end_to_end import cli, records
+from tests.helpers import cli, records
 from tests.wandb_offline import run_view
 
 
