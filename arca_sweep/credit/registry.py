@@ -12,9 +12,10 @@ output.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -192,6 +193,10 @@ class Method:
     defines_weights: bool = False
     normalize: str | None = None
 
+    def bind(self, options: Mapping[str, object]) -> Method:
+        """This method with ``options`` bound: ``fn(stats, ctx)`` calls ``fn(stats, ctx, **options)``."""
+        return replace(self, fn=functools.partial(self.fn, **options))
+
 
 METHODS: dict[str, Method] = {}
 
@@ -247,7 +252,7 @@ def needed_stats(names: Iterable[str], options: Mapping[str, object] | None = No
     """Union of the TokenStats fields the named signals or methods read under ``options`` (mode,
     estimator)."""
     options = options or {}
-    return set().union(*(METHODS[n].needs if n in METHODS else _lookup(n).needs_for(options) for n in names))
+    return set().union(*(method(n, signal_options=options).needs for n in names))
 
 
 def salience(name: str, stats: TokenStats, **options) -> torch.Tensor:
@@ -255,16 +260,22 @@ def salience(name: str, stats: TokenStats, **options) -> torch.Tensor:
     return _lookup(name).fn(stats, **options)
 
 
-def as_method(name: str) -> Method:
-    """The method ``name``; a signal becomes a row-scope method whose salience is the signal."""
+def method(
+    name: str, options: Mapping[str, object] | None = None, signal_options: Mapping[str, object] | None = None
+) -> Method:
+    """Credit ``name`` as a method called ``fn(stats, ctx)``: its options bound, ``needs`` the fields it
+    reads under them. A registered method takes ``options`` (its keyword options: ``credit.options``);
+    a signal becomes a row-scope method whose salience is the signal (with weights worth the shadow
+    diagnostics) and takes ``signal_options`` (``mode``, ``estimator``: ``credit.mode``/``estimator``)."""
     if name in METHODS:
-        return METHODS[name]
+        return METHODS[name].bind(options or {})
     signal = _lookup(name)
+    signal_options = dict(signal_options or {})
 
-    def from_signal(stats: TokenStats, ctx: GroupContext, **options) -> TokenCredit:
-        return TokenCredit(salience=signal.fn(stats, **options))
+    def from_signal(stats: TokenStats, ctx: GroupContext) -> TokenCredit:
+        return TokenCredit(salience=signal.fn(stats, **signal_options))
 
-    return Method(name, from_signal, signal.needs, "row", True, None)
+    return Method(name, from_signal, signal.needs_for(signal_options), "row", True, None)
 
 
 def custom_method(fn: Callable, needs: Iterable[str] | None = None) -> Method:
