@@ -17,7 +17,7 @@ import torch
 import torch.utils.checkpoint
 
 from arca_sweep import credit
-from arca_sweep.fidelity import compute_context
+from arca_sweep.diagnostics.fidelity import compute_context
 from arca_sweep.rollout import RolloutBatch
 from arca_sweep.rollout_correction import resolve_mode, rollout_correction_weights
 from arca_sweep.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
@@ -214,7 +214,7 @@ def forward_hidden(
     LM head); the forward stops after the last decoder layer it depends on and returns
     ``(None, hidden)``. ``checkpoint``: recompute each layer's activations in backward.
     ``autocast_bf16``: matmuls in bf16 over the (float32) weights, residual stream in float32
-    (:func:`arca_sweep.fidelity.compute_context`).
+    (:func:`arca_sweep.diagnostics.fidelity.compute_context`).
     """
     decoder, _ = _decoder_and_head(model)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

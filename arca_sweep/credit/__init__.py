@@ -10,25 +10,14 @@ a :class:`GroupContext` (advantages, rewards, the group's other rollouts).
 - :mod:`~arca_sweep.credit.signals`: the five signals (a sixth is one function there);
 - :mod:`~arca_sweep.credit.normalization`: salience into weights;
 - :mod:`~arca_sweep.credit.methods`, :mod:`~arca_sweep.credit.ktae`: the six literature methods
-  (a seventh is one function);
-- :mod:`~arca_sweep.credit.concentration`: Gini, effective token ratio and the other statistics of
-  how concentrated weights are.
+  (a seventh is one function).
 
-Every name users import from ``arca_sweep.credit`` is re-exported here.
+Every name users import from ``arca_sweep.credit`` is re-exported here, including the statistics of
+how concentrated weights are (``gini``, ``effective_token_ratio``, ``REGIMES``, ...), which live in
+:mod:`arca_sweep.diagnostics.concentration`.
 """
 
 from arca_sweep.credit import signals  # noqa: F401  (registers the five signals)
-from arca_sweep.credit.concentration import (
-    REGIMES,
-    edge_mass,
-    effective_token_ratio,
-    gini,
-    masked_share,
-    regimes,
-    spearman,
-    summarize_weights,
-    top_mass,
-)
 from arca_sweep.credit.ktae import key_token_scores
 from arca_sweep.credit.methods import (
     clip_cov_selection,
@@ -57,6 +46,17 @@ from arca_sweep.credit.registry import (
     register_signal,
     salience,
     shadow_names,
+)
+from arca_sweep.diagnostics.concentration import (
+    REGIMES,
+    edge_mass,
+    effective_token_ratio,
+    gini,
+    masked_share,
+    regimes,
+    spearman,
+    summarize_weights,
+    top_mass,
 )
 
 __all__ = [

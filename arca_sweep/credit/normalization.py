@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from arca_sweep.credit.concentration import average_ranks
 from arca_sweep.credit.registry import check_choice
+from arca_sweep.diagnostics.concentration import average_ranks
 
 NORMALIZE_METHODS = ("mean", "softmax", "rank", "none")
 
