@@ -12,10 +12,9 @@ import numpy as np
 import yaml
 
 from arca_sweep import heatmap
+from arca_sweep.diagnostics.concentration import REGIMES
 from arca_sweep.evaluation import results_path
 from arca_sweep.report_stats import as_number, last_quarter, mean
-
-REGIMES = ("uniform", "middle", "concentrated")
 
 
 class NotASweepError(ValueError):
