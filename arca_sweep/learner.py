@@ -17,7 +17,7 @@ import torch
 import torch.utils.checkpoint
 
 from arca_sweep import credit
-from arca_sweep.fidelity import compute_context
+from arca_sweep.diagnostics.fidelity import compute_context
 from arca_sweep.rollout import RolloutBatch
 from arca_sweep.rollout_correction import resolve_mode, rollout_correction_weights
 from arca_sweep.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
@@ -214,7 +214,7 @@ def forward_hidden(
     LM head); the forward stops after the last decoder layer it depends on and returns
     ``(None, hidden)``. ``checkpoint``: recompute each layer's activations in backward.
     ``autocast_bf16``: matmuls in bf16 over the (float32) weights, residual stream in float32
-    (:func:`arca_sweep.fidelity.compute_context`).
+    (:func:`arca_sweep.diagnostics.fidelity.compute_context`).
     """
     decoder, _ = _decoder_and_head(model)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -372,23 +372,21 @@ class Learner:
         )
 
     def _method(self, name: str) -> credit.Method:
+        """Method ``name`` with its options bound: credit.options for the training method, and
+        credit.mode/estimator for a signal (:func:`arca_sweep.credit.method`)."""
+        options = dict(self.cfg.credit.options or {}) if name == self.cfg.credit.name else {}
         if name != "custom":
-            return credit.as_method(name)
+            return credit.method(name, options, self.signal_options)
         from arca_sweep.plugins import load_callable
 
-        return credit.custom_method(load_callable(self.cfg.credit.target, "credit.target"))
+        return credit.custom_method(load_callable(self.cfg.credit.target, "credit.target")).bind(options)
 
     def _needs(self, name: str) -> set[str]:
-        if name in credit.SIGNALS:
-            return set(credit.needed_stats([name], self.signal_options))
         return set(self.methods[name].needs)
 
     def credit_of(self, name: str, stats: credit.TokenStats, ctx: credit.GroupContext) -> credit.TokenCredit:
-        """Method ``name``'s TokenCredit: signals take credit.mode/estimator, methods credit.options."""
-        if name in credit.SIGNALS:
-            return self.methods[name].fn(stats, ctx, **self.signal_options)
-        options = dict(self.cfg.credit.options) if name == self.cfg.credit.name else {}
-        return self.methods[name].fn(stats, ctx, **options)
+        """Method ``name``'s TokenCredit, its options bound by :meth:`_method`."""
+        return self.methods[name].fn(stats, ctx)
 
     def normalized(self, name: str, salience: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Token weights of ``name``: credit.normalize for the training method and the signals, a

@@ -74,7 +74,7 @@ def plugin_errors(cfg) -> list[str]:
             credit.custom_method(fn)
         except (PluginError, ValueError) as exc:
             errors.append(str(exc))
-    if c.name != "custom" and (c.name in credit.METHODS or c.name in credit.SIGNALS):
+    if c.name != "custom" and c.name in credit.method_names():
         valid = credit.method_options(c.name)
         if unknown := sorted(set(options) - set(valid)):
             choices = ", ".join(valid) if valid else "none (this method takes no options)"

@@ -17,7 +17,7 @@ the errors on the remaining tokens are as large as the signal (the median is pri
 
 Modes: ``bf16`` (weights and compute in bf16), ``bf16_autocast`` (float32 weights, bf16 matmuls,
 float32 residual stream: ``model.dtype=float32 learner.autocast_bf16=true``), ``fp32``. Each mode is
-the same model cast in place (:func:`arca_sweep.fidelity.cast_in_place`): one resident copy. Scoring
+the same model cast in place (:func:`arca_sweep.diagnostics.fidelity.cast_in_place`): one resident copy. Scoring
 time per mode is wall seconds of one ``Learner.score`` on this CPU.
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from arca_sweep.fidelity import PROBED, cast_in_place, signal_values  # noqa: E402
+from arca_sweep.diagnostics.fidelity import PROBED, cast_in_place, signal_values  # noqa: E402
 from arca_sweep.learner import Learner  # noqa: E402
 from arca_sweep.model import load_policy, load_tokenizer  # noqa: E402
 from arca_sweep.testing import make_batch, make_config, random_qwen3, randomize_adapter  # noqa: E402

@@ -66,7 +66,7 @@ def test_register_method_checks_and_signals_become_methods():
     stats = TokenStats(
         mask=torch.tensor([[True, True, False]]), logp=torch.log(torch.tensor([[0.5, 0.25, 1.0]]))
     )
-    out = credit.as_method("surprisal").fn(stats, ctx_of([1.0], 1))
+    out = credit.method("surprisal").fn(stats, ctx_of([1.0], 1))
     torch.testing.assert_close(out.salience, torch.tensor([[math.log(2), 2 * math.log(2), 0.0]]))
     assert out.bonus is None and out.clip_low is None and out.grad_mask is None
 

@@ -8,7 +8,7 @@ import copy
 
 import torch
 
-from arca_sweep.fidelity import PROBED, cast_in_place, fidelity_probe, signal_values
+from arca_sweep.diagnostics.fidelity import PROBED, cast_in_place, fidelity_probe, signal_values
 from arca_sweep.learner import Learner
 from arca_sweep.model import load_policy
 from arca_sweep.testing import make_batch, make_config, randomize_adapter

@@ -1,6 +1,10 @@
 """Per-step credit diagnostics (SPEC "Diagnostics"): the training signal's weights under
 ``credit/``, every signal's under ``shadow/<signal>/`` with its Spearman correlation to the
-training signal, and which tokens are format tokens."""
+training signal, and which tokens are format tokens.
+
+The statistics themselves (Gini, effective token ratio, regimes, Spearman) are in
+:mod:`~arca_sweep.diagnostics.concentration`; the precision probe (``fidelity/<signal>/rel_err``) is
+:mod:`~arca_sweep.diagnostics.fidelity`."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import unicodedata
 
 import torch
 
-from arca_sweep import credit
+from arca_sweep.diagnostics.concentration import spearman, summarize_weights
 
 PUNCTUATION = set(string.punctuation)
 # Chat-template and reasoning markup of the Qwen3 family (and ChatML): format, whatever the tokenizer
@@ -78,15 +82,15 @@ def credit_metrics(
     thresholds = dict(uniform_at=uniform_at, concentrated_at=concentrated_at)
     out = {
         f"credit/{k}": v
-        for k, v in credit.summarize_weights(weights, mask, format_mask=format_mask, **thresholds).items()
+        for k, v in summarize_weights(weights, mask, format_mask=format_mask, **thresholds).items()
     }
     for name, w in shadow_weights.items():
         on = ~w.isnan().any(-1)  # rows off the shadow sample (diagnostics.shadow_sample) are NaN
         w, w_mask, w_train = w[on], mask[on], weights[on]
-        summary = credit.summarize_weights(w, w_mask, **thresholds)
+        summary = summarize_weights(w, w_mask, **thresholds)
         for key in ("gini/mean", "etr/mean", "regime/uniform", "regime/middle", "regime/concentrated"):
             out[f"shadow/{name}/{key}"] = summary[key]
-        rho = credit.spearman(w, w_train, w_mask)
+        rho = spearman(w, w_train, w_mask)
         rho = rho[~rho.isnan()]
         out[f"shadow/{name}/spearman"] = rho.mean().item() if rho.numel() else float("nan")
     return out
