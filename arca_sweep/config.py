@@ -12,7 +12,9 @@ configure :mod:`arca_sweep.learner`.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,21 +227,26 @@ def _signals() -> tuple[str, ...]:
     return (*method_names(), "custom")
 
 
+def _registry(module: str, name: str) -> Callable[[], tuple[str, ...]]:
+    """The choices that ``module.name`` holds, imported when validating: importing this module stays light."""
+    return lambda: tuple(getattr(importlib.import_module(module), name))
+
+
 CHOICES: dict[str, Any] = {
     "credit.name": _signals,
-    "credit.normalize": ("mean", "softmax", "rank", "none"),
+    "credit.normalize": _registry("arca_sweep.credit", "NORMALIZE_METHODS"),
     "credit.mode": ("clamp", "abs"),
     "credit.estimator": ("exact", "k3"),
-    "loss.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
-    "loss.rollout_correction": ("auto", "none", "token", "sequence"),
+    "loss.agg": _registry("arca_sweep.learner", "LOSS_AGGS"),
+    "loss.rollout_correction": _registry("arca_sweep.rollout_correction", "MODES"),
     "advantage.scale": ("std", "none"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "model.cpu_matmul": ("onednn", "aten"),
+    "model.cpu_matmul": _registry("arca_sweep.kernels", "CHOICES"),
     "rollout.name": ("auto", "hf", "vllm"),
     "rollout.sync": ("adapter", "merged"),
     "logger.name": ("jsonl", "wandb"),
     "logger.mode": ("offline", "online", "disabled"),
-    "data.name": ("arith", "math", "math500", "jsonl"),
+    "data.name": _registry("arca_sweep.tasks", "TASKS"),
     "device": ("auto", "cpu", "cuda"),
     "diagnostics.fidelity_dtype": ("float64", "float32"),
 }
