@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arca_sweep.grading import WALL_BACKSTOP_FACTOR, Grader, extract_boxed, gold_answer, verify
+from arca_sweep.grade import WALL_BACKSTOP_FACTOR, Grader, extract_boxed, gold_answer, verify
 
 REPO = Path(__file__).resolve().parents[1]
 MATH_DIR = REPO.parent / "shared" / "data" / "math"

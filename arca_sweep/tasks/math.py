@@ -13,7 +13,7 @@ case-insensitively, with "&" read as "and" and spaces as "_", so ``counting_and_
 EleutherAI/hendrycks_math config name) selects "Counting & Probability".
 
 Reward: 1.0 when the response's last boxed answer is equivalent to the gold answer, else 0.0, graded in
-:class:`arca_sweep.grading.Grader`'s worker processes; a timeout or a worker error scores 0 and is counted.
+:class:`arca_sweep.grade.Grader`'s worker processes; a timeout or a worker error scores 0 and is counted.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from arca_sweep.errors import DataError, DataFileNotFound, UserError, json_value, utf8_text
-from arca_sweep.grading import Grader, gold_answer
+from arca_sweep.grade import Grader, gold_answer
 from arca_sweep.tasks import Problem
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
