@@ -12,7 +12,9 @@ configure :mod:`arca_sweep.learner`.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,10 +152,10 @@ class LossConfig:
     agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (Dr.GRPO)
     clip_low: float = 0.2  # eps_low
     clip_high: float = 0.2  # eps_high
-    beta: float = 0.0  # weight of the k3-KL penalty to pi_ref
+    beta: float = 0.0  # weight of the k3-KL penalty to pi_ref (the adapter-disabled model)
     # sampler/learner mismatch: auto (none in float32, token in bf16/fp16) | none | token | sequence
     rollout_correction: str = "auto"
-    rollout_is_cap: float = 2.0  # C in c = min(ratio, C) (verl's default)
+    rollout_is_cap: float = 2.0  # C in c = min(exp(logp_old - logp_sampler), C) (verl's default)
 
 
 @dataclass
@@ -163,7 +165,7 @@ class AdvantageConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-3
+    lr: float = 2e-3  # AdamW on the LoRA parameters only
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0
@@ -171,9 +173,9 @@ class OptimConfig:
 
 @dataclass
 class LearnerConfig:
-    micro_batch_size: int = 64  # sequences per forward/backward
+    micro_batch_size: int = 64  # sequences per forward/backward, at most
     chunk_size: int = 0  # tokens per full-vocabulary chunk; 0: the most that fit in chunk_memory_mb
-    chunk_memory_mb: float = 512.0  # float32 logits blocks alive at once in the scoring pass
+    chunk_memory_mb: float = 512.0  # float32 [chunk, vocab] blocks alive at once (151,936 vocab: 220 tokens)
     micro_batch_tokens: int = (
         8192  # padded tokens per micro-batch (length-sorted rows); 0: micro_batch_size rows in order
     )
@@ -186,7 +188,7 @@ class LearnerConfig:
 
 @dataclass
 class DiagnosticsConfig:
-    shadow: bool = True  # compute every signal's weights from the same passes
+    shadow: bool = True  # every signal's weights, Gini/ETR and regimes from the same two passes
     uniform_at: float = 0.95  # ETR >= this: uniform regime
     concentrated_at: float = 0.25  # ETR <= this: concentrated regime
     shadow_sample: float = 0.25  # share of each group's rows the other signals are computed on; 1: all
@@ -225,21 +227,26 @@ def _signals() -> tuple[str, ...]:
     return (*method_names(), "custom")
 
 
+def _registry(module: str, name: str) -> Callable[[], tuple[str, ...]]:
+    """The choices that ``module.name`` holds, imported when validating: importing this module stays light."""
+    return lambda: tuple(getattr(importlib.import_module(module), name))
+
+
 CHOICES: dict[str, Any] = {
     "credit.name": _signals,
-    "credit.normalize": ("mean", "softmax", "rank", "none"),
+    "credit.normalize": _registry("arca_sweep.credit", "NORMALIZE_METHODS"),
     "credit.mode": ("clamp", "abs"),
     "credit.estimator": ("exact", "k3"),
-    "loss.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
-    "loss.rollout_correction": ("auto", "none", "token", "sequence"),
+    "loss.agg": _registry("arca_sweep.learner", "LOSS_AGGS"),
+    "loss.rollout_correction": _registry("arca_sweep.rollout_correction", "MODES"),
     "advantage.scale": ("std", "none"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "model.cpu_matmul": ("onednn", "aten"),
+    "model.cpu_matmul": _registry("arca_sweep.kernels", "CHOICES"),
     "rollout.name": ("auto", "hf", "vllm"),
     "rollout.sync": ("adapter", "merged"),
     "logger.name": ("jsonl", "wandb"),
     "logger.mode": ("offline", "online", "disabled"),
-    "data.name": ("arith", "math", "math500", "jsonl"),
+    "data.name": _registry("arca_sweep.tasks", "TASKS"),
     "device": ("auto", "cpu", "cuda"),
     "diagnostics.fidelity_dtype": ("float64", "float32"),
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from arca_sweep.grading import extract_boxed
+from arca_sweep.grade import extract_boxed
 
 # Look only at the tail of a response: a pathological 1 MB answer costs no more than a short one.
 MAX_CHARS = 4000
@@ -16,7 +16,7 @@ _INTEGER = re.compile(r"[+-]?\d{1,30}")
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` in the text's tail (:func:`arca_sweep.grading.extract_boxed`).
+    """The content of the last ``\\boxed{...}`` in the text's tail (:func:`arca_sweep.grade.extract_boxed`).
 
     The last box wins even when its content is not an answer: ``\\boxed{5} ... \\boxed{\\frac{11}{2}}``
     gives ``\\frac{11}{2}``. An unclosed last box gives None. Linear in the tail's length.

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from arca_sweep.grading import Grader, GradeResult
+from arca_sweep.grade import Grader, GradeResult
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PATH = REPO_ROOT.parent / "shared" / "data" / "math" / "math500_test.jsonl"

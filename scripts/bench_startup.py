@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from arca_sweep.grading import Grader, extract_boxed  # noqa: E402
+from arca_sweep.grade import Grader, extract_boxed  # noqa: E402
 
 BAD_OVERRIDES = [
     ["credit.normalize=softmaxx"],

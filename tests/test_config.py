@@ -137,10 +137,18 @@ def test_experiment_smoke_selects_smoke_budget():
     assert cfg.experiment == "smoke"
 
 
-def test_loss_agg_choices_match_the_learner():
+def test_registry_choices_match_their_registries():
+    from arca_sweep.credit import NORMALIZE_METHODS
+    from arca_sweep.kernels import CHOICES as CPU_MATMULS
     from arca_sweep.learner import LOSS_AGGS
+    from arca_sweep.rollout_correction import MODES
+    from arca_sweep.tasks import TASKS
 
-    assert tuple(CHOICES["loss.agg"]) == tuple(LOSS_AGGS)
+    assert CHOICES["loss.agg"]() == tuple(LOSS_AGGS)
+    assert CHOICES["credit.normalize"]() == tuple(NORMALIZE_METHODS)
+    assert CHOICES["loss.rollout_correction"]() == tuple(MODES)
+    assert CHOICES["model.cpu_matmul"]() == tuple(CPU_MATMULS)
+    assert CHOICES["data.name"]() == tuple(TASKS)
 
 
 # ---------------------------------------------------------------- the real CLI

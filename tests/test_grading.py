@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arca_sweep.grading import Grader, extract_boxed, gold_answer, verify
+from arca_sweep.grade import Grader, extract_boxed, gold_answer, verify
 from tests.helpers import REPO, cli, cli_env
 
 MATH_DIR = REPO.parent / "shared" / "data" / "math"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from arca_sweep.errors import DataError
-from arca_sweep.grade import load_pairs
+from arca_sweep.grade.__main__ import load_pairs
 from arca_sweep.tasks.math import MathTask, load_rows
 from arca_sweep.train import prompt_fitter
 from tests.helpers import cli, cli_env

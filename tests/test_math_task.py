@@ -27,9 +27,9 @@ from arca_sweep.tasks.math import (
     build_problems,
     load_rows,
     parse_level,
-    prompt_order,
     subject_key,
 )
+from arca_sweep.tasks.rows import prompt_order
 from arca_sweep.testing import make_config
 
 # MATH rows: level "Level n", subject in "type", gold only inside the solution

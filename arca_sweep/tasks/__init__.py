@@ -8,6 +8,7 @@ in the same order (SPEC: matched rollout budgets).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,17 +46,22 @@ def batch_hash(indices: list[int]) -> str:
     return hashlib.sha256(json.dumps(list(indices)).encode()).hexdigest()[:16]
 
 
-def build_task(data_cfg, prompt_fits: Callable[[str], bool] | None = None) -> Task:
-    """The task named by ``data.name``. ``prompt_fits(question)``: False skips a row whose prompt is too
-    long (counted in the task's stats); arith's prompts are short by construction."""
-    from arca_sweep.tasks.arith import ArithTask
-    from arca_sweep.tasks.jsonl import JsonlTask
-    from arca_sweep.tasks.math import MathTask
+# data.name -> "module:class" of its task, imported when built (the config's valid choices, in this order)
+TASKS = {
+    "arith": "arca_sweep.tasks.arith:ArithTask",
+    "math": "arca_sweep.tasks.math:MathTask",
+    "math500": "arca_sweep.tasks.math:MathTask",
+    "jsonl": "arca_sweep.tasks.jsonl:JsonlTask",
+}
 
-    registry = {"arith": ArithTask.from_config, "math": MathTask.from_config, "math500": MathTask.from_config}
-    registry["jsonl"] = JsonlTask.from_config
-    if data_cfg.name not in registry:
-        raise ValueError(f"data.name={data_cfg.name!r} is not a task; choose one of {sorted(registry)}")
+
+def build_task(data_cfg, prompt_fits: Callable[[str], bool] | None = None) -> Task:
+    """The task named by ``data.name`` (:data:`TASKS`). ``prompt_fits(question)``: False skips a row whose
+    prompt is too long (counted in the task's stats); arith's prompts are short by construction."""
+    if data_cfg.name not in TASKS:
+        raise ValueError(f"data.name={data_cfg.name!r} is not a task; choose one of {sorted(TASKS)}")
+    module, name = TASKS[data_cfg.name].split(":")
+    task_cls = getattr(importlib.import_module(module), name)
     if data_cfg.name == "arith":
-        return registry["arith"](data_cfg)
-    return registry[data_cfg.name](data_cfg, prompt_fits)
+        return task_cls.from_config(data_cfg)
+    return task_cls.from_config(data_cfg, prompt_fits)

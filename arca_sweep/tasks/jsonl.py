@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from arca_sweep.tasks import Problem
-from arca_sweep.tasks.math import RowsTask, _read_file
+from arca_sweep.tasks.rows import RowsTask, read_file
 
 EXAMPLE_ROWS = Path(__file__).resolve().parents[1] / "assets" / "examples" / "arith_rows.jsonl"
 
@@ -66,9 +66,9 @@ class JsonlTask(RowsTask):
         from arca_sweep.plugins import load_callable
 
         path = Path(cfg.path).expanduser() if cfg.path is not None else EXAMPLE_ROWS
-        train = rows_to_problems(_read_file(path), str(path))
+        train = rows_to_problems(read_file(path), str(path))
         evals = (
-            rows_to_problems(_read_file(Path(cfg.eval_path).expanduser()), cfg.eval_path)
+            rows_to_problems(read_file(Path(cfg.eval_path).expanduser()), cfg.eval_path)
             if cfg.eval_path
             else train
         )

@@ -13,21 +13,20 @@ case-insensitively, with "&" read as "and" and spaces as "_", so ``counting_and_
 EleutherAI/hendrycks_math config name) selects "Counting & Probability".
 
 Reward: 1.0 when the response's last boxed answer is equivalent to the gold answer, else 0.0, graded in
-:class:`arca_sweep.grading.Grader`'s worker processes; a timeout or a worker error scores 0 and is counted.
+:class:`arca_sweep.grade.Grader`'s worker processes; a timeout or a worker error scores 0 and is counted.
 """
 
 from __future__ import annotations
 
-import functools
-import random
 import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from arca_sweep.errors import DataError, DataFileNotFound, UserError, json_value, utf8_text
-from arca_sweep.grading import Grader, gold_answer
+from arca_sweep.errors import DataError, UserError
+from arca_sweep.grade import Grader, gold_answer
 from arca_sweep.tasks import Problem
+from arca_sweep.tasks.rows import RowsTask, read_file
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 _LEVEL = re.compile(r"(?:level\s*)?([1-5])", re.IGNORECASE)
@@ -55,7 +54,7 @@ def load_rows(
     naming the dataset and the local-file options.
     """
     if path is not None:
-        return _read_file(Path(path).expanduser())
+        return read_file(Path(path).expanduser())
     if not hub_id:
         raise DataError("no data source: give a local file (data.path / data.eval_path) or a hub id")
     import datasets
@@ -73,35 +72,6 @@ def load_rows(
                 "training rows, data.eval_path=/path/to/math500_test.jsonl for evaluation rows"
             ) from None
     return rows
-
-
-def _read_file(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise DataFileNotFound(f"data file not found: {path} (absolute: {path.absolute()})")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet
-
-        try:
-            return pyarrow.parquet.read_table(path).to_pylist()
-        except Exception as exc:  # pyarrow's ArrowInvalid and friends
-            raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
-    if suffix not in (".jsonl", ".json"):
-        raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
-    text = utf8_text(path.read_bytes(), path)
-    if text.lstrip().startswith("["):
-        rows = json_value(text, f"{path}:1")
-        numbered = list(enumerate(rows, 1))
-    else:
-        numbered = []
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                value = json_value(line, f"{path}:{line_no}")
-                numbered.append((line_no, value))
-    for line_no, row in numbered:
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-    return [row for _, row in numbered]
 
 
 # ---------------------------------------------------------------------------- rows to problems
@@ -167,47 +137,7 @@ def build_problems(
     return problems, counts
 
 
-# ---------------------------------------------------------------------------- the prompt order
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(seed: int, epoch: int, size: int) -> tuple[int, ...]:
-    order = list(range(size))
-    random.Random(f"math-order:{seed}:{epoch}").shuffle(order)  # str seeds hash stably (sha512)
-    return tuple(order)
-
-
-def prompt_order(seed: int, step: int, num_prompts: int, size: int) -> list[int]:
-    """Row indices of a step: positions ``step * num_prompts ...`` of the stream that concatenates one
-    seeded permutation of ``range(size)`` per epoch (epoch ``e`` shuffled by ``(seed, e)``). Every row once
-    per epoch; a step that crosses an epoch boundary takes the end of one permutation and the start of
-    the next. A pure function of its arguments."""
-    if step < 0 or num_prompts < 1 or size < 1:
-        raise ValueError(f"need step >= 0, num_prompts >= 1, size >= 1; got {step}, {num_prompts}, {size}")
-    positions = range(step * num_prompts, (step + 1) * num_prompts)
-    return [_epoch_permutation(seed, p // size, size)[p % size] for p in positions]
-
-
 # ---------------------------------------------------------------------------- the task
-
-
-class RowsTask:
-    """A task over loaded rows: ``self.train`` in a ``self.seed`` order shared by every arm
-    (:func:`prompt_order`), ``self.eval`` in file order. ``MathTask`` and ``JsonlTask``."""
-
-    train: list[Problem]
-    eval: list[Problem]
-    seed: int
-
-    def train_indices(self, step: int, num_prompts: int) -> list[int]:
-        return prompt_order(self.seed, step, num_prompts, len(self.train))
-
-    def train_problem(self, index: int) -> Problem:
-        return self.train[index]
-
-    def eval_problems(self, num: int) -> list[Problem]:
-        """The first ``num`` eval rows in file order (all of them when ``num`` >= their number)."""
-        return self.eval[:num]
 
 
 class MathTask(RowsTask):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from arca_sweep.errors import DataError, json_value, utf8_text
-from arca_sweep.grading import Grader, extract_boxed
+from arca_sweep.grade import Grader, extract_boxed
 
 
 class InputError(Exception):

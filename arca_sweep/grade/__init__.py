@@ -11,6 +11,8 @@ enforces each item's time limit by killing the worker (SIGKILL) and starting a n
 
     with Grader(workers=2, timeout_s=5.0) as grader:
         results = grader.grade([(response_text, gold_answer(row)) for response_text, row in ...])
+
+The command line over a JSONL file, ``python -m arca_sweep.grade``, is ``arca_sweep/grade/__main__.py``.
 """
 
 from __future__ import annotations
