@@ -12,8 +12,8 @@ from pathlib import Path
 # A LoRA on these would be silently wrong, so they are refused (SPEC: the adapter is on the decoder's
 # linear projections).
 UNSUPPORTED_TARGETS = {
-    "lm_head": "the chunked LM head (arca_sweep/token_stats.py) multiplies by the base weight directly, so a "
-    "LoRA there would get no gradient and the log-probs would ignore it",
+    "lm_head": "the chunked LM head (arca_sweep/learner/token_stats.py) multiplies by the base weight directly, "
+    "so a LoRA there would get no gradient and the log-probs would ignore it",
     "embed_tokens": "the input embedding is tied to the LM head in the supported models (tie_word_embeddings), "
     "and the chunked LM head and the vLLM weight sync read the base weight, so a LoRA there would be ignored "
     "by scoring",

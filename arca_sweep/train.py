@@ -27,6 +27,7 @@ from arca_sweep.diagnostics import FormatTokens, credit_metrics
 from arca_sweep.evaluation import encode_prompts, evaluate, results_path
 from arca_sweep.fidelity import fidelity_probe
 from arca_sweep.learner import Learner, group_advantages
+from arca_sweep.learner.rollout_correction import rollout_is_metrics
 from arca_sweep.loggers import build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
 from arca_sweep.nonfinite import check_finite
@@ -34,7 +35,6 @@ from arca_sweep.preflight import prompt_token_limit
 from arca_sweep.progress import Progress, closing_line, is_terminal, skip_line
 from arca_sweep.progress import log as console
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
-from arca_sweep.rollout_correction import rollout_is_metrics
 from arca_sweep.tasks import Problem, batch_hash, build_task
 
 # Keys that may differ between an interrupted run and its resumption (none changes results): these,

@@ -8,7 +8,8 @@ import torch
 
 from arca_sweep import credit
 from arca_sweep.config import ConfigError, validate
-from arca_sweep.learner import Learner, hidden_index
+from arca_sweep.learner import Learner
+from arca_sweep.learner.decoder import hidden_index
 from arca_sweep.model import load_policy
 from tests.conftest import make_config, randomize_adapter
 from tests.test_signals_reference import _rows, make_batch, reference

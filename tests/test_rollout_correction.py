@@ -9,14 +9,15 @@ import math
 import pytest
 import torch
 
-from arca_sweep.learner import Learner, ppo_clip_token_loss
-from arca_sweep.model import load_policy
-from arca_sweep.rollout_correction import (
+from arca_sweep.learner import Learner
+from arca_sweep.learner.loss import ppo_clip_token_loss
+from arca_sweep.learner.rollout_correction import (
     SAFETY_BOUND,
     resolve_mode,
     rollout_correction_weights,
     rollout_is_metrics,
 )
+from arca_sweep.model import load_policy
 from tests.conftest import make_config, randomize_adapter
 from tests.test_end_to_end import REPO, cli, records
 from tests.test_signals_reference import make_batch

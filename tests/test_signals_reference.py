@@ -256,7 +256,7 @@ def test_fused_scoring_pass_gives_the_plain_paths_loss_and_gradient(setup):
 
 
 def test_micro_batches_by_token_budget_sort_and_bound_the_groups():
-    from arca_sweep.learner import micro_batches
+    from arca_sweep.learner.update import micro_batches
 
     prompt, response = torch.tensor([5, 5, 9, 5, 5]), torch.tensor([3, 20, 1, 8, 2])
     assert [g.tolist() for g in micro_batches(prompt, response, 2, 0)] == [[0, 1], [2, 3], [4]]
@@ -287,7 +287,7 @@ def test_token_budget_micro_batching_changes_no_result(setup):
         with torch.no_grad():
             for p, s in zip(params, snapshot, strict=True):
                 p.copy_(s)
-    from arca_sweep.learner import micro_batches
+    from arca_sweep.learner.update import micro_batches
 
     lengths = batch.prompt_mask.sum(1), batch.response_mask.sum(1)
     assert [len(g) for g in micro_batches(*lengths, 3, 40)] != [3], "the budget must split the batch"

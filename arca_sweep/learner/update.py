@@ -1,4 +1,4 @@
-"""The GRPO learner (SPEC: "Policy, reference, rollouts", "Loss", "One scoring pass feeds every signal").
+"""The update: one scoring pass over a rollout batch, its credit, then E x M PPO-clip updates.
 
 Per step and per micro-batch of sequences, at most two forwards: the policy (with grad) and one
 no-grad pass with the adapter disabled, run only when a signal, a shadow signal or the KL
@@ -9,118 +9,17 @@ predicts it (the position of y_{t-1}, or the last prompt token for t = 1).
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from dataclasses import dataclass, field, fields
 
 import torch
-import torch.utils.checkpoint
 
 from arca_sweep import credit
-from arca_sweep.fidelity import compute_context
+from arca_sweep.learner.decoder import decoder_and_head, forward_hidden, response_hidden
+from arca_sweep.learner.loss import aggregate_loss, credit_token_loss
+from arca_sweep.learner.rollout_correction import resolve_mode, rollout_correction_weights
+from arca_sweep.learner.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
 from arca_sweep.rollout import RolloutBatch
-from arca_sweep.rollout_correction import resolve_mode, rollout_correction_weights
-from arca_sweep.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
-
-LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std"):
-    """A_i = (r_i - mean(r)) / (std(r) + 1e-6) within each group of G (``scale="none"``: r_i - mean(r)).
-
-    ``std`` is the unbiased sample standard deviation, as in GRPO (DeepSeekMath) and TRL.
-    Returns the advantages [N] and the fraction of groups whose rewards are all equal (zero advantage).
-    """
-    r = rewards.view(-1, group_size).double()
-    centered = r - r.mean(1, keepdim=True)
-    std = r.std(1, keepdim=True)
-    adv = centered / (std + 1e-6) if scale == "std" else centered
-    frac_zero_std = (std[:, 0] == 0).double().mean().item()
-    return adv.flatten().float(), frac_zero_std
-
-
-K3_LOG_RATIO_BOUND = 20.0  # verl core_algos.kl_penalty("low_var_kl"): clamp ref - logp to +-20 before exp
-K3_BOUND = 10.0  # ... and the estimate to [-10, 10] after it
-
-
-def ppo_clip_token_loss(
-    logp,
-    logp_old,
-    token_adv,
-    clip_low: float,
-    clip_high: float,
-    ref_logp=None,
-    beta: float = 0.0,
-    is_weight=None,
-):
-    """Per-token loss c * -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta * k3, with
-    rho = exp(logp - logp_old), c the detached rollout-correction weight (``is_weight``, 1 if None;
-    :mod:`arca_sweep.rollout_correction`, applied to the policy-gradient term only, as verl and TRL)
-    and k3 = exp(d) - d - 1, d = clamp(ref - logp, -20, 20), clamped to at most 10 (an unbiased,
-    non-negative estimate of KL(pi_theta || pi_ref)).
-
-    The two k3 clamps are verl's (``kl_penalty(..., "low_var_kl")``): without the first, a token
-    the reference finds 90 nats likelier overflows exp to inf in float32; the second bounds one
-    token's penalty (and zeroes its gradient) where the estimator is far off its small-KL regime.
-    """
-    ratio = torch.exp(logp - logp_old)
-    loss = -torch.minimum(ratio * token_adv, ratio.clamp(1 - clip_low, 1 + clip_high) * token_adv)
-    if is_weight is not None:
-        loss = loss * is_weight.detach()
-    if beta:
-        loss = loss + beta * k3_penalty(ref_logp, logp)
-    return loss
-
-
-def k3_penalty(ref_logp, logp):
-    """k3 = exp(d) - d - 1 with d = clamp(ref - logp, -20, 20), clamped to at most 10 (verl's
-    ``low_var_kl``; see :func:`ppo_clip_token_loss`)."""
-    log_r = (ref_logp - logp).clamp(-K3_LOG_RATIO_BOUND, K3_LOG_RATIO_BOUND)
-    return (torch.exp(log_r) - log_r - 1).clamp(-K3_BOUND, K3_BOUND)
-
-
-def credit_token_loss(
-    logp, logp_old, token_adv, tc, clip_low: float, clip_high: float, ref_logp, beta: float, is_weight=None
-):
-    """The per-token loss with a credit method's modifiers (:class:`arca_sweep.credit.TokenCredit`):
-
-    ``grad_mask_t * [ppo_clip(rho_t, A_t; eps_low_t, eps_high_t) + beta_t * k3_t + c_t * |log rho_t|]``
-
-    where ``eps_*_t`` is the method's per-token clip range (else ``clip_low``/``clip_high``), ``beta_t``
-    its per-token KL coefficient (else ``beta``), ``c_t`` its ratio penalty (else 0), and the grad mask
-    zeroes the loss of the tokens it drops (else all kept). With no modifier set this is
-    :func:`ppo_clip_token_loss` exactly.
-    """
-    low = clip_low if tc.clip_low is None else tc.clip_low.to(logp.dtype)
-    high = clip_high if tc.clip_high is None else tc.clip_high.to(logp.dtype)
-    per_token_kl = tc.ref_kl_coef is not None
-    loss = ppo_clip_token_loss(
-        logp, logp_old, token_adv, low, high, ref_logp, 0.0 if per_token_kl else beta, is_weight=is_weight
-    )
-    if per_token_kl:
-        loss = loss + tc.ref_kl_coef * k3_penalty(ref_logp, logp)
-    if tc.ratio_penalty is not None:
-        loss = loss + tc.ratio_penalty * (logp - logp_old).abs()
-    if tc.grad_mask is not None:
-        loss = torch.where(tc.grad_mask, loss, 0.0)
-    return loss
-
-
-def aggregate_loss(token_loss, mask, agg: str, *, total_tokens: int, total_seqs: int, norm_len: int):
-    """Sum of this micro-batch's share of the batch loss, so micro-batch losses add up exactly:
-
-    - ``token-mean``: sum over all tokens / tokens in the batch
-    - ``seq-mean-token-mean``: mean over sequences of each sequence's token mean
-    - ``seq-mean-token-sum-norm`` (Dr.GRPO): mean over sequences of token sum / ``norm_len``
-    """
-    token_loss = token_loss * mask
-    if agg == "token-mean":
-        return token_loss.sum() / total_tokens
-    if agg == "seq-mean-token-mean":
-        return (token_loss.sum(1) / mask.sum(1).clamp(min=1)).sum() / total_seqs
-    if agg == "seq-mean-token-sum-norm":
-        return (token_loss.sum(1) / norm_len).sum() / total_seqs
-    raise ValueError(f"loss.agg={agg!r}; valid: {', '.join(LOSS_AGGS)}")
 
 
 def micro_batches(prompt_lengths, response_lengths, max_rows: int, max_tokens: int) -> list[torch.Tensor]:
@@ -146,179 +45,6 @@ def micro_batches(prompt_lengths, response_lengths, max_rows: int, max_tokens: i
         top_p, top_r = grown_p, grown_r
     groups.append(current)
     return [torch.tensor(g) for g in groups]
-
-
-def _decoder_and_head(model):
-    base = model.get_base_model()
-    return getattr(base, base.base_model_prefix), base.get_output_embeddings()
-
-
-class _StopForward(Exception):
-    """Carries the hidden state out of the decoder once the last layer it depends on has run."""
-
-    def __init__(self, hidden: torch.Tensor):
-        self.hidden = hidden
-
-
-def hidden_index(layer: int, num_layers: int) -> int:
-    """``hidden_states`` index of ``credit.layer`` in ``0..num_layers`` (0: the embeddings; k: the
-    output of decoder layer k, 1-based; num_layers: the final, normed state fed to the LM head)."""
-    k = layer if layer >= 0 else num_layers + 1 + layer
-    if not 0 <= k <= num_layers:
-        raise ValueError(f"credit.layer={layer} is out of range for a model of {num_layers} decoder layers")
-    return k
-
-
-@contextlib.contextmanager
-def _checkpointed(decoder):
-    """Non-reentrant activation checkpointing of every decoder layer, for this forward only.
-
-    transformers checkpoints a layer only when ``layer.training`` is set; the model stays in eval mode
-    (no dropout: only the layer's own flag is set, not its submodules'), and the flags are restored
-    after the call so ``generate`` (which needs its KV cache) never sees them.
-    """
-    layers = list(decoder.layers)
-    saved = [
-        (m.gradient_checkpointing, m.training, m.__dict__.get("_gradient_checkpointing_func")) for m in layers
-    ]
-    for m in layers:
-        m.gradient_checkpointing, m.training = True, True
-        m._gradient_checkpointing_func = functools.partial(
-            torch.utils.checkpoint.checkpoint, use_reentrant=False
-        )
-    try:
-        yield
-    finally:
-        for m, (flag, training, fn) in zip(layers, saved, strict=True):
-            m.gradient_checkpointing, m.training = flag, training
-            if fn is None:
-                m.__dict__.pop("_gradient_checkpointing_func", None)
-            else:
-                m._gradient_checkpointing_func = fn
-
-
-def forward_hidden(
-    model,
-    input_ids,
-    attention_mask,
-    layer: int,
-    *,
-    final: bool = True,
-    checkpoint: bool = False,
-    autocast_bf16: bool = False,
-):
-    """(final hidden [B, L, D] fed to the LM head, hidden at ``layer``) of one forward.
-
-    Position ids follow the attention mask, as in generation, so left padding changes nothing.
-    ``final=False``: only the hidden state at ``layer`` is wanted (ARCA's reference pass without the
-    LM head); the forward stops after the last decoder layer it depends on and returns
-    ``(None, hidden)``. ``checkpoint``: recompute each layer's activations in backward.
-    ``autocast_bf16``: matmuls in bf16 over the (float32) weights, residual stream in float32
-    (:func:`arca_sweep.fidelity.compute_context`).
-    """
-    decoder, _ = _decoder_and_head(model)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    return _decoder_pass(
-        decoder, input_ids, attention_mask, position_ids, layer, final, checkpoint, autocast_bf16
-    )
-
-
-def _decoder_pass(
-    decoder, input_ids, attention_mask, position_ids, layer, final, checkpoint, autocast_bf16, cache=None
-):
-    """One decoder call for :func:`forward_hidden`; with ``cache`` (a DynamicCache), ``input_ids``
-    continue the sequences the cache holds and ``attention_mask`` covers both."""
-    k = hidden_index(layer, len(decoder.layers))
-    stop = not final and k < len(decoder.layers)
-    if stop:  # the output of decoder layer k (1-based), or of the embedding for k = 0
-        last = decoder.layers[k - 1] if k else decoder.get_input_embeddings()
-
-        def hook(module, args, output):
-            raise _StopForward(output[0] if isinstance(output, tuple) else output)
-
-        handle = last.register_forward_hook(hook)
-    try:
-        with (
-            _checkpointed(decoder) if checkpoint else contextlib.nullcontext(),
-            compute_context(input_ids.device, autocast_bf16),
-        ):
-            out = decoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                output_hidden_states=layer != -1,
-                past_key_values=cache,
-                use_cache=cache is not None,
-            )
-    except _StopForward as early:
-        return None, early.hidden
-    finally:
-        if stop:
-            handle.remove()
-    final_state, at_layer = out.last_hidden_state, out.hidden_states[layer] if layer != -1 else None
-    if autocast_bf16:  # the LM head and every signal downstream in float32
-        final_state = final_state.float()
-        at_layer = at_layer.float() if at_layer is not None else None
-    return final_state, final_state if layer == -1 else at_layer
-
-
-@torch.no_grad()
-def response_hidden(
-    model, input_ids, attention_mask, prompt_len: int, layer: int, *, final, autocast_bf16=False
-):
-    """:func:`forward_hidden` without a gradient, at the positions that predict the response
-    (``prompt_len - 1 .. L - 2``: ``[B, L - prompt_len, D]`` each), every distinct prompt run once.
-
-    The G samples of a group share their prompt, so the prompt's keys and values are computed for one
-    row per distinct prompt and copied to the others through the KV cache; the response positions then
-    run for every row. Same arithmetic as one full forward (a row's prompt positions never see its
-    response); for the reference pass, about (G - 1) / G of the prompt tokens' work saved.
-    """
-    from transformers import DynamicCache
-
-    p = prompt_len
-    prompt = torch.cat([input_ids[:, :p], attention_mask[:, :p].long()], 1)
-    unique, inverse = torch.unique(prompt, dim=0, return_inverse=True)
-    if unique.shape[0] == input_ids.shape[0]:  # nothing shared: one plain forward
-        return tuple(
-            None if h is None else h[:, p - 1 : -1]
-            for h in forward_hidden(
-                model, input_ids, attention_mask, layer, final=final, autocast_bf16=autocast_bf16
-            )
-        )
-    decoder, _ = _decoder_and_head(model)
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    first = torch.full((unique.shape[0],), input_ids.shape[0], device=input_ids.device, dtype=torch.long)
-    first = first.scatter_reduce(0, inverse, rows, reduce="amin")  # one row per distinct prompt
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=decoder.config)
-    head = _decoder_pass(
-        decoder,
-        input_ids[first, :p],
-        attention_mask[first, :p],
-        position_ids[first, :p],
-        layer,
-        final,
-        False,
-        autocast_bf16,
-        cache,
-    )
-    cache.reorder_cache(inverse)  # [distinct prompts] -> [B]: each row's own prompt
-    tail = _decoder_pass(
-        decoder,
-        input_ids[:, p:],
-        attention_mask,
-        position_ids[:, p:],
-        layer,
-        final,
-        False,
-        autocast_bf16,
-        cache,
-    )
-    return tuple(
-        None if a is None else torch.cat([a[inverse, -1:], b[:, :-1]], 1)
-        for a, b in zip(head, tail, strict=True)
-    )
 
 
 @dataclass
@@ -569,7 +295,7 @@ class Learner:
         targets = batch.response_ids[rows, :last].to(device)[mask]
         full_mask = response_mask.to(device)  # outputs keep the batch's width
         layer = self.cfg.credit.layer
-        _, head = _decoder_and_head(self.model)
+        _, head = decoder_and_head(self.model)
 
         need, need_sample = self.need, set()
         if shadow_rows is not None and not bool(shadow_rows.all()) and not head.weight.requires_grad:
