@@ -26,7 +26,7 @@ from arca_sweep.config import validate
 from arca_sweep.diagnostics import FormatTokens, credit_metrics
 from arca_sweep.evaluation import encode_prompts, evaluate, results_path
 from arca_sweep.fidelity import fidelity_probe
-from arca_sweep.learner import Learner, group_advantages
+from arca_sweep.learner import Learner, LearnerSettings, group_advantages
 from arca_sweep.learner.rollout_correction import rollout_is_metrics
 from arca_sweep.loggers import build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
@@ -93,7 +93,7 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
     task = build_task(cfg.data, prompt_fitter(tokenizer, prompt_token_limit(cfg), think))  # data before model
     model = load_policy(cfg.model, cfg.rank, device, cfg.seed)
     engine = build_engine(cfg.rollout, model, tokenizer, budget=b)
-    learner = Learner(model, cfg, temperature=cfg.rollout.temperature)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=cfg.rollout.temperature)
     max_logp_diff = guard_bound(cfg.rollout, next(model.parameters()).dtype)
     format_tokens = FormatTokens(tokenizer)
     eval_problems = task.eval_problems(b.eval_size)

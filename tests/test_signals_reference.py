@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from arca_sweep import credit
-from arca_sweep.learner import Learner
+from arca_sweep.learner import Learner, LearnerSettings
 from arca_sweep.model import load_policy
 from arca_sweep.rollout import RolloutBatch, finish_masks
 from tests.conftest import make_config, randomize_adapter
@@ -89,7 +89,7 @@ def _rows(batch, i):
 def test_every_signal_matches_two_full_forwards(setup, layer, temperature):
     cfg, model, batch = setup
     cfg.credit.layer = layer
-    learner = Learner(model, cfg, temperature=temperature)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=temperature)
     stats, logp = learner.score(batch, torch.arange(len(batch.texts)))
     for i in range(len(batch.texts)):
         want = reference(model, *_rows(batch, i), layer, temperature)
@@ -138,7 +138,7 @@ def test_learner_gradient_matches_naive_loss(setup, signal, agg):
     cfg, model, batch = setup
     cfg.credit.name, cfg.credit.layer, cfg.loss.agg = signal, -1, agg
     advantages = torch.tensor([1.0, -0.5, 0.25])
-    learner = Learner(model, cfg, temperature=1.0)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
     params = [p for p in model.parameters() if p.requires_grad]
     snapshot = [p.detach().clone() for p in params]
     learner.optimizer.zero_grad()
@@ -193,7 +193,7 @@ def test_at_most_two_forwards_per_micro_batch(setup, overrides, forwards, adapte
     """SPEC: the policy forward with grad, and one no-grad adapter-off pass only when needed."""
     _, model, batch = setup
     cfg = make_config("learner.micro_batch_size=2", *overrides)
-    learner = Learner(model, cfg, temperature=1.0)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
     decoder = model.get_base_model().model
     calls = []
     hook = decoder.register_forward_hook(lambda *a: calls.append(torch.is_grad_enabled()))
@@ -228,7 +228,7 @@ def test_fused_scoring_pass_gives_the_plain_paths_loss_and_gradient(setup):
     if model.dtype != torch.float64:
         pytest.skip("the equality is asserted in float64")
     cfg.credit.name, cfg.credit.layer, cfg.loss.agg = "entropy", -1, "token-mean"
-    learner = Learner(model, cfg, temperature=0.9)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=0.9)
     head = model.get_base_model().get_output_embeddings().weight
     advantages = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64)
     out = {}
@@ -281,7 +281,7 @@ def test_token_budget_micro_batching_changes_no_result(setup):
     runs = []
     for size, tokens in ((3, 0), (2, 0), (3, 40)):
         cfg.learner.micro_batch_size, cfg.learner.micro_batch_tokens = size, tokens
-        learner = Learner(model, cfg, temperature=1.0)
+        learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
         result = learner.step(batch, advantages)
         runs.append((result, [p.grad.clone() for p in params], [p.detach().clone() for p in params]))
         with torch.no_grad():
@@ -334,7 +334,7 @@ def test_shadow_sample_computes_the_other_signals_on_the_sampled_rows_only(setup
         for frac in (1.0, 0.5):
             cfg.diagnostics.shadow_sample = frac
             rows_seen.clear()
-            learner = Learner(model, cfg, temperature=1.0)
+            learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
             result = learner.step(batch, torch.tensor([1.0, -0.5, 0.25]))
             runs[frac] = result, [p.grad.clone() for p in params], list(rows_seen)
             with torch.no_grad():
@@ -379,7 +379,9 @@ def test_shadow_sample_with_a_micro_batch_off_the_sample(setup):
     cfg.learner.micro_batch_size, cfg.learner.micro_batch_tokens = 1, 0
     params = [p for p in model.parameters() if p.requires_grad]
     snapshot = [p.detach().clone() for p in params]
-    result = Learner(model, cfg, temperature=1.0).step(batch, torch.tensor([1.0, -0.5, 0.25]))
+    result = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0).step(
+        batch, torch.tensor([1.0, -0.5, 0.25])
+    )
     with torch.no_grad():
         for p, s in zip(params, snapshot, strict=True):
             p.copy_(s)

@@ -18,6 +18,7 @@ from arca_sweep import credit
 from arca_sweep.learner.decoder import decoder_and_head, forward_hidden, response_hidden
 from arca_sweep.learner.loss import aggregate_loss, credit_token_loss
 from arca_sweep.learner.rollout_correction import resolve_mode, rollout_correction_weights
+from arca_sweep.learner.settings import LearnerSettings
 from arca_sweep.learner.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
 from arca_sweep.rollout import RolloutBatch
 
@@ -58,53 +59,29 @@ class StepResult:
     metrics: dict[str, float] = field(default_factory=dict)  # policy/*, loss/* diagnostics
 
 
-class Learner:
-    """Scores a rollout batch, computes its credit, applies the PPO-clip update(s) to the LoRA parameters."""
+class CreditPlan:
+    """The step's credit methods (the training method and every shadow signal): what each reads of
+    the scoring pass, its credit and its normalized token weights."""
 
-    def __init__(self, model, cfg, temperature: float):
-        self.model, self.cfg, self.temperature = model, cfg, temperature
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas)
-        )
-        self.signals = credit.shadow_names() if cfg.diagnostics.shadow else [cfg.credit.name]
-        if (
-            cfg.credit.name == "custom" or cfg.diagnostics.shadow and cfg.credit.target
-        ) and "custom" not in self.signals:
+    def __init__(self, settings: LearnerSettings):
+        s = self.settings = settings
+        self.name = s.credit
+        self.signals = credit.shadow_names() if s.shadow else [s.credit]
+        if (s.credit == "custom" or s.shadow and s.credit_target) and "custom" not in self.signals:
             self.signals.append("custom")  # a user's method joins the shadow diagnostics of every arm
-        self.signal_options = dict(mode=cfg.credit.mode, estimator=cfg.credit.estimator)
-        names = dict.fromkeys([*self.signals, cfg.credit.name])  # ordered: credit is computed in this order
+        self.signal_options = dict(s.signal_options)
+        names = dict.fromkeys([*self.signals, s.credit])  # ordered: credit is computed in this order
         self.methods = {name: self._method(name) for name in names}
-        self.method = self.methods[cfg.credit.name]
-        need = {"logp"}.union(*(self._needs(name) for name in self.methods))
-        if cfg.diagnostics.entropy:
-            need.add("entropy")  # policy/entropy: from the logits the policy pass computes anyway
-        if cfg.loss.beta or need & {"ref_entropy", "kl"}:
-            need.add("ref_logp")  # free once the reference LM head runs
-        self.need = need
-        # What the loss reads on every row; the other signals' inputs only on the shadow sample.
-        # (entropy for policy/entropy and the inputs of batch-scope methods: cheap, from the policy's logits)
-        train = {"logp"} | self._needs(cfg.credit.name)
-        train = train.union(*(self._needs(n) for n, m in self.methods.items() if m.scope == "batch"))
-        if cfg.diagnostics.entropy:
-            train.add("entropy")
-        if cfg.loss.beta or train & {"ref_entropy", "kl"}:
-            train.add("ref_logp")
-        self.need_train = train
-        self.autocast_bf16 = cfg.learner.autocast_bf16
-        self.rollout_correction = resolve_mode(
-            cfg.loss.rollout_correction, next(model.parameters()).dtype, cfg.rollout.dtype
-        )
 
     def _method(self, name: str) -> credit.Method:
         if name != "custom":
             return credit.as_method(name)
         from arca_sweep.plugins import load_callable
 
-        return credit.custom_method(load_callable(self.cfg.credit.target, "credit.target"))
+        return credit.custom_method(load_callable(self.settings.credit_target, "credit.target"))
 
-    def _needs(self, name: str) -> set[str]:
+    def needs(self, name: str) -> set[str]:
+        """The TokenStats fields method ``name`` reads."""
         if name in credit.SIGNALS:
             return set(credit.needed_stats([name], self.signal_options))
         return set(self.methods[name].needs)
@@ -113,27 +90,61 @@ class Learner:
         """Method ``name``'s TokenCredit: signals take credit.mode/estimator, methods credit.options."""
         if name in credit.SIGNALS:
             return self.methods[name].fn(stats, ctx, **self.signal_options)
-        options = dict(self.cfg.credit.options) if name == self.cfg.credit.name else {}
+        options = dict(self.settings.credit_options) if name == self.name else {}
         return self.methods[name].fn(stats, ctx, **options)
 
     def normalized(self, name: str, salience: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Token weights of ``name``: credit.normalize for the training method and the signals, a
         method's own normalization (e.g. ``none`` for a 0/1 mask) for its shadow weights."""
-        c = self.cfg.credit
-        method = c.normalize if name == c.name else (self.methods[name].normalize or c.normalize)
+        s = self.settings
+        method = s.normalize if name == self.name else (self.methods[name].normalize or s.normalize)
         return credit.normalize(
-            salience, mask, method=method, temperature=c.temperature, mix=c.mix, clip_max=c.clip_max
+            salience, mask, method=method, temperature=s.normalize_temperature, mix=s.mix, clip_max=s.clip_max
+        )
+
+
+class Learner:
+    """Scores a rollout batch, computes its credit, applies the PPO-clip update(s) to the LoRA parameters."""
+
+    def __init__(self, model, settings: LearnerSettings, temperature: float):
+        """``settings``: :meth:`LearnerSettings.from_config`; ``temperature``: the rollout's sampling one."""
+        s = self.settings = settings
+        self.model, self.temperature = model, temperature
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas)
+        self.credit = CreditPlan(s)
+        self.signals, self.methods = self.credit.signals, self.credit.methods
+        self.signal_options = self.credit.signal_options
+        self.method = self.methods[s.credit]
+        need = {"logp"}.union(*(self.credit.needs(name) for name in self.methods))
+        if s.entropy:
+            need.add("entropy")  # policy/entropy: from the logits the policy pass computes anyway
+        if s.beta or need & {"ref_entropy", "kl"}:
+            need.add("ref_logp")  # free once the reference LM head runs
+        self.need = need
+        # What the loss reads on every row; the other signals' inputs only on the shadow sample.
+        # (entropy for policy/entropy and the inputs of batch-scope methods: cheap, from the policy's logits)
+        train = {"logp"} | self.credit.needs(s.credit)
+        train = train.union(*(self.credit.needs(n) for n, m in self.methods.items() if m.scope == "batch"))
+        if s.entropy:
+            train.add("entropy")
+        if s.beta or train & {"ref_entropy", "kl"}:
+            train.add("ref_logp")
+        self.need_train = train
+        self.autocast_bf16 = s.autocast_bf16
+        self.rollout_correction = resolve_mode(
+            s.rollout_correction, next(model.parameters()).dtype, s.engine_dtype
         )
 
     def _row_groups(self, batch: RolloutBatch, rows: torch.Tensor) -> list[torch.Tensor]:
         """``rows`` in micro-batches (:func:`micro_batches`: length-sorted, within
         ``learner.micro_batch_tokens``, at most ``learner.micro_batch_size`` rows each)."""
-        lc = self.cfg.learner
+        s = self.settings
         groups = micro_batches(
             batch.prompt_mask[rows].sum(1),
             batch.response_mask[rows].sum(1),
-            lc.micro_batch_size,
-            lc.micro_batch_tokens,
+            s.micro_batch_size,
+            s.micro_batch_tokens,
         )
         return [rows[g] for g in groups]
 
@@ -157,15 +168,15 @@ class Learner:
         Otherwise the scoring pass runs without grad, then one policy-only forward per micro-batch and
         update (the reference log-probs are kept from the scoring pass).
         """
-        lr = self.cfg.learner
+        lr = self.settings
         n = batch.response_mask.shape[0]
-        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + step)
         ctx = credit.GroupContext(
-            advantages, self.cfg.budget.group_size, rewards, batch.response_ids, generator
+            advantages, self.settings.group_size, rewards, batch.response_ids, generator
         )
         single = lr.ppo_epochs == 1 and lr.mini_batches == 1 and self.method.scope == "row"
         sampled = self.shadow_rows(n)  # the other methods' weights on this sample of rows only
-        scoring, tracker = _ScoringPass(self, ctx, n, sampled), _UpdateTracker()
+        scoring, tracker = _ScoringPass(self.credit, ctx, n, sampled), _UpdateTracker()
         everything = torch.arange(n)
         self.optimizer.zero_grad(set_to_none=True)
         for rows in self._row_groups(batch, everything):
@@ -185,7 +196,7 @@ class Learner:
                     tracker,
                 )
         if single:
-            tracker.step(self)
+            tracker.step(self.params, self.optimizer, self.settings.grad_clip)
         else:
             train, logp_old, ref_logp = scoring.training_credit(), scoring.logp_old, scoring.ref_logp
             for _ in range(lr.ppo_epochs):
@@ -201,7 +212,7 @@ class Learner:
                         self._backward(
                             rows, logp, old, ref, stats.mask, ctx.advantages[rows], tc, batch, tracker, mini
                         )
-                    tracker.step(self)
+                    tracker.step(self.params, self.optimizer, self.settings.grad_clip)
         weights, shadow = scoring.weights()
         return StepResult(
             loss=tracker.mean("loss"),
@@ -218,14 +229,14 @@ class Learner:
     ) -> None:
         """Backward of one micro-batch's share of an update's loss (aggregated over ``mini``'s rows, by
         default the whole batch)."""
-        lc = self.cfg.loss
+        lc = self.settings
         in_update = batch.response_mask if mini is None else batch.response_mask[mini]
         totals = dict(
             total_tokens=int(in_update.sum()),
             total_seqs=in_update.shape[0],
-            norm_len=self.cfg.budget.max_new_tokens,
+            norm_len=lc.norm_len,
         )
-        w = self.normalized(self.cfg.credit.name, tc.salience, mask)
+        w = self.credit.normalized(lc.credit, tc.salience, mask)
         is_weight = self.rollout_is_weight(batch, rows, logp_old, mask)
         token_adv = advantages[:, None] * w
         if tc.bonus is not None:
@@ -259,7 +270,7 @@ class Learner:
             )
         mu = batch.sampling_logprobs[rows].to(logp.device)
         return rollout_correction_weights(
-            logp.detach(), mu, mask, self.rollout_correction, self.cfg.loss.rollout_is_cap
+            logp.detach(), mu, mask, self.rollout_correction, self.settings.rollout_is_cap
         )
 
     def shadow_rows(self, n_rows: int) -> torch.Tensor | None:
@@ -269,7 +280,7 @@ class Learner:
         prompt are exchangeable draws, so this is a stratified random sample of the batch and each
         shadow mean over it is unbiased (its standard error: BENCHMARKS.md, "Shadow diagnostics").
         """
-        d, g = self.cfg.diagnostics, self.cfg.budget.group_size
+        d, g = self.settings, self.settings.group_size
         if not d.shadow or d.shadow_sample >= 1.0:
             return None
         k = max(1, math.ceil(d.shadow_sample * g - 1e-9))
@@ -294,7 +305,7 @@ class Learner:
         mask = response_mask[:, :last].to(device)
         targets = batch.response_ids[rows, :last].to(device)[mask]
         full_mask = response_mask.to(device)  # outputs keep the batch's width
-        layer = self.cfg.credit.layer
+        layer = self.settings.layer
         _, head = decoder_and_head(self.model)
 
         need, need_sample = self.need, set()
@@ -327,13 +338,11 @@ class Learner:
                 input_ids,
                 attn,
                 layer,
-                checkpoint=self.cfg.learner.gradient_checkpointing,
+                checkpoint=self.settings.gradient_checkpointing,
                 autocast_bf16=self.autocast_bf16,
             )
         )
-        chunk = auto_chunk_size(
-            head.weight.shape[0], self.cfg.learner.chunk_memory_mb, self.cfg.learner.chunk_size
-        )
+        chunk = auto_chunk_size(head.weight.shape[0], self.settings.chunk_memory_mb, self.settings.chunk_size)
         vocab_fields = {"logp", "entropy", "ref_logp", "ref_entropy", "kl"}
         if head.weight.requires_grad:  # a trainable head: the plain path, whose backward forms its gradient
             vocab = vocab_stats(
@@ -392,15 +401,15 @@ class _ScoringPass:
     micro-batch; batch scope: at the end, from the few [B, T] fields they read), the policy's entropy
     and exact KL to the reference for the diagnostics."""
 
-    def __init__(self, learner: Learner, ctx: credit.GroupContext, n: int, sampled: torch.Tensor | None):
-        self.learner, self.ctx, self.n, self.sampled = learner, ctx, n, sampled
+    def __init__(self, plan: CreditPlan, ctx: credit.GroupContext, n: int, sampled: torch.Tensor | None):
+        self.plan, self.ctx, self.n, self.sampled = plan, ctx, n, sampled
         self.rows: list[torch.Tensor] = []
         self.parts: dict[str, list[torch.Tensor]] = {"logp": [], "ref_logp": [], "mask": []}
-        self.batch_scope = [name for name, m in learner.methods.items() if m.scope == "batch"]
-        self.kept = set().union(*(learner._needs(name) for name in self.batch_scope)) - {"logp", "ref_logp"}
+        self.batch_scope = [name for name, m in plan.methods.items() if m.scope == "batch"]
+        self.kept = set().union(*(plan.needs(name) for name in self.batch_scope)) - {"logp", "ref_logp"}
         self.parts.update({f: [] for f in self.kept})
         self.credit_parts: list[credit.TokenCredit] = []
-        self.shadow_parts: dict[str, list[torch.Tensor]] = {s: [] for s in learner.signals}
+        self.shadow_parts: dict[str, list[torch.Tensor]] = {s: [] for s in plan.signals}
         self.sums, self.tokens = {"entropy": 0.0, "kl": 0.0}, {"entropy": 0, "kl": 0}
         self.fallbacks = 0
         self.train: credit.TokenCredit | None = None
@@ -408,7 +417,7 @@ class _ScoringPass:
 
     def add(self, rows: torch.Tensor, stats: credit.TokenStats) -> credit.TokenCredit | None:
         """Keep this micro-batch; return the training method's credit when it has row scope."""
-        learner, name = self.learner, self.learner.cfg.credit.name
+        plan, name = self.plan, self.plan.name
         self.rows.append(rows)
         for f in self.parts:
             value = getattr(stats, f)
@@ -420,20 +429,20 @@ class _ScoringPass:
                 self.sums[f] += value[counted].sum().item()
                 self.tokens[f] += int(counted.sum())
         ctx, tc = self.ctx.rows(rows), None
-        for s, method in learner.methods.items():
+        for s, method in plan.methods.items():
             if method.scope != "row":
                 continue
-            out = learner.credit_of(s, stats, ctx)
+            out = plan.credit_of(s, stats, ctx)
             if s == name:
                 tc = out
                 self.credit_parts.append(out)
                 self._count_fallbacks(out.salience, stats.mask)
             if s in self.shadow_parts:
-                self.shadow_parts[s].append(learner.normalized(s, out.salience, stats.mask))
+                self.shadow_parts[s].append(plan.normalized(s, out.salience, stats.mask))
         return tc
 
     def _count_fallbacks(self, salience, mask) -> None:
-        if self.learner.cfg.credit.normalize != "none":
+        if self.plan.settings.normalize != "none":
             self.fallbacks += int(credit.fallback_rows(salience, mask).sum())
 
     def _placed(self, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -459,13 +468,13 @@ class _ScoringPass:
     def _batch_credit(self) -> dict[str, credit.TokenCredit]:
         if self._batch is None:
             stats = self._batch_stats() if self.batch_scope else None
-            self._batch = {s: self.learner.credit_of(s, stats, self.ctx) for s in self.batch_scope}
+            self._batch = {s: self.plan.credit_of(s, stats, self.ctx) for s in self.batch_scope}
         return self._batch
 
     def training_credit(self) -> credit.TokenCredit:
         """The training method's credit over the whole batch (batch order)."""
         if self.train is None:
-            name = self.learner.cfg.credit.name
+            name = self.plan.name
             if name in self.batch_scope:
                 self.train = self._batch_credit()[name]
                 self._count_fallbacks(self.train.salience, self._placed(self.parts["mask"]).bool())
@@ -480,16 +489,16 @@ class _ScoringPass:
 
     def weights(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(the training weights [B, R], every shadow name's weights [B, R]), in batch order."""
-        learner, name = self.learner, self.learner.cfg.credit.name
+        plan, name = self.plan, self.plan.name
         mask = self._placed(self.parts["mask"]).bool()
         train = self.training_credit()
-        weights = learner.normalized(name, train.salience, mask)
+        weights = plan.normalized(name, train.salience, mask)
         shadow = {}
-        for s in learner.signals:
+        for s in plan.signals:
             if s == name:
                 shadow[s] = weights
             elif s in self.batch_scope:
-                shadow[s] = learner.normalized(s, self._batch_credit()[s].salience, mask)
+                shadow[s] = plan.normalized(s, self._batch_credit()[s].salience, mask)
             else:
                 shadow[s] = self._placed(self.shadow_parts[s])
             if s != name and self.sampled is not None:  # off the shadow sample: NaN, not a weight
@@ -524,10 +533,10 @@ class _UpdateTracker:
         self.counts["kl"] += torch.where(mask, ratio - 1 - log_ratio, 0.0).sum().item()
         self.counts["tokens"] += int(mask.sum())
 
-    def step(self, learner: Learner) -> None:
-        """Clip the gradient norm, step the optimizer, close the update's record."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(learner.params, learner.cfg.optim.grad_clip).item()
-        learner.optimizer.step()
+    def step(self, params, optimizer, grad_clip: float) -> None:
+        """Clip the gradient norm of ``params`` to ``grad_clip``, step the optimizer, close the record."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip).item()
+        optimizer.step()
         self.losses.append(self.current)
         self.grad_norms.append(grad_norm)
         self.current = 0.0
