@@ -365,7 +365,13 @@ def validate(cfg, model_checks: bool = True) -> None:
         errors.append(f"model {cfg.model.name!r}: set model.path (a local checkpoint dir) or model.hub_id")
     from arca_sweep.plugins import plugin_errors
 
-    errors += plugin_errors(cfg)
+    errors += plugin_errors(cfg.credit, cfg.data)
+    batch = cfg.budget.prompts_per_step * cfg.budget.group_size
+    if isinstance(batch, int) and cfg.learner.mini_batches > batch:
+        errors.append(
+            f"learner.mini_batches={cfg.learner.mini_batches} exceeds the {batch} rollouts of a step "
+            "(budget.prompts_per_step * budget.group_size)"
+        )
     betas = list(cfg.optim.betas)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         errors.append(f"optim.betas={betas} must be two numbers in [0, 1), e.g. [0.9, 0.999]")

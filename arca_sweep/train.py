@@ -90,7 +90,8 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
     b, think = cfg.budget, cfg.data.enable_thinking
 
     tokenizer = load_tokenizer(cfg.model)
-    task = build_task(cfg.data, prompt_fitter(tokenizer, prompt_token_limit(cfg), think))  # data before model
+    fits = prompt_fitter(tokenizer, prompt_token_limit(cfg.data, cfg.model, b), think)
+    task = build_task(cfg.data, fits)  # data before model
     model = load_policy(cfg.model, cfg.rank, device, cfg.seed)
     engine = build_engine(cfg.rollout, model, tokenizer, budget=b)
     learner = Learner(model, LearnerSettings.from_config(cfg), temperature=cfg.rollout.temperature)
@@ -141,7 +142,15 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
             "reward/mean": rewards.mean().item(),
             "reward/frac_zero_std": frac_zero_std,
             **step_metrics(
-                cfg, batch, result, format_tokens, rollout_s, learner_s, learner.rollout_correction
+                batch,
+                result,
+                format_tokens,
+                rollout_s,
+                learner_s,
+                cfg.credit.name,
+                cfg.diagnostics,
+                learner.rollout_correction,
+                cfg.loss.rollout_is_cap,
             ),
         }
         if cfg.diagnostics.fidelity_every and step % cfg.diagnostics.fidelity_every == 0:
@@ -193,9 +202,19 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
 
 
 def step_metrics(
-    cfg, batch, result, format_tokens, rollout_s: float, learner_s: float, rollout_correction: str = "none"
+    batch,
+    result,
+    format_tokens,
+    rollout_s: float,
+    learner_s: float,
+    credit_name: str,
+    diagnostics,
+    rollout_correction: str,
+    rollout_is_cap: float,
 ) -> dict:
-    """Loss, credit diagnostics (training and shadow signals), sampler-vs-learner log-probs, timing."""
+    """Loss, credit diagnostics (training and shadow signals), sampler-vs-learner log-probs, timing.
+
+    ``diagnostics``: the config's section; ``rollout_correction``: the resolved mode, with its cap."""
     device = result.logp.device
     mask = batch.response_mask.to(device)
     n_tokens = int(mask.sum())
@@ -216,9 +235,9 @@ def step_metrics(
             result.shadow_weights,
             mask,
             format_tokens.mask(batch.response_ids).to(device),
-            cfg.credit.name,
-            cfg.diagnostics.uniform_at,
-            cfg.diagnostics.concentrated_at,
+            credit_name,
+            diagnostics.uniform_at,
+            diagnostics.concentrated_at,
         ),
         "rollout/logp_diff_mean": logp_diff.mean().item(),
         "rollout/logp_diff_max": logp_diff.max().item(),
@@ -227,7 +246,7 @@ def step_metrics(
             batch.sampling_logprobs.to(device),
             mask,
             rollout_correction,
-            cfg.loss.rollout_is_cap,
+            rollout_is_cap,
         ),
         "perf/rollout_s": rollout_s,
         "perf/learner_s": learner_s,
