@@ -237,8 +237,8 @@ CHOICES: dict[str, Any] = {
     "credit.normalize": _registry("arca_sweep.credit", "NORMALIZE_METHODS"),
     "credit.mode": ("clamp", "abs"),
     "credit.estimator": ("exact", "k3"),
-    "loss.agg": _registry("arca_sweep.learner", "LOSS_AGGS"),
-    "loss.rollout_correction": _registry("arca_sweep.rollout_correction", "MODES"),
+    "loss.agg": _registry("arca_sweep.learner.loss", "LOSS_AGGS"),
+    "loss.rollout_correction": _registry("arca_sweep.learner.rollout_correction", "MODES"),
     "advantage.scale": ("std", "none"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.cpu_matmul": _registry("arca_sweep.kernels", "CHOICES"),
@@ -372,7 +372,13 @@ def validate(cfg, model_checks: bool = True) -> None:
         errors.append(f"model {cfg.model.name!r}: set model.path (a local checkpoint dir) or model.hub_id")
     from arca_sweep.plugins import plugin_errors
 
-    errors += plugin_errors(cfg)
+    errors += plugin_errors(cfg.credit, cfg.data)
+    batch = cfg.budget.prompts_per_step * cfg.budget.group_size
+    if isinstance(batch, int) and cfg.learner.mini_batches > batch:
+        errors.append(
+            f"learner.mini_batches={cfg.learner.mini_batches} exceeds the {batch} rollouts of a step "
+            "(budget.prompts_per_step * budget.group_size)"
+        )
     betas = list(cfg.optim.betas)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         errors.append(f"optim.betas={betas} must be two numbers in [0, 1), e.g. [0.9, 0.999]")

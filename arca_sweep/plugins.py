@@ -58,12 +58,13 @@ def check_signature(fn: Callable, key: str, spec: str, args: tuple, kwargs: dict
         pass
 
 
-def plugin_errors(cfg) -> list[str]:
-    """Every problem with ``credit.target``/``credit.options`` and ``data.path``/``data.reward``."""
+def plugin_errors(credit_cfg, data) -> list[str]:
+    """Every problem with ``credit.target``/``credit.options`` (``credit_cfg``: the ``credit`` section) and
+    ``data.path``/``data.reward`` (``data``: the ``data`` section)."""
     from arca_sweep import credit
 
     errors: list[str] = []
-    c = cfg.credit
+    c = credit_cfg
     options = dict(c.options or {})
     if c.name == "custom" or c.target is not None:  # a target set in any arm joins its shadow diagnostics
         try:
@@ -79,8 +80,8 @@ def plugin_errors(cfg) -> list[str]:
         if unknown := sorted(set(options) - set(valid)):
             choices = ", ".join(valid) if valid else "none (this method takes no options)"
             errors.append(f"credit.options {unknown} not options of {c.name!r}; valid: {choices}")
-    if cfg.data.name == "jsonl":
-        d = cfg.data
+    if data.name == "jsonl":
+        d = data
         for key, path in (("data.path", d.path), ("data.eval_path", d.eval_path)):
             if path is not None and not Path(path).expanduser().is_file():
                 errors.append(
@@ -91,10 +92,4 @@ def plugin_errors(cfg) -> list[str]:
             check_signature(fn, "data.reward", d.reward, ("", ""), {}, "fn(response_text, answer) -> float")
         except PluginError as exc:
             errors.append(str(exc))
-    batch = cfg.budget.prompts_per_step * cfg.budget.group_size
-    if isinstance(batch, int) and cfg.learner.mini_batches > batch:
-        errors.append(
-            f"learner.mini_batches={cfg.learner.mini_batches} exceeds the {batch} rollouts of a step "
-            "(budget.prompts_per_step * budget.group_size)"
-        )
     return errors

@@ -12,8 +12,8 @@ from pathlib import Path
 # A LoRA on these would be silently wrong, so they are refused (SPEC: the adapter is on the decoder's
 # linear projections).
 UNSUPPORTED_TARGETS = {
-    "lm_head": "the chunked LM head (arca_sweep/token_stats.py) multiplies by the base weight directly, so a "
-    "LoRA there would get no gradient and the log-probs would ignore it",
+    "lm_head": "the chunked LM head (arca_sweep/learner/token_stats.py) multiplies by the base weight directly, "
+    "so a LoRA there would get no gradient and the log-probs would ignore it",
     "embed_tokens": "the input embedding is tied to the LM head in the supported models (tie_word_embeddings), "
     "and the chunked LM head and the vLLM weight sync read the base weight, so a LoRA there would be ignored "
     "by scoring",
@@ -124,15 +124,16 @@ def task_errors(cfg) -> list[str]:
     return []
 
 
-def prompt_token_limit(cfg) -> int | None:
-    """``data.max_prompt_tokens``, or when null the model's context minus ``budget.max_new_tokens``."""
-    if cfg.data.max_prompt_tokens is not None:
-        return cfg.data.max_prompt_tokens
-    path = model_config_path(cfg.model)
+def prompt_token_limit(data, model, budget) -> int | None:
+    """``data.max_prompt_tokens``, or when null the model's context minus ``budget.max_new_tokens``
+    (``data``, ``model``, ``budget``: those sections of the config)."""
+    if data.max_prompt_tokens is not None:
+        return data.max_prompt_tokens
+    path = model_config_path(model)
     try:
         context = json.loads(path.read_text()).get("max_position_embeddings") if path else None
     except (OSError, ValueError):
         return None
     if not isinstance(context, int):
         return None
-    return max(context - cfg.budget.max_new_tokens, 1) if context > cfg.budget.max_new_tokens else context
+    return max(context - budget.max_new_tokens, 1) if context > budget.max_new_tokens else context

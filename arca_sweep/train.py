@@ -26,7 +26,8 @@ from arca_sweep.config import validate
 from arca_sweep.diagnostics import FormatTokens, credit_metrics
 from arca_sweep.diagnostics.fidelity import fidelity_probe
 from arca_sweep.eval import encode_prompts, evaluate
-from arca_sweep.learner import Learner, group_advantages
+from arca_sweep.learner import Learner, LearnerSettings, group_advantages
+from arca_sweep.learner.rollout_correction import rollout_is_metrics
 from arca_sweep.loggers import build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, resolve_device
 from arca_sweep.nonfinite import check_finite
@@ -34,7 +35,6 @@ from arca_sweep.preflight import prompt_token_limit
 from arca_sweep.progress import Progress, closing_line, is_terminal, skip_line
 from arca_sweep.progress import log as console
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
-from arca_sweep.rollout_correction import rollout_is_metrics
 from arca_sweep.tasks import Problem, batch_hash, build_task
 
 
@@ -85,10 +85,11 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
     b, think = cfg.budget, cfg.data.enable_thinking
 
     tokenizer = load_tokenizer(cfg.model)
-    task = build_task(cfg.data, prompt_fitter(tokenizer, prompt_token_limit(cfg), think))  # data before model
+    fits = prompt_fitter(tokenizer, prompt_token_limit(cfg.data, cfg.model, b), think)
+    task = build_task(cfg.data, fits)  # data before model
     model = load_policy(cfg.model, cfg.rank, device, cfg.seed)
     engine = build_engine(cfg.rollout, model, tokenizer, budget=b)
-    learner = Learner(model, cfg, temperature=cfg.rollout.temperature)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=cfg.rollout.temperature)
     max_logp_diff = guard_bound(cfg.rollout, next(model.parameters()).dtype)
     format_tokens = FormatTokens(tokenizer)
     eval_problems = task.eval_problems(b.eval_size)
@@ -136,7 +137,15 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
             "reward/mean": rewards.mean().item(),
             "reward/frac_zero_std": frac_zero_std,
             **step_metrics(
-                cfg, batch, result, format_tokens, rollout_s, learner_s, learner.rollout_correction
+                batch,
+                result,
+                format_tokens,
+                rollout_s,
+                learner_s,
+                cfg.credit.name,
+                cfg.diagnostics,
+                learner.rollout_correction,
+                cfg.loss.rollout_is_cap,
             ),
         }
         if cfg.diagnostics.fidelity_every and step % cfg.diagnostics.fidelity_every == 0:
@@ -188,9 +197,19 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
 
 
 def step_metrics(
-    cfg, batch, result, format_tokens, rollout_s: float, learner_s: float, rollout_correction: str = "none"
+    batch,
+    result,
+    format_tokens,
+    rollout_s: float,
+    learner_s: float,
+    credit_name: str,
+    diagnostics,
+    rollout_correction: str,
+    rollout_is_cap: float,
 ) -> dict:
-    """Loss, credit diagnostics (training and shadow signals), sampler-vs-learner log-probs, timing."""
+    """Loss, credit diagnostics (training and shadow signals), sampler-vs-learner log-probs, timing.
+
+    ``diagnostics``: the config's section; ``rollout_correction``: the resolved mode, with its cap."""
     device = result.logp.device
     mask = batch.response_mask.to(device)
     n_tokens = int(mask.sum())
@@ -211,9 +230,9 @@ def step_metrics(
             result.shadow_weights,
             mask,
             format_tokens.mask(batch.response_ids).to(device),
-            cfg.credit.name,
-            cfg.diagnostics.uniform_at,
-            cfg.diagnostics.concentrated_at,
+            credit_name,
+            diagnostics.uniform_at,
+            diagnostics.concentrated_at,
         ),
         "rollout/logp_diff_mean": logp_diff.mean().item(),
         "rollout/logp_diff_max": logp_diff.max().item(),
@@ -222,7 +241,7 @@ def step_metrics(
             batch.sampling_logprobs.to(device),
             mask,
             rollout_correction,
-            cfg.loss.rollout_is_cap,
+            rollout_is_cap,
         ),
         "perf/rollout_s": rollout_s,
         "perf/learner_s": learner_s,

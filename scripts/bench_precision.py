@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from arca_sweep.diagnostics.fidelity import PROBED, cast_in_place, signal_values  # noqa: E402
-from arca_sweep.learner import Learner  # noqa: E402
+from arca_sweep.learner import Learner, LearnerSettings  # noqa: E402
 from arca_sweep.model import load_policy, load_tokenizer  # noqa: E402
 from arca_sweep.testing import make_batch, make_config, random_qwen3, randomize_adapter  # noqa: E402
 
@@ -60,7 +60,7 @@ def to_bf16_grid(model) -> None:
 
 def measure(model, cfg, batch) -> list[dict]:
     rows = torch.arange(len(batch.texts))
-    learner = Learner(model, cfg, temperature=1.0)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
     with cast_in_place(model, torch.float64):
         ref = signal_values(learner, batch, rows)
     out = []

@@ -130,7 +130,7 @@ def arca_worker(args) -> dict:
     from arca_sweep import kernels
     from arca_sweep.config import validate
     from arca_sweep.eval import encode_prompts
-    from arca_sweep.learner import Learner, group_advantages
+    from arca_sweep.learner import Learner, LearnerSettings, group_advantages
     from arca_sweep.model import load_policy, load_tokenizer
     from arca_sweep.rollout import build_engine
     from arca_sweep.tasks import build_task
@@ -158,7 +158,7 @@ def arca_worker(args) -> dict:
     engine = build_engine(cfg.rollout, model, tokenizer)
     if args.forced:  # every response runs to the limit: no sampled token is an EOS id
         engine.eos_ids = [model.config.vocab_size]
-    learner = Learner(model, cfg, temperature=cfg.rollout.temperature)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=cfg.rollout.temperature)
     task = build_task(cfg.data)
     b = cfg.budget
     steps, flops, lengths = [], None, []
@@ -263,7 +263,7 @@ def memory_worker(args) -> dict:
     """Peak RSS above the starting point during one learner step on 8 x 512 response tokens."""
     import torch
 
-    from arca_sweep.learner import Learner
+    from arca_sweep.learner import Learner, LearnerSettings
     from arca_sweep.model import load_policy
     from arca_sweep.rollout import RolloutBatch
     from arca_sweep.testing import make_config
@@ -281,7 +281,7 @@ def memory_worker(args) -> dict:
         finish_reasons=["length"] * rows,
         texts=[""] * rows,
     )
-    learner = Learner(model, cfg, temperature=1.0)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
     with torch.no_grad():  # page the (memory-mapped) weights in, so the step's growth is the pass's own
         for p in model.parameters():
             p.sum()

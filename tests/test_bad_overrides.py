@@ -75,8 +75,9 @@ CASES = [
     (["data=math", "data.path=/nowhere/train.jsonl"], ["data.path='/nowhere/train.jsonl': no such file"]),
 ]
 
-# imported only once a run starts (the training loop, the learner, the rollout engines)
-RUN_MODULES = ("arca_sweep.train", "arca_sweep.learner", "arca_sweep.rollout")
+# imported only once a run starts (the training loop, the learner's update, the rollout engines); validation
+# reads only the learner's registries (arca_sweep.learner.loss, .rollout_correction)
+RUN_MODULES = ("arca_sweep.train", "arca_sweep.learner.update", "arca_sweep.rollout")
 RUNNER = f"RUN_MODULES = {RUN_MODULES!r}\n" + textwrap.dedent(
     """
     import contextlib, io, json, sys

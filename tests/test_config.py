@@ -141,7 +141,7 @@ def test_registry_choices_match_their_registries():
     from arca_sweep.credit import NORMALIZE_METHODS
     from arca_sweep.kernels import CHOICES as CPU_MATMULS
     from arca_sweep.learner import LOSS_AGGS
-    from arca_sweep.rollout_correction import MODES
+    from arca_sweep.learner.rollout_correction import MODES
     from arca_sweep.tasks import TASKS
 
     assert CHOICES["loss.agg"]() == tuple(LOSS_AGGS)

@@ -11,7 +11,7 @@ import torch
 
 from arca_sweep import credit
 from arca_sweep.credit import GroupContext, TokenCredit, TokenStats
-from arca_sweep.learner import aggregate_loss, credit_token_loss
+from arca_sweep.learner.loss import aggregate_loss, credit_token_loss
 from tests.verl_peer import import_verl
 
 NAN = float("nan")
@@ -93,7 +93,7 @@ def test_token_credit_rows_and_placement():
 
 
 def test_no_modifier_is_the_plain_ppo_loss():
-    from arca_sweep.learner import ppo_clip_token_loss
+    from arca_sweep.learner.loss import ppo_clip_token_loss
 
     g = torch.Generator().manual_seed(0)
     logp = -torch.rand(3, 4, generator=g, dtype=torch.float64)

@@ -9,7 +9,7 @@ import copy
 import torch
 
 from arca_sweep.diagnostics.fidelity import PROBED, cast_in_place, fidelity_probe, signal_values
-from arca_sweep.learner import Learner
+from arca_sweep.learner import Learner, LearnerSettings
 from arca_sweep.model import load_policy
 from arca_sweep.testing import make_batch, make_config, randomize_adapter
 from tests.test_learner_fidelity import PROMPTS, RESPONSES
@@ -25,7 +25,7 @@ def bf16_run(tokenizer):
 
 def test_probe_error_matches_an_independent_float64_computation(tiny_tokenizer):
     cfg, model, batch = bf16_run(tiny_tokenizer)
-    learner = Learner(model, cfg, temperature=1.0)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
     rows = torch.arange(len(PROMPTS))
     reported = fidelity_probe(learner, batch, rows)
 

@@ -8,7 +8,8 @@ import torch
 
 from arca_sweep import credit
 from arca_sweep.config import ConfigError, validate
-from arca_sweep.learner import Learner, hidden_index
+from arca_sweep.learner import Learner, LearnerSettings
+from arca_sweep.learner.decoder import hidden_index
 from arca_sweep.model import load_policy
 from arca_sweep.testing import make_batch, make_config, randomize_adapter
 from tests.test_signals_reference import _rows, reference
@@ -34,7 +35,7 @@ def test_the_policy_is_in_eval_mode_before_and_after_a_step(tiny_tokenizer, lear
 
     cfg, model, batch = setup(learner_setup)
     assert not any(m.training for m in model.modules())  # get_peft_model had set train mode
-    learner = Learner(model, cfg, temperature=1.0)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
     learner.step(batch, torch.tensor([1.0, -0.5, 0.25]))
     HFEngine(cfg.rollout, model, tiny_tokenizer).generate([batch.prompt_ids[0].tolist()], 2, 4)
     assert not any(m.training for m in model.modules())
@@ -80,7 +81,7 @@ def test_arca_reference_forward_runs_only_the_layers_up_to_credit_layer(learner_
     ]
     head_calls = []
     handles.append(model.get_base_model().lm_head.register_forward_hook(lambda *a: head_calls.append(1)))
-    learner = Learner(model, cfg, temperature=1.0)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
     rows = torch.arange(3)
     with torch.no_grad():
         stats, _ = learner.score(batch, rows)
@@ -136,7 +137,9 @@ def test_the_reference_pass_runs_each_shared_prompt_once_with_the_full_forwards_
         with_kwargs=True,
     )
     with torch.no_grad():
-        stats, _ = Learner(model, cfg, temperature=1.0).score(batch, torch.arange(9))
+        stats, _ = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0).score(
+            batch, torch.arange(9)
+        )
     handle.remove()
     p_width, n_layers = batch.prompt_ids.shape[1], len(decoder_layers(model))
     if hidden_index(layer, n_layers) > 0:
@@ -167,7 +170,7 @@ def test_the_reference_runs_every_layer_when_a_signal_needs_its_lm_head(learner_
         for i, m in enumerate(layers)
     ]
     with torch.no_grad():
-        Learner(model, cfg, temperature=1.0).score(batch, torch.arange(3))
+        Learner(model, LearnerSettings.from_config(cfg), temperature=1.0).score(batch, torch.arange(3))
     for h in handles:
         h.remove()
     assert calls == [2] * len(layers)
@@ -185,7 +188,9 @@ def lora_grads(learner_setup, checkpointing: bool):
     cfg, model, batch = setup(
         learner_setup, "credit=arca", "credit.layer=2", f"learner.gradient_checkpointing={checkpointing}"
     )
-    Learner(model, cfg, temperature=1.0).step(batch, torch.tensor([1.0, -0.5, 0.25]))
+    Learner(model, LearnerSettings.from_config(cfg), temperature=1.0).step(
+        batch, torch.tensor([1.0, -0.5, 0.25])
+    )
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, model
 
 
@@ -208,7 +213,7 @@ def test_gradient_checkpointing_actually_recomputes(learner_setup):
     counts = {}
     for flag in (False, True):
         cfg, model, batch = setup(learner_setup, "credit=uniform", f"learner.gradient_checkpointing={flag}")
-        learner = Learner(model, cfg, temperature=1.0)
+        learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
         counts[flag] = 0
 
         def pack(t, flag=flag):

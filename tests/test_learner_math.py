@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arca_sweep.learner import LOSS_AGGS, aggregate_loss, group_advantages, ppo_clip_token_loss
+from arca_sweep.learner.loss import LOSS_AGGS, aggregate_loss, group_advantages, ppo_clip_token_loss
 
 # ---------------------------------------------------------------- group_advantages
 

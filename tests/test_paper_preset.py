@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from arca_sweep.config import validate
-from arca_sweep.learner import Learner
+from arca_sweep.learner import Learner, LearnerSettings
 from arca_sweep.model import load_policy
 from arca_sweep.testing import make_batch, make_config, random_qwen3
 from tests.helpers import cli, records
@@ -46,7 +46,9 @@ def test_qwen3_presets_instantiate_and_score_full_vocabulary(tmp_path, model, ti
     batch = make_batch(
         tiny_tokenizer, ["<|im_start|>user\nCompute 1 + 2.<|im_end|>\n"], ["1 + 2 = 3\n\\boxed{3}"]
     )
-    result = Learner(policy, cfg, temperature=1.0).step(batch, torch.tensor([1.0]))
+    result = Learner(policy, LearnerSettings.from_config(cfg), temperature=1.0).step(
+        batch, torch.tensor([1.0])
+    )
     assert torch.isfinite(result.logp[batch.response_mask]).all() and result.grad_norm > 0
 
 

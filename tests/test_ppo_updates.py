@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from arca_sweep import credit
-from arca_sweep.learner import Learner
+from arca_sweep.learner import Learner, LearnerSettings
 from arca_sweep.testing import make_config
 
 QUESTIONS = ("12 + 7", "88 - 24 + 29", "5 - 9", "40 + 2")
@@ -76,7 +76,7 @@ def run_both(model, batch, cfg, weights_of=None):
     """(learner result, learner's final params, naive losses, naive ratio spreads, naive final params),
     both from the same starting adapter, which is restored afterwards."""
     start = [p.detach().clone() for p in _params(model)]
-    result = Learner(model, cfg, temperature=1.0).step(batch, ADVANTAGES)
+    result = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0).step(batch, ADVANTAGES)
     learner_params = [p.detach().clone() for p in _params(model)]
     with torch.no_grad():
         for p, s in zip(_params(model), start, strict=True):
@@ -155,7 +155,7 @@ def test_diagnostics_from_the_scoring_pass(setup):
     model, batch = setup
     cfg = make_config("credit=divergence", "diagnostics.shadow=false", "optim.lr=1e-9")
     start = [p.detach().clone() for p in _params(model)]
-    result = Learner(model, cfg, temperature=1.0).step(batch, ADVANTAGES)
+    result = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0).step(batch, ADVANTAGES)
     with torch.no_grad():
         for p, s in zip(_params(model), start, strict=True):
             p.copy_(s)
@@ -172,7 +172,9 @@ def test_diagnostics_from_the_scoring_pass(setup):
     assert result.metrics["policy/entropy"] == pytest.approx(torch.cat(entropies).mean().item(), rel=1e-4)
     assert result.metrics["policy/kl_ref"] == pytest.approx(torch.cat(kls).mean().item(), rel=1e-3, abs=1e-7)
     assert result.metrics["policy/kl_ref"] > 0
-    uniform = Learner(model, make_config("credit=uniform", "diagnostics.shadow=false"), temperature=1.0)
+    uniform = Learner(
+        model, LearnerSettings.from_config(make_config("credit=uniform", "diagnostics.shadow=false")), 1.0
+    )
     with torch.no_grad():
         for p, s in zip(_params(model), start, strict=True):
             p.copy_(s)

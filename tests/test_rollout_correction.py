@@ -9,14 +9,15 @@ import math
 import pytest
 import torch
 
-from arca_sweep.learner import Learner, ppo_clip_token_loss
-from arca_sweep.model import load_policy
-from arca_sweep.rollout_correction import (
+from arca_sweep.learner import Learner, LearnerSettings
+from arca_sweep.learner.loss import ppo_clip_token_loss
+from arca_sweep.learner.rollout_correction import (
     SAFETY_BOUND,
     resolve_mode,
     rollout_correction_weights,
     rollout_is_metrics,
 )
+from arca_sweep.model import load_policy
 from arca_sweep.testing import make_batch, make_config, randomize_adapter
 from tests.helpers import REPO, cli, records
 from tests.verl_peer import import_verl
@@ -160,7 +161,7 @@ def lora_grads(tokenizer, mode, shift, cap=2.0):
     model = load_policy(cfg.model, cfg.rank, torch.device("cpu"), seed=0)
     randomize_adapter(model, scale=0.1)
     batch = make_batch(tokenizer, ["Compute 1 + 2.", "Compute 7 - 3."], ["1 + 2 = 3", "7 - 3 = 4 so 4"])
-    learner = Learner(model, cfg, temperature=1.0)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
     with torch.no_grad():
         _, logp = learner.score(batch, torch.arange(2))
     batch.sampling_logprobs = (logp - shift).masked_fill(~batch.response_mask, 0.0)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from arca_sweep.config import validate
-from arca_sweep.learner import Learner
+from arca_sweep.learner import Learner, LearnerSettings
 from arca_sweep.model import TINY_PATH, load_policy
 from arca_sweep.rollout import build_engine
 from arca_sweep.tasks import Problem
@@ -64,7 +64,7 @@ def argmax_decode(model, prompt: list[int], max_new_tokens: int, eos_ids: list[i
 
 
 def learner_logp(model, cfg, batch):
-    learner = Learner(model, cfg, temperature=cfg.rollout.temperature)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=cfg.rollout.temperature)
     with torch.no_grad():
         _, logp = learner.score(batch, torch.arange(batch.response_ids.shape[0]))
     return logp

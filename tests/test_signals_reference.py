@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from arca_sweep import credit
-from arca_sweep.learner import Learner
+from arca_sweep.learner import Learner, LearnerSettings
 from arca_sweep.testing import make_config
 
 # float32: 1e-5 absolute plus float32 round-off relative to the value (log-probs near -8 carry
@@ -63,7 +63,7 @@ def _rows(batch, i):
 def test_every_signal_matches_two_full_forwards(setup, layer, temperature):
     cfg, model, batch = setup
     cfg.credit.layer = layer
-    learner = Learner(model, cfg, temperature=temperature)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=temperature)
     stats, logp = learner.score(batch, torch.arange(len(batch.texts)))
     for i in range(len(batch.texts)):
         want = reference(model, *_rows(batch, i), layer, temperature)
@@ -112,7 +112,7 @@ def test_learner_gradient_matches_naive_loss(setup, signal, agg):
     cfg, model, batch = setup
     cfg.credit.name, cfg.credit.layer, cfg.loss.agg = signal, -1, agg
     advantages = torch.tensor([1.0, -0.5, 0.25])
-    learner = Learner(model, cfg, temperature=1.0)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
     params = [p for p in model.parameters() if p.requires_grad]
     snapshot = [p.detach().clone() for p in params]
     learner.optimizer.zero_grad()
@@ -167,7 +167,7 @@ def test_at_most_two_forwards_per_micro_batch(setup, overrides, forwards, adapte
     """SPEC: the policy forward with grad, and one no-grad adapter-off pass only when needed."""
     _, model, batch = setup
     cfg = make_config("learner.micro_batch_size=2", *overrides)
-    learner = Learner(model, cfg, temperature=1.0)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
     decoder = model.get_base_model().model
     calls = []
     hook = decoder.register_forward_hook(lambda *a: calls.append(torch.is_grad_enabled()))
@@ -202,7 +202,7 @@ def test_fused_scoring_pass_gives_the_plain_paths_loss_and_gradient(setup):
     if model.dtype != torch.float64:
         pytest.skip("the equality is asserted in float64")
     cfg.credit.name, cfg.credit.layer, cfg.loss.agg = "entropy", -1, "token-mean"
-    learner = Learner(model, cfg, temperature=0.9)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=0.9)
     head = model.get_base_model().get_output_embeddings().weight
     advantages = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64)
     out = {}
@@ -230,7 +230,7 @@ def test_fused_scoring_pass_gives_the_plain_paths_loss_and_gradient(setup):
 
 
 def test_micro_batches_by_token_budget_sort_and_bound_the_groups():
-    from arca_sweep.learner import micro_batches
+    from arca_sweep.learner.update import micro_batches
 
     prompt, response = torch.tensor([5, 5, 9, 5, 5]), torch.tensor([3, 20, 1, 8, 2])
     assert [g.tolist() for g in micro_batches(prompt, response, 2, 0)] == [[0, 1], [2, 3], [4]]
@@ -255,13 +255,13 @@ def test_token_budget_micro_batching_changes_no_result(setup):
     runs = []
     for size, tokens in ((3, 0), (2, 0), (3, 40)):
         cfg.learner.micro_batch_size, cfg.learner.micro_batch_tokens = size, tokens
-        learner = Learner(model, cfg, temperature=1.0)
+        learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
         result = learner.step(batch, advantages)
         runs.append((result, [p.grad.clone() for p in params], [p.detach().clone() for p in params]))
         with torch.no_grad():
             for p, s in zip(params, snapshot, strict=True):
                 p.copy_(s)
-    from arca_sweep.learner import micro_batches
+    from arca_sweep.learner.update import micro_batches
 
     lengths = batch.prompt_mask.sum(1), batch.response_mask.sum(1)
     assert [len(g) for g in micro_batches(*lengths, 3, 40)] != [3], "the budget must split the batch"
@@ -308,7 +308,7 @@ def test_shadow_sample_computes_the_other_signals_on_the_sampled_rows_only(setup
         for frac in (1.0, 0.5):
             cfg.diagnostics.shadow_sample = frac
             rows_seen.clear()
-            learner = Learner(model, cfg, temperature=1.0)
+            learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
             result = learner.step(batch, torch.tensor([1.0, -0.5, 0.25]))
             runs[frac] = result, [p.grad.clone() for p in params], list(rows_seen)
             with torch.no_grad():
@@ -353,7 +353,9 @@ def test_shadow_sample_with_a_micro_batch_off_the_sample(setup):
     cfg.learner.micro_batch_size, cfg.learner.micro_batch_tokens = 1, 0
     params = [p for p in model.parameters() if p.requires_grad]
     snapshot = [p.detach().clone() for p in params]
-    result = Learner(model, cfg, temperature=1.0).step(batch, torch.tensor([1.0, -0.5, 0.25]))
+    result = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0).step(
+        batch, torch.tensor([1.0, -0.5, 0.25])
+    )
     with torch.no_grad():
         for p, s in zip(params, snapshot, strict=True):
             p.copy_(s)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from arca_sweep.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
+from arca_sweep.learner.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
 
 V = 50_257  # a GPT-2-sized vocabulary: the chunking must hold at realistic sizes
 

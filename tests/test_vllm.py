@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from arca_sweep.config import validate
-from arca_sweep.learner import Learner
+from arca_sweep.learner import Learner, LearnerSettings
 from arca_sweep.model import load_policy
 from arca_sweep.rollout import EngineWeightsMismatch, check_engine_weights, guard_bound
 from arca_sweep.testing import make_config, randomize_adapter
@@ -46,7 +46,7 @@ def policy(cfg, adapter_seed: int | None = 0):
 
 
 def learner_logp(model, cfg, batch):
-    learner = Learner(model, cfg, temperature=cfg.rollout.temperature)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=cfg.rollout.temperature)
     with torch.no_grad():
         _, logp = learner.score(batch, torch.arange(batch.response_ids.shape[0]))
     return logp
@@ -90,7 +90,7 @@ def test_sync_after_an_optimizer_step_and_a_stale_engine_trips_the_guard(engines
     model = policy(cfg, adapter_seed=2)
     engine.sync(model)
     batch = engine.generate(prompt_ids(tiny_tokenizer), 4, max_new_tokens=24)
-    learner = Learner(model, cfg, temperature=1.0)
+    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=1.0)
     for group in learner.optimizer.param_groups:
         group["lr"] = 0.05  # one large, unmistakable update
     learner.step(batch, torch.linspace(-1, 1, batch.response_ids.shape[0]))

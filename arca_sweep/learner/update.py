@@ -1,4 +1,4 @@
-"""The GRPO learner (SPEC: "Policy, reference, rollouts", "Loss", "One scoring pass feeds every signal").
+"""The update: one scoring pass over a rollout batch, its credit, then E x M PPO-clip updates.
 
 Per step and per micro-batch of sequences, at most two forwards: the policy (with grad) and one
 no-grad pass with the adapter disabled, run only when a signal, a shadow signal or the KL
@@ -9,118 +9,18 @@ predicts it (the position of y_{t-1}, or the last prompt token for t = 1).
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from dataclasses import dataclass, field, fields
 
 import torch
-import torch.utils.checkpoint
 
 from arca_sweep import credit
-from arca_sweep.diagnostics.fidelity import compute_context
+from arca_sweep.learner.decoder import decoder_and_head, forward_hidden, response_hidden
+from arca_sweep.learner.loss import aggregate_loss, credit_token_loss
+from arca_sweep.learner.rollout_correction import resolve_mode, rollout_correction_weights
+from arca_sweep.learner.settings import LearnerSettings
+from arca_sweep.learner.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
 from arca_sweep.rollout import RolloutBatch
-from arca_sweep.rollout_correction import resolve_mode, rollout_correction_weights
-from arca_sweep.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
-
-LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std"):
-    """A_i = (r_i - mean(r)) / (std(r) + 1e-6) within each group of G (``scale="none"``: r_i - mean(r)).
-
-    ``std`` is the unbiased sample standard deviation, as in GRPO (DeepSeekMath) and TRL.
-    Returns the advantages [N] and the fraction of groups whose rewards are all equal (zero advantage).
-    """
-    r = rewards.view(-1, group_size).double()
-    centered = r - r.mean(1, keepdim=True)
-    std = r.std(1, keepdim=True)
-    adv = centered / (std + 1e-6) if scale == "std" else centered
-    frac_zero_std = (std[:, 0] == 0).double().mean().item()
-    return adv.flatten().float(), frac_zero_std
-
-
-K3_LOG_RATIO_BOUND = 20.0  # verl core_algos.kl_penalty("low_var_kl"): clamp ref - logp to +-20 before exp
-K3_BOUND = 10.0  # ... and the estimate to [-10, 10] after it
-
-
-def ppo_clip_token_loss(
-    logp,
-    logp_old,
-    token_adv,
-    clip_low: float,
-    clip_high: float,
-    ref_logp=None,
-    beta: float = 0.0,
-    is_weight=None,
-):
-    """Per-token loss c * -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta * k3, with
-    rho = exp(logp - logp_old), c the detached rollout-correction weight (``is_weight``, 1 if None;
-    :mod:`arca_sweep.rollout_correction`, applied to the policy-gradient term only, as verl and TRL)
-    and k3 = exp(d) - d - 1, d = clamp(ref - logp, -20, 20), clamped to at most 10 (an unbiased,
-    non-negative estimate of KL(pi_theta || pi_ref)).
-
-    The two k3 clamps are verl's (``kl_penalty(..., "low_var_kl")``): without the first, a token
-    the reference finds 90 nats likelier overflows exp to inf in float32; the second bounds one
-    token's penalty (and zeroes its gradient) where the estimator is far off its small-KL regime.
-    """
-    ratio = torch.exp(logp - logp_old)
-    loss = -torch.minimum(ratio * token_adv, ratio.clamp(1 - clip_low, 1 + clip_high) * token_adv)
-    if is_weight is not None:
-        loss = loss * is_weight.detach()
-    if beta:
-        loss = loss + beta * k3_penalty(ref_logp, logp)
-    return loss
-
-
-def k3_penalty(ref_logp, logp):
-    """k3 = exp(d) - d - 1 with d = clamp(ref - logp, -20, 20), clamped to at most 10 (verl's
-    ``low_var_kl``; see :func:`ppo_clip_token_loss`)."""
-    log_r = (ref_logp - logp).clamp(-K3_LOG_RATIO_BOUND, K3_LOG_RATIO_BOUND)
-    return (torch.exp(log_r) - log_r - 1).clamp(-K3_BOUND, K3_BOUND)
-
-
-def credit_token_loss(
-    logp, logp_old, token_adv, tc, clip_low: float, clip_high: float, ref_logp, beta: float, is_weight=None
-):
-    """The per-token loss with a credit method's modifiers (:class:`arca_sweep.credit.TokenCredit`):
-
-    ``grad_mask_t * [ppo_clip(rho_t, A_t; eps_low_t, eps_high_t) + beta_t * k3_t + c_t * |log rho_t|]``
-
-    where ``eps_*_t`` is the method's per-token clip range (else ``clip_low``/``clip_high``), ``beta_t``
-    its per-token KL coefficient (else ``beta``), ``c_t`` its ratio penalty (else 0), and the grad mask
-    zeroes the loss of the tokens it drops (else all kept). With no modifier set this is
-    :func:`ppo_clip_token_loss` exactly.
-    """
-    low = clip_low if tc.clip_low is None else tc.clip_low.to(logp.dtype)
-    high = clip_high if tc.clip_high is None else tc.clip_high.to(logp.dtype)
-    per_token_kl = tc.ref_kl_coef is not None
-    loss = ppo_clip_token_loss(
-        logp, logp_old, token_adv, low, high, ref_logp, 0.0 if per_token_kl else beta, is_weight=is_weight
-    )
-    if per_token_kl:
-        loss = loss + tc.ref_kl_coef * k3_penalty(ref_logp, logp)
-    if tc.ratio_penalty is not None:
-        loss = loss + tc.ratio_penalty * (logp - logp_old).abs()
-    if tc.grad_mask is not None:
-        loss = torch.where(tc.grad_mask, loss, 0.0)
-    return loss
-
-
-def aggregate_loss(token_loss, mask, agg: str, *, total_tokens: int, total_seqs: int, norm_len: int):
-    """Sum of this micro-batch's share of the batch loss, so micro-batch losses add up exactly:
-
-    - ``token-mean``: sum over all tokens / tokens in the batch
-    - ``seq-mean-token-mean``: mean over sequences of each sequence's token mean
-    - ``seq-mean-token-sum-norm`` (Dr.GRPO): mean over sequences of token sum / ``norm_len``
-    """
-    token_loss = token_loss * mask
-    if agg == "token-mean":
-        return token_loss.sum() / total_tokens
-    if agg == "seq-mean-token-mean":
-        return (token_loss.sum(1) / mask.sum(1).clamp(min=1)).sum() / total_seqs
-    if agg == "seq-mean-token-sum-norm":
-        return (token_loss.sum(1) / norm_len).sum() / total_seqs
-    raise ValueError(f"loss.agg={agg!r}; valid: {', '.join(LOSS_AGGS)}")
 
 
 def micro_batches(prompt_lengths, response_lengths, max_rows: int, max_tokens: int) -> list[torch.Tensor]:
@@ -148,179 +48,6 @@ def micro_batches(prompt_lengths, response_lengths, max_rows: int, max_tokens: i
     return [torch.tensor(g) for g in groups]
 
 
-def _decoder_and_head(model):
-    base = model.get_base_model()
-    return getattr(base, base.base_model_prefix), base.get_output_embeddings()
-
-
-class _StopForward(Exception):
-    """Carries the hidden state out of the decoder once the last layer it depends on has run."""
-
-    def __init__(self, hidden: torch.Tensor):
-        self.hidden = hidden
-
-
-def hidden_index(layer: int, num_layers: int) -> int:
-    """``hidden_states`` index of ``credit.layer`` in ``0..num_layers`` (0: the embeddings; k: the
-    output of decoder layer k, 1-based; num_layers: the final, normed state fed to the LM head)."""
-    k = layer if layer >= 0 else num_layers + 1 + layer
-    if not 0 <= k <= num_layers:
-        raise ValueError(f"credit.layer={layer} is out of range for a model of {num_layers} decoder layers")
-    return k
-
-
-@contextlib.contextmanager
-def _checkpointed(decoder):
-    """Non-reentrant activation checkpointing of every decoder layer, for this forward only.
-
-    transformers checkpoints a layer only when ``layer.training`` is set; the model stays in eval mode
-    (no dropout: only the layer's own flag is set, not its submodules'), and the flags are restored
-    after the call so ``generate`` (which needs its KV cache) never sees them.
-    """
-    layers = list(decoder.layers)
-    saved = [
-        (m.gradient_checkpointing, m.training, m.__dict__.get("_gradient_checkpointing_func")) for m in layers
-    ]
-    for m in layers:
-        m.gradient_checkpointing, m.training = True, True
-        m._gradient_checkpointing_func = functools.partial(
-            torch.utils.checkpoint.checkpoint, use_reentrant=False
-        )
-    try:
-        yield
-    finally:
-        for m, (flag, training, fn) in zip(layers, saved, strict=True):
-            m.gradient_checkpointing, m.training = flag, training
-            if fn is None:
-                m.__dict__.pop("_gradient_checkpointing_func", None)
-            else:
-                m._gradient_checkpointing_func = fn
-
-
-def forward_hidden(
-    model,
-    input_ids,
-    attention_mask,
-    layer: int,
-    *,
-    final: bool = True,
-    checkpoint: bool = False,
-    autocast_bf16: bool = False,
-):
-    """(final hidden [B, L, D] fed to the LM head, hidden at ``layer``) of one forward.
-
-    Position ids follow the attention mask, as in generation, so left padding changes nothing.
-    ``final=False``: only the hidden state at ``layer`` is wanted (ARCA's reference pass without the
-    LM head); the forward stops after the last decoder layer it depends on and returns
-    ``(None, hidden)``. ``checkpoint``: recompute each layer's activations in backward.
-    ``autocast_bf16``: matmuls in bf16 over the (float32) weights, residual stream in float32
-    (:func:`arca_sweep.diagnostics.fidelity.compute_context`).
-    """
-    decoder, _ = _decoder_and_head(model)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    return _decoder_pass(
-        decoder, input_ids, attention_mask, position_ids, layer, final, checkpoint, autocast_bf16
-    )
-
-
-def _decoder_pass(
-    decoder, input_ids, attention_mask, position_ids, layer, final, checkpoint, autocast_bf16, cache=None
-):
-    """One decoder call for :func:`forward_hidden`; with ``cache`` (a DynamicCache), ``input_ids``
-    continue the sequences the cache holds and ``attention_mask`` covers both."""
-    k = hidden_index(layer, len(decoder.layers))
-    stop = not final and k < len(decoder.layers)
-    if stop:  # the output of decoder layer k (1-based), or of the embedding for k = 0
-        last = decoder.layers[k - 1] if k else decoder.get_input_embeddings()
-
-        def hook(module, args, output):
-            raise _StopForward(output[0] if isinstance(output, tuple) else output)
-
-        handle = last.register_forward_hook(hook)
-    try:
-        with (
-            _checkpointed(decoder) if checkpoint else contextlib.nullcontext(),
-            compute_context(input_ids.device, autocast_bf16),
-        ):
-            out = decoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                output_hidden_states=layer != -1,
-                past_key_values=cache,
-                use_cache=cache is not None,
-            )
-    except _StopForward as early:
-        return None, early.hidden
-    finally:
-        if stop:
-            handle.remove()
-    final_state, at_layer = out.last_hidden_state, out.hidden_states[layer] if layer != -1 else None
-    if autocast_bf16:  # the LM head and every signal downstream in float32
-        final_state = final_state.float()
-        at_layer = at_layer.float() if at_layer is not None else None
-    return final_state, final_state if layer == -1 else at_layer
-
-
-@torch.no_grad()
-def response_hidden(
-    model, input_ids, attention_mask, prompt_len: int, layer: int, *, final, autocast_bf16=False
-):
-    """:func:`forward_hidden` without a gradient, at the positions that predict the response
-    (``prompt_len - 1 .. L - 2``: ``[B, L - prompt_len, D]`` each), every distinct prompt run once.
-
-    The G samples of a group share their prompt, so the prompt's keys and values are computed for one
-    row per distinct prompt and copied to the others through the KV cache; the response positions then
-    run for every row. Same arithmetic as one full forward (a row's prompt positions never see its
-    response); for the reference pass, about (G - 1) / G of the prompt tokens' work saved.
-    """
-    from transformers import DynamicCache
-
-    p = prompt_len
-    prompt = torch.cat([input_ids[:, :p], attention_mask[:, :p].long()], 1)
-    unique, inverse = torch.unique(prompt, dim=0, return_inverse=True)
-    if unique.shape[0] == input_ids.shape[0]:  # nothing shared: one plain forward
-        return tuple(
-            None if h is None else h[:, p - 1 : -1]
-            for h in forward_hidden(
-                model, input_ids, attention_mask, layer, final=final, autocast_bf16=autocast_bf16
-            )
-        )
-    decoder, _ = _decoder_and_head(model)
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    first = torch.full((unique.shape[0],), input_ids.shape[0], device=input_ids.device, dtype=torch.long)
-    first = first.scatter_reduce(0, inverse, rows, reduce="amin")  # one row per distinct prompt
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=decoder.config)
-    head = _decoder_pass(
-        decoder,
-        input_ids[first, :p],
-        attention_mask[first, :p],
-        position_ids[first, :p],
-        layer,
-        final,
-        False,
-        autocast_bf16,
-        cache,
-    )
-    cache.reorder_cache(inverse)  # [distinct prompts] -> [B]: each row's own prompt
-    tail = _decoder_pass(
-        decoder,
-        input_ids[:, p:],
-        attention_mask,
-        position_ids[:, p:],
-        layer,
-        final,
-        False,
-        autocast_bf16,
-        cache,
-    )
-    return tuple(
-        None if a is None else torch.cat([a[inverse, -1:], b[:, :-1]], 1)
-        for a, b in zip(head, tail, strict=True)
-    )
-
-
 @dataclass
 class StepResult:
     loss: float
@@ -332,56 +59,32 @@ class StepResult:
     metrics: dict[str, float] = field(default_factory=dict)  # policy/*, loss/* diagnostics
 
 
-class Learner:
-    """Scores a rollout batch, computes its credit, applies the PPO-clip update(s) to the LoRA parameters."""
+class CreditPlan:
+    """The step's credit methods (the training method and every shadow signal): what each reads of
+    the scoring pass, its credit and its normalized token weights."""
 
-    def __init__(self, model, cfg, temperature: float):
-        self.model, self.cfg, self.temperature = model, cfg, temperature
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas)
-        )
-        self.signals = credit.shadow_names() if cfg.diagnostics.shadow else [cfg.credit.name]
-        if (
-            cfg.credit.name == "custom" or cfg.diagnostics.shadow and cfg.credit.target
-        ) and "custom" not in self.signals:
+    def __init__(self, settings: LearnerSettings):
+        s = self.settings = settings
+        self.name = s.credit
+        self.signals = credit.shadow_names() if s.shadow else [s.credit]
+        if (s.credit == "custom" or s.shadow and s.credit_target) and "custom" not in self.signals:
             self.signals.append("custom")  # a user's method joins the shadow diagnostics of every arm
-        self.signal_options = dict(mode=cfg.credit.mode, estimator=cfg.credit.estimator)
-        names = dict.fromkeys([*self.signals, cfg.credit.name])  # ordered: credit is computed in this order
+        self.signal_options = dict(s.signal_options)
+        names = dict.fromkeys([*self.signals, s.credit])  # ordered: credit is computed in this order
         self.methods = {name: self._method(name) for name in names}
-        self.method = self.methods[cfg.credit.name]
-        need = {"logp"}.union(*(self._needs(name) for name in self.methods))
-        if cfg.diagnostics.entropy:
-            need.add("entropy")  # policy/entropy: from the logits the policy pass computes anyway
-        if cfg.loss.beta or need & {"ref_entropy", "kl"}:
-            need.add("ref_logp")  # free once the reference LM head runs
-        self.need = need
-        # What the loss reads on every row; the other signals' inputs only on the shadow sample.
-        # (entropy for policy/entropy and the inputs of batch-scope methods: cheap, from the policy's logits)
-        train = {"logp"} | self._needs(cfg.credit.name)
-        train = train.union(*(self._needs(n) for n, m in self.methods.items() if m.scope == "batch"))
-        if cfg.diagnostics.entropy:
-            train.add("entropy")
-        if cfg.loss.beta or train & {"ref_entropy", "kl"}:
-            train.add("ref_logp")
-        self.need_train = train
-        self.autocast_bf16 = cfg.learner.autocast_bf16
-        self.rollout_correction = resolve_mode(
-            cfg.loss.rollout_correction, next(model.parameters()).dtype, cfg.rollout.dtype
-        )
 
     def _method(self, name: str) -> credit.Method:
         """Method ``name`` with its options bound: credit.options for the training method, and
         credit.mode/estimator for a signal (:func:`arca_sweep.credit.method`)."""
-        options = dict(self.cfg.credit.options or {}) if name == self.cfg.credit.name else {}
+        options = dict(self.settings.credit_options or {}) if name == self.name else {}
         if name != "custom":
             return credit.method(name, options, self.signal_options)
         from arca_sweep.plugins import load_callable
 
-        return credit.custom_method(load_callable(self.cfg.credit.target, "credit.target")).bind(options)
+        return credit.custom_method(load_callable(self.settings.credit_target, "credit.target")).bind(options)
 
-    def _needs(self, name: str) -> set[str]:
+    def needs(self, name: str) -> set[str]:
+        """The TokenStats fields method ``name`` reads."""
         return set(self.methods[name].needs)
 
     def credit_of(self, name: str, stats: credit.TokenStats, ctx: credit.GroupContext) -> credit.TokenCredit:
@@ -391,21 +94,55 @@ class Learner:
     def normalized(self, name: str, salience: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Token weights of ``name``: credit.normalize for the training method and the signals, a
         method's own normalization (e.g. ``none`` for a 0/1 mask) for its shadow weights."""
-        c = self.cfg.credit
-        method = c.normalize if name == c.name else (self.methods[name].normalize or c.normalize)
+        s = self.settings
+        method = s.normalize if name == self.name else (self.methods[name].normalize or s.normalize)
         return credit.normalize(
-            salience, mask, method=method, temperature=c.temperature, mix=c.mix, clip_max=c.clip_max
+            salience, mask, method=method, temperature=s.normalize_temperature, mix=s.mix, clip_max=s.clip_max
+        )
+
+
+class Learner:
+    """Scores a rollout batch, computes its credit, applies the PPO-clip update(s) to the LoRA parameters."""
+
+    def __init__(self, model, settings: LearnerSettings, temperature: float):
+        """``settings``: :meth:`LearnerSettings.from_config`; ``temperature``: the rollout's sampling one."""
+        s = self.settings = settings
+        self.model, self.temperature = model, temperature
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas)
+        self.credit = CreditPlan(s)
+        self.signals, self.methods = self.credit.signals, self.credit.methods
+        self.signal_options = self.credit.signal_options
+        self.method = self.methods[s.credit]
+        need = {"logp"}.union(*(self.credit.needs(name) for name in self.methods))
+        if s.entropy:
+            need.add("entropy")  # policy/entropy: from the logits the policy pass computes anyway
+        if s.beta or need & {"ref_entropy", "kl"}:
+            need.add("ref_logp")  # free once the reference LM head runs
+        self.need = need
+        # What the loss reads on every row; the other signals' inputs only on the shadow sample.
+        # (entropy for policy/entropy and the inputs of batch-scope methods: cheap, from the policy's logits)
+        train = {"logp"} | self.credit.needs(s.credit)
+        train = train.union(*(self.credit.needs(n) for n, m in self.methods.items() if m.scope == "batch"))
+        if s.entropy:
+            train.add("entropy")
+        if s.beta or train & {"ref_entropy", "kl"}:
+            train.add("ref_logp")
+        self.need_train = train
+        self.autocast_bf16 = s.autocast_bf16
+        self.rollout_correction = resolve_mode(
+            s.rollout_correction, next(model.parameters()).dtype, s.engine_dtype
         )
 
     def _row_groups(self, batch: RolloutBatch, rows: torch.Tensor) -> list[torch.Tensor]:
         """``rows`` in micro-batches (:func:`micro_batches`: length-sorted, within
         ``learner.micro_batch_tokens``, at most ``learner.micro_batch_size`` rows each)."""
-        lc = self.cfg.learner
+        s = self.settings
         groups = micro_batches(
             batch.prompt_mask[rows].sum(1),
             batch.response_mask[rows].sum(1),
-            lc.micro_batch_size,
-            lc.micro_batch_tokens,
+            s.micro_batch_size,
+            s.micro_batch_tokens,
         )
         return [rows[g] for g in groups]
 
@@ -429,15 +166,15 @@ class Learner:
         Otherwise the scoring pass runs without grad, then one policy-only forward per micro-batch and
         update (the reference log-probs are kept from the scoring pass).
         """
-        lr = self.cfg.learner
+        lr = self.settings
         n = batch.response_mask.shape[0]
-        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + step)
         ctx = credit.GroupContext(
-            advantages, self.cfg.budget.group_size, rewards, batch.response_ids, generator
+            advantages, self.settings.group_size, rewards, batch.response_ids, generator
         )
         single = lr.ppo_epochs == 1 and lr.mini_batches == 1 and self.method.scope == "row"
         sampled = self.shadow_rows(n)  # the other methods' weights on this sample of rows only
-        scoring, tracker = _ScoringPass(self, ctx, n, sampled), _UpdateTracker()
+        scoring, tracker = _ScoringPass(self.credit, ctx, n, sampled), _UpdateTracker()
         everything = torch.arange(n)
         self.optimizer.zero_grad(set_to_none=True)
         for rows in self._row_groups(batch, everything):
@@ -457,7 +194,7 @@ class Learner:
                     tracker,
                 )
         if single:
-            tracker.step(self)
+            tracker.step(self.params, self.optimizer, self.settings.grad_clip)
         else:
             train, logp_old, ref_logp = scoring.training_credit(), scoring.logp_old, scoring.ref_logp
             for _ in range(lr.ppo_epochs):
@@ -473,7 +210,7 @@ class Learner:
                         self._backward(
                             rows, logp, old, ref, stats.mask, ctx.advantages[rows], tc, batch, tracker, mini
                         )
-                    tracker.step(self)
+                    tracker.step(self.params, self.optimizer, self.settings.grad_clip)
         weights, shadow = scoring.weights()
         return StepResult(
             loss=tracker.mean("loss"),
@@ -490,14 +227,14 @@ class Learner:
     ) -> None:
         """Backward of one micro-batch's share of an update's loss (aggregated over ``mini``'s rows, by
         default the whole batch)."""
-        lc = self.cfg.loss
+        lc = self.settings
         in_update = batch.response_mask if mini is None else batch.response_mask[mini]
         totals = dict(
             total_tokens=int(in_update.sum()),
             total_seqs=in_update.shape[0],
-            norm_len=self.cfg.budget.max_new_tokens,
+            norm_len=lc.norm_len,
         )
-        w = self.normalized(self.cfg.credit.name, tc.salience, mask)
+        w = self.credit.normalized(lc.credit, tc.salience, mask)
         is_weight = self.rollout_is_weight(batch, rows, logp_old, mask)
         token_adv = advantages[:, None] * w
         if tc.bonus is not None:
@@ -531,7 +268,7 @@ class Learner:
             )
         mu = batch.sampling_logprobs[rows].to(logp.device)
         return rollout_correction_weights(
-            logp.detach(), mu, mask, self.rollout_correction, self.cfg.loss.rollout_is_cap
+            logp.detach(), mu, mask, self.rollout_correction, self.settings.rollout_is_cap
         )
 
     def shadow_rows(self, n_rows: int) -> torch.Tensor | None:
@@ -541,7 +278,7 @@ class Learner:
         prompt are exchangeable draws, so this is a stratified random sample of the batch and each
         shadow mean over it is unbiased (its standard error: BENCHMARKS.md, "Shadow diagnostics").
         """
-        d, g = self.cfg.diagnostics, self.cfg.budget.group_size
+        d, g = self.settings, self.settings.group_size
         if not d.shadow or d.shadow_sample >= 1.0:
             return None
         k = max(1, math.ceil(d.shadow_sample * g - 1e-9))
@@ -566,8 +303,8 @@ class Learner:
         mask = response_mask[:, :last].to(device)
         targets = batch.response_ids[rows, :last].to(device)[mask]
         full_mask = response_mask.to(device)  # outputs keep the batch's width
-        layer = self.cfg.credit.layer
-        _, head = _decoder_and_head(self.model)
+        layer = self.settings.layer
+        _, head = decoder_and_head(self.model)
 
         need, need_sample = self.need, set()
         if shadow_rows is not None and not bool(shadow_rows.all()) and not head.weight.requires_grad:
@@ -599,13 +336,11 @@ class Learner:
                 input_ids,
                 attn,
                 layer,
-                checkpoint=self.cfg.learner.gradient_checkpointing,
+                checkpoint=self.settings.gradient_checkpointing,
                 autocast_bf16=self.autocast_bf16,
             )
         )
-        chunk = auto_chunk_size(
-            head.weight.shape[0], self.cfg.learner.chunk_memory_mb, self.cfg.learner.chunk_size
-        )
+        chunk = auto_chunk_size(head.weight.shape[0], self.settings.chunk_memory_mb, self.settings.chunk_size)
         vocab_fields = {"logp", "entropy", "ref_logp", "ref_entropy", "kl"}
         if head.weight.requires_grad:  # a trainable head: the plain path, whose backward forms its gradient
             vocab = vocab_stats(
@@ -664,15 +399,15 @@ class _ScoringPass:
     micro-batch; batch scope: at the end, from the few [B, T] fields they read), the policy's entropy
     and exact KL to the reference for the diagnostics."""
 
-    def __init__(self, learner: Learner, ctx: credit.GroupContext, n: int, sampled: torch.Tensor | None):
-        self.learner, self.ctx, self.n, self.sampled = learner, ctx, n, sampled
+    def __init__(self, plan: CreditPlan, ctx: credit.GroupContext, n: int, sampled: torch.Tensor | None):
+        self.plan, self.ctx, self.n, self.sampled = plan, ctx, n, sampled
         self.rows: list[torch.Tensor] = []
         self.parts: dict[str, list[torch.Tensor]] = {"logp": [], "ref_logp": [], "mask": []}
-        self.batch_scope = [name for name, m in learner.methods.items() if m.scope == "batch"]
-        self.kept = set().union(*(learner._needs(name) for name in self.batch_scope)) - {"logp", "ref_logp"}
+        self.batch_scope = [name for name, m in plan.methods.items() if m.scope == "batch"]
+        self.kept = set().union(*(plan.needs(name) for name in self.batch_scope)) - {"logp", "ref_logp"}
         self.parts.update({f: [] for f in self.kept})
         self.credit_parts: list[credit.TokenCredit] = []
-        self.shadow_parts: dict[str, list[torch.Tensor]] = {s: [] for s in learner.signals}
+        self.shadow_parts: dict[str, list[torch.Tensor]] = {s: [] for s in plan.signals}
         self.sums, self.tokens = {"entropy": 0.0, "kl": 0.0}, {"entropy": 0, "kl": 0}
         self.fallbacks = 0
         self.train: credit.TokenCredit | None = None
@@ -680,7 +415,7 @@ class _ScoringPass:
 
     def add(self, rows: torch.Tensor, stats: credit.TokenStats) -> credit.TokenCredit | None:
         """Keep this micro-batch; return the training method's credit when it has row scope."""
-        learner, name = self.learner, self.learner.cfg.credit.name
+        plan, name = self.plan, self.plan.name
         self.rows.append(rows)
         for f in self.parts:
             value = getattr(stats, f)
@@ -692,20 +427,20 @@ class _ScoringPass:
                 self.sums[f] += value[counted].sum().item()
                 self.tokens[f] += int(counted.sum())
         ctx, tc = self.ctx.rows(rows), None
-        for s, method in learner.methods.items():
+        for s, method in plan.methods.items():
             if method.scope != "row":
                 continue
-            out = learner.credit_of(s, stats, ctx)
+            out = plan.credit_of(s, stats, ctx)
             if s == name:
                 tc = out
                 self.credit_parts.append(out)
                 self._count_fallbacks(out.salience, stats.mask)
             if s in self.shadow_parts:
-                self.shadow_parts[s].append(learner.normalized(s, out.salience, stats.mask))
+                self.shadow_parts[s].append(plan.normalized(s, out.salience, stats.mask))
         return tc
 
     def _count_fallbacks(self, salience, mask) -> None:
-        if self.learner.cfg.credit.normalize != "none":
+        if self.plan.settings.normalize != "none":
             self.fallbacks += int(credit.fallback_rows(salience, mask).sum())
 
     def _placed(self, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -731,13 +466,13 @@ class _ScoringPass:
     def _batch_credit(self) -> dict[str, credit.TokenCredit]:
         if self._batch is None:
             stats = self._batch_stats() if self.batch_scope else None
-            self._batch = {s: self.learner.credit_of(s, stats, self.ctx) for s in self.batch_scope}
+            self._batch = {s: self.plan.credit_of(s, stats, self.ctx) for s in self.batch_scope}
         return self._batch
 
     def training_credit(self) -> credit.TokenCredit:
         """The training method's credit over the whole batch (batch order)."""
         if self.train is None:
-            name = self.learner.cfg.credit.name
+            name = self.plan.name
             if name in self.batch_scope:
                 self.train = self._batch_credit()[name]
                 self._count_fallbacks(self.train.salience, self._placed(self.parts["mask"]).bool())
@@ -752,16 +487,16 @@ class _ScoringPass:
 
     def weights(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(the training weights [B, R], every shadow name's weights [B, R]), in batch order."""
-        learner, name = self.learner, self.learner.cfg.credit.name
+        plan, name = self.plan, self.plan.name
         mask = self._placed(self.parts["mask"]).bool()
         train = self.training_credit()
-        weights = learner.normalized(name, train.salience, mask)
+        weights = plan.normalized(name, train.salience, mask)
         shadow = {}
-        for s in learner.signals:
+        for s in plan.signals:
             if s == name:
                 shadow[s] = weights
             elif s in self.batch_scope:
-                shadow[s] = learner.normalized(s, self._batch_credit()[s].salience, mask)
+                shadow[s] = plan.normalized(s, self._batch_credit()[s].salience, mask)
             else:
                 shadow[s] = self._placed(self.shadow_parts[s])
             if s != name and self.sampled is not None:  # off the shadow sample: NaN, not a weight
@@ -796,10 +531,10 @@ class _UpdateTracker:
         self.counts["kl"] += torch.where(mask, ratio - 1 - log_ratio, 0.0).sum().item()
         self.counts["tokens"] += int(mask.sum())
 
-    def step(self, learner: Learner) -> None:
-        """Clip the gradient norm, step the optimizer, close the update's record."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(learner.params, learner.cfg.optim.grad_clip).item()
-        learner.optimizer.step()
+    def step(self, params, optimizer, grad_clip: float) -> None:
+        """Clip the gradient norm of ``params`` to ``grad_clip``, step the optimizer, close the record."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip).item()
+        optimizer.step()
         self.losses.append(self.current)
         self.grad_norms.append(grad_norm)
         self.current = 0.0

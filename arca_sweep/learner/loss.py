@@ -1,0 +1,109 @@
+"""The GRPO loss, pure: tensors in, tensors out (SPEC "Loss").
+
+Group advantages, the per-token PPO-clip loss with its k3 penalty and a credit method's per-token
+modifiers, and the loss aggregations (:data:`LOSS_AGGS`) that make micro-batch losses add up.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std"):
+    """A_i = (r_i - mean(r)) / (std(r) + 1e-6) within each group of G (``scale="none"``: r_i - mean(r)).
+
+    ``std`` is the unbiased sample standard deviation, as in GRPO (DeepSeekMath) and TRL.
+    Returns the advantages [N] and the fraction of groups whose rewards are all equal (zero advantage).
+    """
+    r = rewards.view(-1, group_size).double()
+    centered = r - r.mean(1, keepdim=True)
+    std = r.std(1, keepdim=True)
+    adv = centered / (std + 1e-6) if scale == "std" else centered
+    frac_zero_std = (std[:, 0] == 0).double().mean().item()
+    return adv.flatten().float(), frac_zero_std
+
+
+K3_LOG_RATIO_BOUND = 20.0  # verl core_algos.kl_penalty("low_var_kl"): clamp ref - logp to +-20 before exp
+K3_BOUND = 10.0  # ... and the estimate to [-10, 10] after it
+
+
+def ppo_clip_token_loss(
+    logp,
+    logp_old,
+    token_adv,
+    clip_low: float,
+    clip_high: float,
+    ref_logp=None,
+    beta: float = 0.0,
+    is_weight=None,
+):
+    """Per-token loss c * -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta * k3, with
+    rho = exp(logp - logp_old), c the detached rollout-correction weight (``is_weight``, 1 if None;
+    :mod:`arca_sweep.learner.rollout_correction`, applied to the policy-gradient term only, as verl and TRL)
+    and k3 = exp(d) - d - 1, d = clamp(ref - logp, -20, 20), clamped to at most 10 (an unbiased,
+    non-negative estimate of KL(pi_theta || pi_ref)).
+
+    The two k3 clamps are verl's (``kl_penalty(..., "low_var_kl")``): without the first, a token
+    the reference finds 90 nats likelier overflows exp to inf in float32; the second bounds one
+    token's penalty (and zeroes its gradient) where the estimator is far off its small-KL regime.
+    """
+    ratio = torch.exp(logp - logp_old)
+    loss = -torch.minimum(ratio * token_adv, ratio.clamp(1 - clip_low, 1 + clip_high) * token_adv)
+    if is_weight is not None:
+        loss = loss * is_weight.detach()
+    if beta:
+        loss = loss + beta * k3_penalty(ref_logp, logp)
+    return loss
+
+
+def k3_penalty(ref_logp, logp):
+    """k3 = exp(d) - d - 1 with d = clamp(ref - logp, -20, 20), clamped to at most 10 (verl's
+    ``low_var_kl``; see :func:`ppo_clip_token_loss`)."""
+    log_r = (ref_logp - logp).clamp(-K3_LOG_RATIO_BOUND, K3_LOG_RATIO_BOUND)
+    return (torch.exp(log_r) - log_r - 1).clamp(-K3_BOUND, K3_BOUND)
+
+
+def credit_token_loss(
+    logp, logp_old, token_adv, tc, clip_low: float, clip_high: float, ref_logp, beta: float, is_weight=None
+):
+    """The per-token loss with a credit method's modifiers (:class:`arca_sweep.credit.TokenCredit`):
+
+    ``grad_mask_t * [ppo_clip(rho_t, A_t; eps_low_t, eps_high_t) + beta_t * k3_t + c_t * |log rho_t|]``
+
+    where ``eps_*_t`` is the method's per-token clip range (else ``clip_low``/``clip_high``), ``beta_t``
+    its per-token KL coefficient (else ``beta``), ``c_t`` its ratio penalty (else 0), and the grad mask
+    zeroes the loss of the tokens it drops (else all kept). With no modifier set this is
+    :func:`ppo_clip_token_loss` exactly.
+    """
+    low = clip_low if tc.clip_low is None else tc.clip_low.to(logp.dtype)
+    high = clip_high if tc.clip_high is None else tc.clip_high.to(logp.dtype)
+    per_token_kl = tc.ref_kl_coef is not None
+    loss = ppo_clip_token_loss(
+        logp, logp_old, token_adv, low, high, ref_logp, 0.0 if per_token_kl else beta, is_weight=is_weight
+    )
+    if per_token_kl:
+        loss = loss + tc.ref_kl_coef * k3_penalty(ref_logp, logp)
+    if tc.ratio_penalty is not None:
+        loss = loss + tc.ratio_penalty * (logp - logp_old).abs()
+    if tc.grad_mask is not None:
+        loss = torch.where(tc.grad_mask, loss, 0.0)
+    return loss
+
+
+def aggregate_loss(token_loss, mask, agg: str, *, total_tokens: int, total_seqs: int, norm_len: int):
+    """Sum of this micro-batch's share of the batch loss, so micro-batch losses add up exactly:
+
+    - ``token-mean``: sum over all tokens / tokens in the batch
+    - ``seq-mean-token-mean``: mean over sequences of each sequence's token mean
+    - ``seq-mean-token-sum-norm`` (Dr.GRPO): mean over sequences of token sum / ``norm_len``
+    """
+    token_loss = token_loss * mask
+    if agg == "token-mean":
+        return token_loss.sum() / total_tokens
+    if agg == "seq-mean-token-mean":
+        return (token_loss.sum(1) / mask.sum(1).clamp(min=1)).sum() / total_seqs
+    if agg == "seq-mean-token-sum-norm":
+        return (token_loss.sum(1) / norm_len).sum() / total_seqs
+    raise ValueError(f"loss.agg={agg!r}; valid: {', '.join(LOSS_AGGS)}")
