@@ -23,8 +23,8 @@ from omegaconf import OmegaConf
 
 from arca_sweep.arm_dir import ArmDir, RunLog, check_same_config, restore, results_path
 from arca_sweep.config import validate
-from arca_sweep.diagnostics import FormatTokens, credit_metrics
 from arca_sweep.diagnostics.fidelity import fidelity_probe
+from arca_sweep.diagnostics.step import FormatTokens, credit_metrics
 from arca_sweep.eval import encode_prompts, evaluate
 from arca_sweep.learner import Learner, LearnerSettings, group_advantages
 from arca_sweep.learner.rollout_correction import rollout_is_metrics

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from arca_sweep.diagnostics import FormatTokens, is_format_text
+from arca_sweep.diagnostics.step import FormatTokens, is_format_text
 
 
 @pytest.mark.parametrize(

@@ -638,3 +638,13 @@ def check_against_files(sweep_dir: Path) -> list[float]:
             if heading.startswith("### Final eval"):
                 printed.append(float(row["difference"]))
     return printed
+
+
+def test_the_report_reads_a_sweep_without_loading_torch():
+    """The report, the regime names and the arm-dir readers it uses are torch-free (torch is only for runs)."""
+    code = "import sys, arca_sweep.report; print('torch' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

@@ -290,7 +290,7 @@ def test_shadow_sample_computes_the_other_signals_on_the_sampled_rows_only(setup
     other signal's weights on the sampled rows (the first ceil(frac G) of each group) equal the
     all-rows ones, NaN elsewhere; the adapter-off forward covers the sampled rows only when the
     training signal does not need it."""
-    from arca_sweep.diagnostics import credit_metrics
+    from arca_sweep.diagnostics.step import credit_metrics
 
     cfg, model, batch = setup
     cfg = copy.deepcopy(cfg)  # the module's fixture is shared: leave its config as it was

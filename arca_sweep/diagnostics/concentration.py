@@ -11,7 +11,7 @@ import math
 
 import torch
 
-REGIMES = ("uniform", "middle", "concentrated")
+from arca_sweep.diagnostics import REGIMES
 
 
 def average_ranks(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

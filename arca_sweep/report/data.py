@@ -14,7 +14,7 @@ import yaml
 
 from arca_sweep import heatmap
 from arca_sweep.arm_dir import METRICS, SAMPLES, SUMMARY, read_jsonl, results_path
-from arca_sweep.diagnostics.concentration import REGIMES
+from arca_sweep.diagnostics import REGIMES
 from arca_sweep.report.stats import as_number, last_quarter, mean
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from arca_sweep.credit import REGIMES
+from arca_sweep.diagnostics import REGIMES
 from arca_sweep.report.data import Arm, cell_label, groups, shadow_means, signals_of
 from arca_sweep.report.stats import as_number, mean
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arca_sweep.credit import REGIMES
+from arca_sweep.diagnostics import REGIMES
 from arca_sweep.report.data import (
     Arm,
     accuracy,
