@@ -17,11 +17,15 @@ how concentrated weights are (``gini``, ``effective_token_ratio``, ``REGIMES``, 
 :mod:`arca_sweep.diagnostics.concentration`.
 """
 
-from arca_sweep.credit import signals  # noqa: F401  (registers the five signals)
-from arca_sweep.credit.ktae import key_token_scores
+from arca_sweep.credit.ktae import key_token_scores, ktae_method
 from arca_sweep.credit.methods import (
+    archer_method,
+    clip_cov_method,
     clip_cov_selection,
+    entropy_advantage_method,
+    entropy_mask_method,
     high_entropy_mask,
+    kl_cov_method,
     kl_cov_selection,
     response_entropy_split,
     token_covariance,
@@ -47,6 +51,13 @@ from arca_sweep.credit.registry import (
     salience,
     shadow_names,
 )
+from arca_sweep.credit.signals import (  # importing it registers the five signals
+    arca_salience,
+    divergence_salience,
+    entropy_salience,
+    surprisal_salience,
+    uniform_salience,
+)
 from arca_sweep.diagnostics.concentration import (
     REGIMES,
     edge_mass,
@@ -60,6 +71,17 @@ from arca_sweep.diagnostics.concentration import (
 )
 
 __all__ = [
+    "archer_method",
+    "clip_cov_method",
+    "entropy_advantage_method",
+    "entropy_mask_method",
+    "kl_cov_method",
+    "ktae_method",
+    "arca_salience",
+    "divergence_salience",
+    "entropy_salience",
+    "surprisal_salience",
+    "uniform_salience",
     "METHODS",
     "NORMALIZE_METHODS",
     "REGIMES",

@@ -19,6 +19,10 @@ import importlib
 _EXPORTS = {
     "LOSS_AGGS": ("loss", "LOSS_AGGS"),
     "group_advantages": ("loss", "group_advantages"),
+    "ppo_clip_token_loss": ("loss", "ppo_clip_token_loss"),
+    "k3_penalty": ("loss", "k3_penalty"),
+    "credit_token_loss": ("loss", "credit_token_loss"),
+    "aggregate_loss": ("loss", "aggregate_loss"),
     "ROLLOUT_CORRECTION_MODES": ("rollout_correction", "MODES"),
     "LearnerSettings": ("settings", "LearnerSettings"),
     "Learner": ("update", "Learner"),
