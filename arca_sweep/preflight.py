@@ -28,6 +28,12 @@ def model_config_path(model_cfg) -> Path | None:
         return Path(model_cfg.path).expanduser() / "config.json"
     if model_cfg.name == "tiny":
         return TINY_PATH / "config.json"
+    if model_cfg.get("package"):
+        from arca_sweep.weights import resolve
+
+        where, kind = resolve(model_cfg, fetch=False)  # no download, no conversion, no network
+        if kind == "package":
+            return Path(where) / "config.json"
     if model_cfg.hub_id:
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -110,11 +116,12 @@ def task_errors(cfg) -> list[str]:
         ]
         if missing:
             return missing
-    if d.name != "arith" or not (2 <= d.min_operands <= d.max_operands) or d.max_operand < 0 or not d.ops:
+    shape_ok = 2 <= d.min_operands <= d.max_operands and 0 <= d.min_operand <= d.max_operand and d.ops
+    if d.name != "arith" or not shape_ok:
         return []
     from arca_sweep.tasks.arith import eval_capacity
 
-    capacity = eval_capacity(d.min_operands, d.max_operands, d.max_operand, d.ops)
+    capacity = eval_capacity(d.min_operands, d.max_operands, d.max_operand, d.ops, d.min_operand)
     if cfg.budget.eval_size > capacity:
         return [
             f"budget.eval_size={cfg.budget.eval_size} is more than this arith shape can give: its eval partition "

@@ -29,7 +29,7 @@ from arca_sweep.eval import encode_prompts, evaluate
 from arca_sweep.learner import Learner, LearnerSettings, group_advantages
 from arca_sweep.learner.rollout_correction import rollout_is_metrics
 from arca_sweep.loggers import build_tracker
-from arca_sweep.model import load_policy, load_tokenizer, resolve_device
+from arca_sweep.model import load_policy, load_tokenizer, model_weights, resolve_device
 from arca_sweep.nonfinite import check_finite
 from arca_sweep.preflight import prompt_token_limit
 from arca_sweep.progress import Progress, closing_line, is_terminal, skip_line
@@ -88,6 +88,11 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
     fits = prompt_fitter(tokenizer, prompt_token_limit(cfg.data, cfg.model, b), think)
     task = build_task(cfg.data, fits)  # data before model
     model = load_policy(cfg.model, cfg.rank, device, cfg.seed)
+    weights = model_weights(cfg.model)
+    if weights:
+        console.info(
+            f"model {cfg.model.name}: {weights['model/source']} weights from {weights['model/weights']}"
+        )
     engine = build_engine(cfg.rollout, model, tokenizer, budget=b)
     learner = Learner(model, LearnerSettings.from_config(cfg), temperature=cfg.rollout.temperature)
     max_logp_diff = guard_bound(cfg.rollout, next(model.parameters()).dtype)
@@ -190,6 +195,7 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
     task.close()
     arm.save_adapter(model)
     summary = summarize(log.metrics.records(), overrides or [], time.time() - t_start, start)
+    summary.update(weights)
     arm.write_summary(summary)
     log.finish(summary)
     console.info(closing_line(out_dir, summary))
