@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from arca_sweep import kernels
@@ -125,7 +127,7 @@ def test_flop_formula_counts_the_onednn_op_like_aten_mm():
     assert c1.get_total_flops() == c2.get_total_flops() == 2 * 7 * 64 * 300
 
 
-@pytest.mark.parametrize("vocab", [7, 1024, 3000])
+@pytest.mark.parametrize("vocab", [7, 16, 1024, 1025, 3000])
 def test_draw_follows_the_distribution_and_never_draws_a_zero(vocab):
     g = torch.Generator().manual_seed(3)
     p = torch.rand(vocab, generator=g) ** 3
@@ -160,3 +162,62 @@ def test_draw_edge_rows():
     tiny = torch.full((4, 151_936), 1e-30)  # the float64 sums must not underflow or mislead
     tiny[:, 77] = 1e-20
     assert (draw(tiny) == 77).float().mean() > 0.99
+
+
+class _Allocations(TorchDispatchMode):
+    """The bytes of every new storage the ops under it return (views and in-place results left out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        seen = {
+            t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+        }
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                self.sizes.append(t.untyped_storage().nbytes())
+        return out
+
+
+@pytest.mark.parametrize("vocab", [16, 1025])
+def test_draw_memory_is_linear_in_the_vocabulary(vocab):
+    """No row padded to 1,024 entries: no intermediate wider than a float64 copy of ``probs``, and all
+    of them together a few such copies plus a few scalars per row (a 16-token vocabulary took 64
+    float64 copies per intermediate, 194 in all; 1,025 tokens were padded to 2,048)."""
+    rows = 20_000
+    probs = torch.rand(rows, vocab, generator=torch.Generator().manual_seed(0))
+    with _Allocations() as allocated:
+        draw(probs, generator=torch.Generator().manual_seed(1))
+    copy = rows * vocab * 8
+    assert max(allocated.sizes) <= copy
+    assert sum(allocated.sizes) <= 5 * copy + 16 * rows * 8
+
+
+def _padded_draw(probs, generator):
+    """The sampler before its memory fix, every row padded to whole blocks of 1,024: the reference
+    whose tokens the fix keeps, bit for bit, for vocabularies of 1,024 and more."""
+    b, v = probs.shape
+    nb = -(-v // 1024)
+    p = F.pad(probs.to(torch.float64), (0, nb * 1024 - v)).view(b, nb, 1024)
+    block_cdf = p.sum(-1).cumsum(-1)
+    target = torch.rand(b, 1, dtype=torch.float64, generator=generator) * block_cdf[:, -1:]
+    k = torch.searchsorted(block_cdf, target, right=True).clamp_(max=nb - 1)
+    before = torch.where(k > 0, block_cdf.gather(1, (k - 1).clamp(min=0)), torch.zeros_like(target))
+    inner = p.gather(1, k[:, :, None].expand(b, 1, 1024))[:, 0].cumsum(-1)
+    token = (k * 1024 + torch.searchsorted(inner, target - before, right=True).clamp_(max=1023))[:, 0]
+    bad = (token >= v) | (probs.gather(1, token.clamp(max=v - 1)[:, None])[:, 0] <= 0)
+    return torch.where(bad, probs.argmax(-1), token)
+
+
+@pytest.mark.parametrize("vocab,rows", [(1024, 4000), (1025, 4000), (3000, 4000), (151_936, 64)])
+def test_draw_keeps_the_padded_samplers_tokens(vocab, rows):
+    g = torch.Generator().manual_seed(5)
+    probs = torch.rand(rows, vocab, generator=g) ** 4
+    probs[probs < 0.05] = 0.0
+    probs[0, -1], probs[1, :-1] = 1.0, 0.0  # the last entry of the last block
+    mine, theirs = torch.Generator().manual_seed(6), torch.Generator().manual_seed(6)
+    assert torch.equal(draw(probs, generator=mine), _padded_draw(probs, generator=theirs))
+    assert torch.equal(mine.get_state(), theirs.get_state())  # one uniform per row, as before

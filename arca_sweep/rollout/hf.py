@@ -68,29 +68,44 @@ def checkpoint_defaults_hidden(model):
         base.generation_config = saved
 
 
+# Entries per first-level block of :func:`draw`'s CDF (the whole row when the vocabulary is shorter).
+DRAW_BLOCK = 1024
+
+
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row of ``probs`` [B, V] (rows need not sum to 1), by inverse CDF in float64.
 
     The same distribution as ``torch.multinomial(probs, 1)``, at a fraction of its cost on a
     151,936-token vocabulary (multinomial draws one exponential variate per vocabulary entry: 76 ms
     per decoding step of 32 rows on two threads; this draws one uniform per row). Two levels of
-    float64 partial sums (blocks of 1,024, then within the chosen block) keep the CDF exact to
-    float64 rounding; a token of probability 0 is never drawn.
+    float64 partial sums (blocks of ``min(DRAW_BLOCK, V)`` entries, then within the chosen block) keep
+    the CDF exact to float64 rounding; a token of probability 0 is never drawn. Memory is linear in
+    B * V: no intermediate is wider than a float64 copy of ``probs`` (only the last, partial block is
+    zero-padded, to one block), so a small vocabulary takes no 1,024-wide rows.
     """
     b, v = probs.shape
-    block = 1024
-    nb = -(-v // block)
+    block = min(DRAW_BLOCK, v)
+    whole = v // block  # blocks with no padding
     p = probs.to(torch.float64)
-    if nb * block != v:
-        p = torch.nn.functional.pad(p, (0, nb * block - v))
-    p = p.view(b, nb, block)
-    block_cdf = p.sum(-1).cumsum(-1)  # [B, nb]
+    blocks = p[:, : whole * block].view(b, whole, block)
+    block_sums = blocks.sum(-1)  # [B, nb]
+    tail = None
+    if whole * block < v:  # the last block, zero-padded to a whole one (as the sums of a padded row)
+        tail = torch.nn.functional.pad(p[:, whole * block :], (0, (whole + 1) * block - v))
+        block_sums = torch.cat([block_sums, tail.sum(-1, keepdim=True)], 1)
+    block_cdf = block_sums.cumsum(-1)
+    nb = block_cdf.shape[1]
     u = torch.rand(b, 1, dtype=torch.float64, device=probs.device, generator=generator)
     target = u * block_cdf[:, -1:]
     k = torch.searchsorted(block_cdf, target, right=True).clamp_(max=nb - 1)  # [B, 1]
     before = torch.where(k > 0, block_cdf.gather(1, (k - 1).clamp(min=0)), torch.zeros_like(target))
-    inner = p.gather(1, k[:, :, None].expand(b, 1, block))[:, 0].cumsum(-1)  # [B, block]
-    j = torch.searchsorted(inner, target - before, right=True).clamp_(max=block - 1)
+    inner = blocks.gather(1, k.clamp(max=whole - 1)[:, :, None].expand(b, 1, block))[:, 0]  # [B, block]
+    if tail is not None:
+        last = k[:, 0] == whole
+        inner[last] = tail[last]
+    inner = inner.cumsum(-1)
+    # (past the end of a row shorter than DRAW_BLOCK: a token >= V, which the fallback below replaces)
+    j = torch.searchsorted(inner, target - before, right=True).clamp_(max=DRAW_BLOCK - 1)
     token = (k * block + j)[:, 0]
     # Rounding can put the target at the very end of the CDF: fall back to the row's most likely
     # token rather than a padding slot or a zero-probability one.
