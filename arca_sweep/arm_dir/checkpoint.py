@@ -108,10 +108,32 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def schema_defaults() -> dict:
+    """Every key's default in the config schema (:mod:`arca_sweep.config`), flattened (``data.min_operand``)."""
+    import dataclasses
+    import typing
+
+    from omegaconf import OmegaConf
+
+    from arca_sweep.config import Config
+
+    out = {}
+    for key, hint in typing.get_type_hints(Config).items():
+        if dataclasses.is_dataclass(hint):
+            out.update(_flatten(OmegaConf.to_container(OmegaConf.structured(hint)), f"{key}."))
+        else:
+            out[key] = getattr(Config(), key)
+    return out
+
+
 def check_same_config(saved: dict, current: dict, out_dir: Path) -> None:
     """The resume rule: a checkpoint is resumed only by the config it was taken under (``saved``), but for
-    :data:`RESUME_FREE_KEYS` and every ``logger.*`` key; else an :class:`ArmStateError` naming the keys."""
+    :data:`RESUME_FREE_KEYS` and every ``logger.*`` key; else an :class:`ArmStateError` naming the keys.
+    A key the checkpoint lacks (added to the schema since) matches when the current config holds its schema
+    default: a new option's default is the behaviour of the code before it."""
     a, b = _flatten(saved), _flatten(current)
+    defaults = schema_defaults()
+    a.update({k: v for k, v in b.items() if k not in a and k in defaults and defaults[k] == v})
     free = [k for k in a.keys() | b.keys() if k in RESUME_FREE_KEYS or k.startswith(RESUME_FREE_PREFIXES)]
     diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in free)
     if diff:
