@@ -98,7 +98,10 @@ class DataConfig:
     min_operands: int = 2
     max_operands: int = 3
     max_operand: int = 99
+    min_operand: int = 0
     ops: str = "+-"
+    instruction: str = "Put the final answer in \\boxed{}."  # follows "Compute <expr>." in the user turn
+    answer_format: str = "boxed"  # boxed: the last \boxed{} integer | number: the response's last number
     # math / math500: training and evaluation sources, each a local file or a hub dataset
     path: str | None = None  # local JSONL or Parquet of training rows (offline)
     hub_id: str | None = None
@@ -260,6 +263,7 @@ CHOICES: dict[str, Any] = {
     "logger.name": ("jsonl", "wandb"),
     "logger.mode": ("offline", "online", "disabled"),
     "data.name": _registry("arca_sweep.tasks", "TASKS"),
+    "data.answer_format": _registry("arca_sweep.tasks.arith", "ANSWER_FORMATS"),
     "device": ("auto", "cpu", "cuda"),
     "diagnostics.fidelity_dtype": ("float64", "float32"),
 }
@@ -371,13 +375,19 @@ def validate(cfg, model_checks: bool = True) -> None:
             "diagnostics: need 0 <= concentrated_at < uniform_at <= 1, got "
             f"{cfg.diagnostics.concentrated_at} and {cfg.diagnostics.uniform_at}"
         )
-    if cfg.data.name == "arith":
+    from arca_sweep.tasks import is_arith
+
+    if is_arith(cfg.data.name):
         if not cfg.data.ops or set(cfg.data.ops) - set("+-*"):
             errors.append(f"data.ops={cfg.data.ops!r} must be a non-empty string of '+', '-', '*'")
         if not 2 <= cfg.data.min_operands <= cfg.data.max_operands:
             errors.append(
                 f"data.min_operands={cfg.data.min_operands}, data.max_operands={cfg.data.max_operands}: "
                 "need 2 <= min_operands <= max_operands"
+            )
+        if not 0 <= cfg.data.min_operand <= cfg.data.max_operand:
+            errors.append(
+                f"data.min_operand={cfg.data.min_operand} must be in [0, data.max_operand={cfg.data.max_operand}]"
             )
     if cfg.data.levels is not None and not set(cfg.data.levels) <= {1, 2, 3, 4, 5}:
         errors.append(f"data.levels={list(cfg.data.levels)} must be MATH levels within 1-5 (or null for all)")

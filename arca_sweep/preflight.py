@@ -107,8 +107,10 @@ def model_errors(cfg) -> list[str]:
 def task_errors(cfg) -> list[str]:
     """What the task can give: local data files exist; arith's eval partition holds a finite number of
     distinct problems."""
+    from arca_sweep.tasks import is_arith
+
     d = cfg.data
-    if d.name != "arith":
+    if not is_arith(d.name):
         missing = [
             f"{key}={value!r}: no such file (absolute: {Path(value).expanduser().absolute()})"
             for key, value in (("data.path", d.path), ("data.eval_path", d.eval_path))
@@ -117,7 +119,7 @@ def task_errors(cfg) -> list[str]:
         if missing:
             return missing
     shape_ok = 2 <= d.min_operands <= d.max_operands and 0 <= d.min_operand <= d.max_operand and d.ops
-    if d.name != "arith" or not shape_ok:
+    if not is_arith(d.name) or not shape_ok:
         return []
     from arca_sweep.tasks.arith import eval_capacity
 

@@ -34,3 +34,29 @@ def boxed_integer_reward(text: str, answer: str) -> float:
     if content is None or not _INTEGER.fullmatch(content):
         return 0.0
     return 1.0 if int(content) == int(answer) else 0.0
+
+
+# A number: digits, optionally grouped or with a fraction (``1,000``, ``3.5``), so that the last *number* is
+# found, not the last digits of one. Unambiguous (each separator needs a digit after it): linear time.
+_NUMBER = re.compile(r"[+-]?\d+(?:[.,]\d+)*")
+
+
+def last_integer(text: str) -> str | None:
+    """The last number in the text's tail when it is an integer of at most 30 digits, else None.
+
+    ``The answer is 66.`` gives ``66``; ``47 - 19 = -5`` gives ``-5``; ``\\boxed{12}`` gives ``12``. The last
+    number wins even when it is not an integer: ``66, or 3.5`` and ``1,000`` give None, and so does a run of
+    more than 30 digits. Linear in the tail's length.
+    """
+    last = None
+    for last in _NUMBER.finditer(text[-MAX_CHARS:]):  # noqa: B007 (only the last match is wanted)
+        pass
+    if last is None or not _INTEGER.fullmatch(last.group()):
+        return None
+    return last.group()
+
+
+def last_integer_reward(text: str, answer: str) -> float:
+    """1.0 when the response's last number (:func:`last_integer`) is an integer equal to ``answer``, else 0.0."""
+    value = last_integer(text)
+    return 0.0 if value is None else float(int(value) == int(answer))

@@ -66,6 +66,8 @@ CASES = [
     (["threads=-1"], ["threads=-1"]),
     (["data.ops=/"], ["data.ops='/'"]),
     (["data.min_operands=1"], ["data.min_operands=1"]),
+    (["data.min_operand=10", "data.max_operand=9"], ["data.min_operand=10", "data.max_operand=9"]),
+    (["data.answer_format=json"], ["data.answer_format='json'", "boxed, number"]),
     (["data.max_prompt_tokens=0"], ["data.max_prompt_tokens=0"]),
     (["data.levels=[6]"], ["data.levels=[6]"]),
     (["data.grader_timeout_s=0"], ["data.grader_timeout_s=0"]),

@@ -275,6 +275,9 @@ def test_validate_accepts_edges():
         (["data.ops=/"], "data.ops"),
         (["data.min_operands=1"], "data.min_operands"),
         (["data.min_operands=3", "data.max_operands=2"], "data.max_operands"),
+        (["data.min_operand=-1"], "data.min_operand"),
+        (["data.min_operand=10", "data.max_operand=9"], "data.min_operand"),
+        (["data.answer_format=json"], "data.answer_format"),
     ],
 )
 def test_validate_rejects_bad_data_shape(overrides, key):

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from arca_sweep.rewards import boxed_integer_reward
+from arca_sweep.rewards import boxed_integer_reward, last_integer, last_integer_reward
 from arca_sweep.tasks import Problem, batch_hash, build_task
-from arca_sweep.tasks.arith import ArithTask, make_problem, worked_solution
+from arca_sweep.tasks.arith import INSTRUCTION, ArithTask, make_problem, worked_solution
 
 # ---------------------------------------------------------------- an independent expression evaluator
 
@@ -187,6 +187,9 @@ def test_worked_solution_earns_reward(seed):
         (dict(min_operands=1), "data.min_operands"),
         (dict(min_operands=0, max_operands=0), "data.min_operands"),
         (dict(min_operands=3, max_operands=2), "data.max_operands"),
+        (dict(min_operand=-1), "data.min_operand"),
+        (dict(min_operand=10, max_operand=9), "data.min_operand"),
+        (dict(answer_format="json"), "data.answer_format"),
     ],
 )
 def test_bad_shape_raises_naming_key(kwargs, key):
@@ -206,6 +209,92 @@ def test_build_task():
     with pytest.raises(ValueError, match="data.name") as info:
         build_task(OmegaConf.create(dict(name="gsm8k")))
     assert "arith" in str(info.value) and "math500" in str(info.value)
+
+
+# ---------------------------------------------------------------- arith options: operand range, instruction, format
+
+
+def test_default_options_keep_every_problem():
+    """The defaults of min_operand, instruction and answer_format give the problems of before they existed."""
+    task = ArithTask(min_operand=0, instruction=INSTRUCTION, answer_format="boxed")
+    assert [task.train_problem(i) for i in range(100)] == [ArithTask().train_problem(i) for i in range(100)]
+    assert task.eval_problems(50) == ArithTask().eval_problems(50)
+    assert ArithTask().train_problem(0).question == "Compute 55 - 16. Put the final answer in \\boxed{}."
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    seed=st.integers(0, 2**31), index=st.integers(0, 10**6), low=st.integers(0, 50), width=st.integers(0, 50)
+)
+def test_min_operand_bounds_every_operand(seed, index, low, width):
+    p = make_problem(seed, index, 2, 3, low + width, "+-*", min_operand=low)
+    assert all(low <= x <= low + width for x in tokenize(p.meta["expr"])[::2])
+    # a pure function of (seed, i, shape)
+    assert p == make_problem(seed, index, 2, 3, low + width, "+-*", min_operand=low)
+
+
+def test_instruction_follows_the_expression():
+    task = ArithTask(instruction="Answer with just the number.")
+    p = task.train_problem(0)
+    assert p.question == f"Compute {p.meta['expr']}. Answer with just the number."
+    assert ArithTask(instruction="").train_problem(0).question == f"Compute {p.meta['expr']}."
+    # the instruction changes the wording only: same expressions, same split, same answers
+    base = ArithTask().train_problem(0)
+    assert (p.meta, p.answer) == (base.meta, base.answer)
+
+
+def test_number_format_rewards_the_last_integer():
+    task = ArithTask(answer_format="number")
+    p = task.train_problem(0)
+    assert task.reward(f"{p.meta['expr']} = {p.answer}.", p) == 1.0
+    assert task.reward(f"\\boxed{{{p.answer}}}", p) == 1.0
+    assert task.reward(f"{p.answer}, or maybe {int(p.answer) + 1}", p) == 0.0
+    assert task.reward("no number", p) == 0.0
+    assert task.extract_answer(f"It is {p.answer}.") == p.answer
+    assert ArithTask().extract_answer(f"It is {p.answer}.") is None  # boxed: a bare number is no answer
+
+
+LAST_INTEGER_CASES = [
+    ("The answer is 66.", "66"),
+    ("47 - 19 = -5", "-5"),
+    ("$\\boxed{12}$", "12"),
+    ("+7", "+7"),
+    ("007", "007"),
+    ("66, or 3.5", None),  # the last number is not an integer
+    ("1,000", None),
+    ("3.0", None),
+    ("1e3", "3"),
+    ("seven", None),
+    ("", None),
+    ("9" * 30, "9" * 30),
+    ("9" * 31, None),  # too long to be an answer here
+    ("5" + "x" * 5000, None),  # only the tail is read
+    ("x" * 1_000_000 + "5", "5"),
+    ("7" * 1_000_000, None),
+    ("1." * 500_000, None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), LAST_INTEGER_CASES)
+def test_last_integer(text, expected):
+    assert last_integer(text) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(list("0123456789+-.,e \n")), max_size=300),
+    answer=st.integers(-999, 999),
+)
+def test_last_integer_reward_never_raises_and_is_binary(text, answer):
+    assert last_integer_reward(text, str(answer)) in (0.0, 1.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    prefix=st.text(max_size=50), value=st.integers(-(10**12), 10**12), answer=st.integers(-(10**12), 10**12)
+)
+def test_last_integer_reward_property(prefix, value, answer):
+    assert last_integer_reward(f"{prefix} so the answer is {value}.", str(answer)) == float(value == answer)
 
 
 # ---------------------------------------------------------------- batch_hash

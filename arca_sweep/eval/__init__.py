@@ -8,9 +8,10 @@ line per problem, in eval-set order::
      "finish": "stop", "level": 3, "subject": "Algebra"}
 
 ``id`` is stable across arms and runs of the same eval set (the row's ``unique_id`` where it has one,
-else the problem's index in its task), so two arms pair problem by problem. ``answer`` is the last
-``\\boxed{}`` content of the response (null without one) and ``gold`` the reference answer, both cut
-to :data:`MAX_ANSWER_CHARS`. ``level``/``subject`` appear when the row carries them. The file is
+else the problem's index in its task), so two arms pair problem by problem. ``answer`` is the answer the
+response gives, by the task's ``extract_answer`` where it has one (arith's ``data.answer_format``), else the
+last ``\\boxed{}`` content (null without one), and ``gold`` the reference answer, both cut to
+:data:`MAX_ANSWER_CHARS`. ``level``/``subject`` appear when the row carries them. The file is
 written atomically (a temporary file, then a rename): a reader never sees half an eval.
 """
 
@@ -51,8 +52,10 @@ def _bounded(text: str | None) -> str | None:
     return None if text is None else text[:MAX_ANSWER_CHARS]
 
 
-def problem_results(problems, texts, correct, response_tokens, finish_reasons) -> list[dict]:
-    """One record per problem (the format in the module docstring)."""
+def problem_results(
+    problems, texts, correct, response_tokens, finish_reasons, extract_answer=last_boxed
+) -> list[dict]:
+    """One record per problem (the format in the module docstring); ``extract_answer(text)``: its ``answer``."""
     out = []
     for position, (p, text, c, n, finish) in enumerate(
         zip(problems, texts, correct, response_tokens, finish_reasons, strict=True)
@@ -61,7 +64,7 @@ def problem_results(problems, texts, correct, response_tokens, finish_reasons) -
             "id": problem_id(p),
             "position": position,
             "correct": int(c > 0.5),
-            "answer": _bounded(last_boxed(text)),
+            "answer": _bounded(extract_answer(text)),
             "gold": _bounded(str(p.answer)),
             "response_tokens": int(n),
             "finish": finish,
@@ -103,7 +106,8 @@ def evaluate(
     correct = task.rewards(batch.texts, problems)
     if output_path is not None:
         lengths = batch.response_mask.sum(dim=1).tolist()
-        records = problem_results(problems, batch.texts, correct, lengths, batch.finish_reasons)
+        extract = getattr(task, "extract_answer", last_boxed)
+        records = problem_results(problems, batch.texts, correct, lengths, batch.finish_reasons, extract)
         atomic_write(output_path, "".join(json.dumps(r) + "\n" for r in records))
     return accuracy_metrics(correct, problems)
 

@@ -49,10 +49,16 @@ def batch_hash(indices: list[int]) -> str:
 # data.name -> "module:class" of its task, imported when built (the config's valid choices, in this order)
 TASKS = {
     "arith": "arca_sweep.tasks.arith:ArithTask",
+    "arith_small": "arca_sweep.tasks.arith:ArithTask",
     "math": "arca_sweep.tasks.math:MathTask",
     "math500": "arca_sweep.tasks.math:MathTask",
     "jsonl": "arca_sweep.tasks.jsonl:JsonlTask",
 }
+
+
+def is_arith(name: str) -> bool:
+    """``data.name`` is a shape of the arith task (its options: operands, ops, instruction, answer format)."""
+    return TASKS.get(name) == TASKS["arith"]
 
 
 def build_task(data_cfg, prompt_fits: Callable[[str], bool] | None = None) -> Task:
@@ -62,6 +68,6 @@ def build_task(data_cfg, prompt_fits: Callable[[str], bool] | None = None) -> Ta
         raise ValueError(f"data.name={data_cfg.name!r} is not a task; choose one of {sorted(TASKS)}")
     module, name = TASKS[data_cfg.name].split(":")
     task_cls = getattr(importlib.import_module(module), name)
-    if data_cfg.name == "arith":
+    if is_arith(data_cfg.name):
         return task_cls.from_config(data_cfg)
     return task_cls.from_config(data_cfg, prompt_fits)

@@ -1,18 +1,26 @@
 """The ``arith`` task: seeded procedural integer arithmetic, answer asked for in ``\\boxed{}``.
 
-Problem ``i`` of a stream is a pure function of ``(stream seed, i)``: e.g. ``Compute 47 + 38 - 19.``
-with gold answer ``66``. Reward is 1 when the last boxed integer equals the answer.
+Problem ``i`` of a stream is a pure function of ``(stream seed, i, shape)``: e.g. ``Compute 47 + 38 - 19.``
+with gold answer ``66``, followed by ``data.instruction``. Reward is 1 when the response's answer equals the
+gold one: the last boxed integer (``data.answer_format=boxed``), or the last number of the response when it is
+an integer (``number``; :func:`arca_sweep.rewards.last_integer`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import random
 
-from arca_sweep.rewards import boxed_integer_reward
+from arca_sweep.rewards import boxed_integer_reward, last_boxed, last_integer, last_integer_reward
 from arca_sweep.tasks import Problem
 
 INSTRUCTION = "Put the final answer in \\boxed{}."
+# data.answer_format -> (the answer a response gives, its reward against the gold answer)
+ANSWER_FORMATS = {
+    "boxed": (last_boxed, boxed_integer_reward),
+    "number": (last_integer, last_integer_reward),
+}
 
 
 def held_out(expr: str) -> bool:
@@ -21,13 +29,14 @@ def held_out(expr: str) -> bool:
     return int(hashlib.sha256(expr.encode()).hexdigest()[:8], 16) % 16 == 0
 
 
-def eval_capacity(min_operands: int, max_operands: int, max_operand: int, ops: str) -> int:
+def eval_capacity(
+    min_operands: int, max_operands: int, max_operand: int, ops: str, min_operand: int = 0
+) -> int:
     """How many distinct eval problems :meth:`ArithTask.eval_problems` can draw in reasonable time: half of
     the held-out partition's expected size (1/16 of all expressions; past half, redraws pile up)."""
     kinds = len(set(ops))
-    expressions = sum(
-        (max_operand + 1) ** n * kinds ** (n - 1) for n in range(min_operands, max_operands + 1)
-    )
+    values = max_operand - min_operand + 1
+    expressions = sum(values**n * kinds ** (n - 1) for n in range(min_operands, max_operands + 1))
     return expressions // 32
 
 
@@ -39,13 +48,16 @@ def make_problem(
     max_operand: int,
     ops: str,
     split: str = "train",
+    min_operand: int = 0,
+    instruction: str = INSTRUCTION,
 ) -> Problem:
-    """Problem ``index`` of the stream ``seed``: operands in [0, max_operand], ``*`` before ``+``/``-``,
-    then left to right. Draws again (deterministically) until the expression is in ``split``."""
+    """Problem ``index`` of the stream ``seed``: operands in [min_operand, max_operand], ``*`` before
+    ``+``/``-``, then left to right; the question is ``Compute <expr>.`` and the instruction, if any.
+    Draws again (deterministically) until the expression is in ``split``."""
     for attempt in range(10_000):
         rng = random.Random(f"arith:{seed}:{index}:{attempt}")
         n = rng.randint(min_operands, max_operands)
-        operands = [rng.randint(0, max_operand) for _ in range(n)]
+        operands = [rng.randint(min_operand, max_operand) for _ in range(n)]
         operators = [rng.choice(ops) for _ in range(n - 1)]
         expr = " ".join(
             [str(operands[0])] + [f"{op} {x}" for op, x in zip(operators, operands[1:], strict=True)]
@@ -53,7 +65,7 @@ def make_problem(
         if held_out(expr) == (split == "eval"):
             break
     steps, answer = solve(operands, operators)
-    question = f"Compute {expr}. {INSTRUCTION}"
+    question = f"Compute {expr}. {instruction}".rstrip()
     return Problem(index=index, question=question, answer=str(answer), meta={"steps": steps, "expr": expr})
 
 
@@ -90,6 +102,9 @@ class ArithTask:
         max_operands: int = 3,
         max_operand: int = 99,
         ops: str = "+-",
+        min_operand: int = 0,
+        instruction: str = INSTRUCTION,
+        answer_format: str = "boxed",
     ):
         bad = set(ops) - set("+-*")
         if not ops or bad:
@@ -99,21 +114,30 @@ class ArithTask:
                 f"data.min_operands={min_operands}, data.max_operands={max_operands}: "
                 "need 2 <= min_operands <= max_operands"
             )
+        if not 0 <= min_operand <= max_operand:
+            raise ValueError(
+                f"data.min_operand={min_operand}, data.max_operand={max_operand}: need 0 <= min_operand <= max_operand"
+            )
+        if answer_format not in ANSWER_FORMATS:
+            raise ValueError(
+                f"data.answer_format={answer_format!r}: choose one of {', '.join(ANSWER_FORMATS)}"
+            )
         self.seed, self.eval_seed = seed, eval_seed
         self.shape = dict(
-            min_operands=min_operands, max_operands=max_operands, max_operand=max_operand, ops=ops
+            min_operands=min_operands,
+            max_operands=max_operands,
+            max_operand=max_operand,
+            ops=ops,
+            min_operand=min_operand,
+            instruction=instruction,
         )
+        self.extract_answer, self._reward = ANSWER_FORMATS[answer_format]
 
     @classmethod
     def from_config(cls, cfg) -> ArithTask:
-        return cls(
-            seed=cfg.seed,
-            eval_seed=cfg.eval_seed,
-            min_operands=cfg.min_operands,
-            max_operands=cfg.max_operands,
-            max_operand=cfg.max_operand,
-            ops=cfg.ops,
-        )
+        """From a ``data`` section; a key it lacks takes this class's default."""
+        keys = inspect.signature(cls).parameters
+        return cls(**{key: cfg[key] for key in keys if key in cfg})
 
     def train_indices(self, step: int, num_prompts: int) -> list[int]:
         return list(range(step * num_prompts, (step + 1) * num_prompts))
@@ -137,7 +161,7 @@ class ArithTask:
         )
 
     def reward(self, response_text: str, problem: Problem) -> float:
-        return boxed_integer_reward(response_text, problem.answer)
+        return self._reward(response_text, problem.answer)
 
     def rewards(self, response_texts: list[str], problems: list[Problem]) -> list[float]:
         return [self.reward(t, p) for t, p in zip(response_texts, problems, strict=True)]
