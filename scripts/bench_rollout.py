@@ -2,11 +2,13 @@
 rollout=vllm with merged sync. Sampling at temperature 1 with a random non-zero rank-8 adapter, as in
 training; each engine is synced and warmed up once before the timed generate calls.
 
-    python scripts/bench_rollout.py                 # tiny model + a Qwen3-1.7B-width 2-layer model
+    python scripts/bench_rollout.py                 # tiny, a Qwen3-1.7B-width 2-layer model, SmolLM2-135M
     python scripts/bench_rollout.py --models tiny   # only the packaged tiny model
 
 The Qwen3-1.7B-width model (hidden 2048, 151,936-token vocabulary, 2 layers) is built from its config
-with random weights and saved to a temporary directory: nothing is downloaded.
+with random weights and saved to a temporary directory: nothing is downloaded. smollm2_135m is the real
+model (model.source=package), measured only when already converted into the cache
+(``python -m arca_sweep.weights smollm2_135m``; ``ARCA_SWEEP_CACHE``), at a GRPO step's shape.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from arca_sweep.model import load_policy, load_tokenizer  # noqa: E402
 from arca_sweep.progress import quiet_libraries  # noqa: E402
 from arca_sweep.rollout import build_engine  # noqa: E402
 from arca_sweep.testing import make_config, random_qwen3, randomize_adapter  # noqa: E402
+from arca_sweep.weights import cache_root, converted  # noqa: E402
 
 MODELS = {
     # name: (prompts, samples per prompt, max_new_tokens)
     "tiny": (16, 4, 64),
     "qwen3-1.7b-width-2-layers": (4, 4, 32),
+    "smollm2_135m": (4, 8, 64),  # a GRPO step: 4 prompts x G = 8
 }
 
 
@@ -87,7 +91,14 @@ def main() -> None:
         for name in args.models:
             prompts, samples, max_new = MODELS[name]
             overrides = ["model=tiny"]
-            if name != "tiny":
+            if name == "smollm2_135m":
+                overrides = ["model=smollm2_135m", "model.source=package"]
+                if converted(make_config(*overrides).model) is None:
+                    print(
+                        f"{name}: skipped, not in the cache {cache_root()} (python -m arca_sweep.weights {name})"
+                    )
+                    continue
+            elif name != "tiny":
                 tok = load_tokenizer(make_config().model)
                 path = random_qwen3(Path(tmp) / name, "qwen3_1_7b", layers=2)
                 tok.save_pretrained(path)  # ids beyond the tiny vocabulary decode to nothing: fine for timing
