@@ -4,7 +4,19 @@ uninterrupted run ends.
 ``tests/data/pre_seams_arm/`` is an arm dir written by the code at de630b0 (before issue 18 re-cut the
 package into credit/, learner/, report/, eval/ and grade/): ``budget=smoke budget.steps=6 threads=1``,
 killed with SIGKILL after its step-3 checkpoint. ``tests/data/pre_seams_uninterrupted/`` holds the same
-command's uninterrupted records and final adapter, also from de630b0."""
+command's uninterrupted records and final adapter, also from de630b0.
+
+Until 51e50f9 (issue 19: the entropies and KL of ``token_stats`` summed pairwise in float32 instead of one
+float32 ``bmm`` over the vocabulary) the new code reproduced de630b0 bit for bit. Since then the numbers
+are the same up to float32 rounding, and the test says how: what ran (the step, the batch hash, every
+reward, length and finish count, the regime shares, the eval accuracy) equal exactly; the continuous
+statistics (loss, gradient norm, the arm's credit statistics, the policy's entropy and KL, the sampling
+log-prob gaps) within ``ABS + REL * |x|``; the final adapters within ``ADAPTER_ATOL`` (measured: 1.2e-4 in
+weights up to 0.096 after 6 AdamW steps). Left out: ``shadow/entropy/*``, ``shadow/divergence/*`` and
+``shadow/entropy_mask/*``, the shadow signals built from the per-token entropy change and KL, which at the
+first steps of a LoRA run are 1e-9 to 1e-7 nats, the size of the old path's rounding (their Gini moved by
+0.03 at step 1), and the entropy mask, whose top-20% cut flips with the last bit of a tied entropy (on
+CI's CPU its Gini at step 1 was 0.782 against 0.797 here)."""
 
 from __future__ import annotations
 
@@ -33,6 +45,43 @@ def records(path: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(x).items() if not k.startswith("perf/")} for x in lines]
 
 
+EXACT = (
+    "step",
+    "data/batch_hash",
+    "reward/",
+    "response/",
+    "credit/regime/",
+    "credit/fallback_frac",
+    "loss/updates",
+    "loss/clip_frac/",
+    "eval/",
+    "shadow/uniform/",
+)
+ROUNDING_DOMINATED = ("shadow/entropy/", "shadow/divergence/", "shadow/entropy_mask/")
+ABS, REL = 1e-4, 1e-2
+ADAPTER_ATOL = 1e-3
+
+
+def assert_same_run(got: list[dict], want: list[dict]) -> None:
+    """``got`` and ``want`` are the same run's records up to float32 rounding (see the module docstring)."""
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert g.keys() == w.keys(), (g["step"], g.keys() ^ w.keys())
+        for key, value in w.items():
+            if key.startswith(ROUNDING_DOMINATED):
+                continue
+            if key.startswith(EXACT) or not isinstance(value, float):
+                assert g[key] == value, (w["step"], key, g[key], value)
+            else:
+                assert abs(g[key] - value) <= ABS + REL * abs(value), (w["step"], key, g[key], value)
+
+
+def assert_same_adapter(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    gap = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert gap <= ADAPTER_ATOL, gap
+
+
 def adapter(path: Path) -> dict[str, torch.Tensor]:
     weights = load_file(path)
     assert weights
@@ -51,12 +100,28 @@ def test_old_checkpoint_resumes_to_the_uninterrupted_run(tmp_path):
 
     want = records(straight / "metrics.jsonl")
     assert [r["step"] for r in want] == list(range(7))
-    assert records(old / "metrics.jsonl") == want
+    assert_same_run(records(old / "metrics.jsonl"), want)
     a = adapter(straight / "adapter" / "adapter_model.safetensors")
     b = adapter(old / "adapter" / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_adapter(b, a)
 
     # and the new code's uninterrupted run is the old code's, record for record and weight for weight
-    assert records(DATA / "pre_seams_uninterrupted" / "metrics.jsonl") == want
-    c = adapter(DATA / "pre_seams_uninterrupted" / "adapter_model.safetensors")
-    assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a)
+    assert_same_run(records(DATA / "pre_seams_uninterrupted" / "metrics.jsonl"), want)
+    assert_same_adapter(adapter(DATA / "pre_seams_uninterrupted" / "adapter_model.safetensors"), a)
+
+
+def test_the_tolerances_catch_a_changed_run():
+    """The comparison is not vacuous: another seed's records or a nudged adapter fail it."""
+    want = records(DATA / "pre_seams_uninterrupted" / "metrics.jsonl")
+    nudged = [dict(r) for r in want]
+    nudged[3]["loss"] *= 1.05
+    with pytest.raises(AssertionError):
+        assert_same_run(nudged, want)
+    flipped = [dict(r) for r in want]
+    flipped[2]["data/batch_hash"] = "0" * 16
+    with pytest.raises(AssertionError):
+        assert_same_run(flipped, want)
+    w = adapter(DATA / "pre_seams_uninterrupted" / "adapter_model.safetensors")
+    moved = {k: v + (2 * ADAPTER_ATOL if i == 0 else 0) for i, (k, v) in enumerate(w.items())}
+    with pytest.raises(AssertionError):
+        assert_same_adapter(moved, w)
