@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from arca_sweep import kernels
+from arca_sweep.errors import UserError
 
 TINY_PATH = Path(__file__).resolve().parent / "assets" / "tiny-arith"
 
@@ -102,7 +103,7 @@ def load_tokenizer(model_cfg):
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except OSError as e:
-        raise RuntimeError(_offline_hint(model_cfg, source)) from e
+        raise UserError(_offline_hint(model_cfg, source)) from e
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -117,7 +118,7 @@ def load_policy(model_cfg, rank_cfg, device: torch.device, seed: int):
     try:
         base = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(model_cfg.dtype, device))
     except OSError as e:
-        raise RuntimeError(_offline_hint(model_cfg, source)) from e
+        raise UserError(_offline_hint(model_cfg, source)) from e
     base.to(device)
     lora = LoraConfig(
         r=rank_cfg.r,

