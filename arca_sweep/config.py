@@ -389,6 +389,10 @@ def validate(cfg, model_checks: bool = True) -> None:
             errors.append(
                 f"data.min_operand={cfg.data.min_operand} must be in [0, data.max_operand={cfg.data.max_operand}]"
             )
+        from arca_sweep.tasks.arith import size_problem
+
+        if (problem := size_problem(cfg.data.max_operands, cfg.data.max_operand, cfg.data.ops)) is not None:
+            errors.append(problem)
     if cfg.data.levels is not None and not set(cfg.data.levels) <= {1, 2, 3, 4, 5}:
         errors.append(f"data.levels={list(cfg.data.levels)} must be MATH levels within 1-5 (or null for all)")
     if (

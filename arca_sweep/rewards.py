@@ -12,7 +12,9 @@ from arca_sweep.grade import extract_boxed
 
 # Look only at the tail of a response: a pathological 1 MB answer costs no more than a short one.
 MAX_CHARS = 4000
-_INTEGER = re.compile(r"[+-]?\d{1,30}")
+MAX_DIGITS = 30  # the longest integer answer read
+# ASCII digits only (``\d`` alone would take Arabic-Indic or fullwidth digits), and U+2212 as a minus.
+_INTEGER = re.compile(rf"[+\-\u2212]?[0-9]{{1,{MAX_DIGITS}}}")
 
 
 def last_boxed(text: str) -> str | None:
@@ -33,12 +35,17 @@ def boxed_integer_reward(text: str, answer: str) -> float:
     content = last_boxed(text)
     if content is None or not _INTEGER.fullmatch(content):
         return 0.0
-    return 1.0 if int(content) == int(answer) else 0.0
+    return 1.0 if as_int(content) == int(answer) else 0.0
+
+
+def as_int(text: str) -> int:
+    """``int`` of a :data:`_INTEGER` match (its minus may be U+2212)."""
+    return int(text.replace("\u2212", "-"))
 
 
 # A number: digits, optionally grouped or with a fraction (``1,000``, ``3.5``), so that the last *number* is
 # found, not the last digits of one. Unambiguous (each separator needs a digit after it): linear time.
-_NUMBER = re.compile(r"[+-]?\d+(?:[.,]\d+)*")
+_NUMBER = re.compile(r"[+\-\u2212]?[0-9]+(?:[.,][0-9]+)*")
 
 
 def last_integer(text: str) -> str | None:
@@ -53,7 +60,7 @@ def last_integer(text: str) -> str | None:
         pass
     if last is None or not _INTEGER.fullmatch(last.group()):
         return None
-    return last.group()
+    return last.group().replace("\u2212", "-")
 
 
 def last_integer_reward(text: str, answer: str) -> float:

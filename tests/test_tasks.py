@@ -447,3 +447,41 @@ def test_eval_problems_are_distinct_and_never_trained_on():
 
     assert all(held_out(p.meta["expr"]) for p in evals)
     assert not any(held_out(task.train_problem(i).meta["expr"]) for i in range(2_000))
+
+
+@pytest.mark.parametrize(
+    "text,answer,reward",
+    [
+        ("so \u22125", "-5", 1.0),  # U+2212, the typeset minus, is a minus
+        ("\\boxed{\u22125}", "-5", 1.0),
+        ("\u0663", "3", 0.0),  # Arabic-Indic three: not an ASCII integer
+        ("\uff13", "3", 0.0),  # fullwidth three
+        ("\\boxed{\U0001d7d1}", "3", 0.0),  # mathematical bold three
+    ],
+)
+def test_integers_are_ascii_digits_with_either_minus(text, answer, reward):
+    grade = boxed_integer_reward if "boxed" in text else last_integer_reward
+    assert grade(text, answer) == reward
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["data.max_operands=1000000"], r"data\.max_operands=1000000: at most 64"),
+        (
+            ["data.max_operand=1000000000000000", "data.ops=*", "data.max_operands=3"],
+            r"data\.max_operand=1000000000000000 .* answers could have 45 digits.* at most 30",
+        ),
+    ],
+)
+def test_arith_shapes_whose_answers_cannot_be_graded_are_refused_before_compute(overrides, message):
+    from arca_sweep.config import ConfigError, validate
+    from arca_sweep.testing import make_config
+
+    with pytest.raises(ConfigError, match=message):
+        validate(make_config("data=arith", *overrides))
+    with pytest.raises(ValueError, match=message):
+        build_task(make_config("data=arith", *overrides).data)
+    validate(
+        make_config("data=arith", "data.max_operand=9", "data.ops=*", "data.max_operands=30")
+    )  # 30 digits

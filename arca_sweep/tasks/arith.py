@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import random
 
-from arca_sweep.rewards import boxed_integer_reward, last_boxed, last_integer, last_integer_reward
+from arca_sweep.rewards import MAX_DIGITS, boxed_integer_reward, last_boxed, last_integer, last_integer_reward
 from arca_sweep.tasks import Problem
 
 INSTRUCTION = "Put the final answer in \\boxed{}."
@@ -27,6 +28,28 @@ def held_out(expr: str) -> bool:
     """The eval partition: 1/16 of all expressions, by content. Training never draws from it,
     so eval problems are unseen whatever the seeds and the budget."""
     return int(hashlib.sha256(expr.encode()).hexdigest()[:8], 16) % 16 == 0
+
+
+MAX_OPERANDS = 64  # operands per problem, at most: a prompt a model can read, a partition quick to size
+
+
+def size_problem(max_operands: int, max_operand: int, ops: str) -> str | None:
+    """What is wrong with a shape whose problems could not be graded (None: nothing): more than
+    :data:`MAX_OPERANDS` operands, or answers that could exceed the graders' :data:`MAX_DIGITS` digits
+    (a product of ``max_operands`` operands with ``*``, else a sum)."""
+    if max_operands > MAX_OPERANDS:
+        return f"data.max_operands={max_operands}: at most {MAX_OPERANDS}"
+    if "*" in ops:
+        digits = max_operands * math.log10(max_operand + 1)
+    else:
+        digits = math.log10(max_operands * max_operand + 1)
+    if digits > MAX_DIGITS:
+        return (
+            f"data.max_operand={max_operand} with data.max_operands={max_operands} and data.ops={ops!r}: answers "
+            f"could have {math.ceil(digits)} digits, and the graders read integers of at most {MAX_DIGITS}; "
+            "lower data.max_operand or data.max_operands"
+        )
+    return None
 
 
 def eval_capacity(
@@ -118,6 +141,8 @@ class ArithTask:
             raise ValueError(
                 f"data.min_operand={min_operand}, data.max_operand={max_operand}: need 0 <= min_operand <= max_operand"
             )
+        if (problem := size_problem(max_operands, max_operand, ops)) is not None:
+            raise ValueError(problem)
         if answer_format not in ANSWER_FORMATS:
             raise ValueError(
                 f"data.answer_format={answer_format!r}: choose one of {', '.join(ANSWER_FORMATS)}"
