@@ -307,6 +307,20 @@ def test_report_degenerate_sweeps(tmp_path):
         assert imread(ranks_only / png).shape[1] > 100
 
 
+def test_damaged_arm_files_are_left_out_not_a_crash(tmp_path):
+    """Bytes that are not UTF-8 and a step that is not an integer in metrics.jsonl are skipped like a torn
+    line; a cut summary.json does not make an arm finished."""
+    rng = np.random.default_rng(2)
+    good = write_arm(tmp_path, "arca", 4, 0, steps=3, finished=True, rng=rng, samples=False)
+    cut = write_arm(tmp_path, "uniform", 4, 0, steps=3, finished=True, rng=rng, samples=False)
+    with open(good / "metrics.jsonl", "ab") as f:
+        f.write(b"\x00\xff\xfe\n" + b'{"step": "2", "reward/mean": 1.0}\n')
+    (cut / "summary.json").write_text('{"steps": ')
+    text = build_report(tmp_path).read_text()
+    assert "2 arms: 1 finished, 1 not finished." in text
+    assert f"`{cut}`" in text.split("Not finished")[1].split("Finished:")[0]
+
+
 def test_one_seed_comparison_uses_mcnemar_and_baseline_flag(tmp_path, capsys):
     sweep_dir = make_sweep(tmp_path, credits=("arca", "uniform"), ranks=(8,), seeds=(0,), steps=4)
     text = build_report(sweep_dir).read_text()

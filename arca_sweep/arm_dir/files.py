@@ -60,8 +60,8 @@ def read_jsonl(path: Path, bad_lines: str = "raise") -> list:
     """The records of a JSONL file, read as much damage as its reader accepts (``bad_lines``):
 
     - ``"raise"``: every non-blank line is JSON (else :class:`json.JSONDecodeError`); a missing file raises.
-    - ``"skip"``: a missing file has none; a line that is not JSON, or not an object, is left out (a running
-      arm's torn last line, read by the report).
+    - ``"skip"``: a missing file has none; a line that is not JSON (or not UTF-8), or not an object, is left
+      out (a running arm's torn last line, read by the report).
     - ``"torn"``: :func:`read_lines`' rule, for the records this run restores.
     """
     return [record for _, record in _read(Path(path), bad_lines)]
@@ -82,7 +82,7 @@ def _read(path: Path, bad_lines: str) -> list[tuple[str, object]]:
         return []
     if bad_lines == "skip":
         out = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # bad bytes: not JSON
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:

@@ -54,7 +54,7 @@ class Arm:
     choices: dict = field(default_factory=dict)  # config group choices (.hydra/hydra.yaml)
     records: list[dict] = field(default_factory=list)  # metrics.jsonl
     samples: list[dict] = field(default_factory=list)  # samples.jsonl
-    finished: bool = False  # summary.json exists
+    finished: bool = False  # summary.json is there and whole
     cell: tuple = ()  # ((axis, value), ...) over the sweep's axes; set by load_arms
 
     @property
@@ -117,10 +117,20 @@ def load_arm(path: Path) -> Arm:
         overrides=read_cell_overrides(path),
         config=config,
         choices=(hydra.get("runtime") or {}).get("choices") or {},
-        records=read_jsonl(path / METRICS, bad_lines="skip"),
+        records=[r for r in read_jsonl(path / METRICS, bad_lines="skip") if type(r.get("step")) is int],
         samples=read_jsonl(path / SAMPLES, bad_lines="skip"),
-        finished=(path / SUMMARY).exists(),
+        finished=_summary_ok(path / SUMMARY),
     )
+
+
+def _summary_ok(path: Path) -> bool:
+    """Whether the arm finished: its summary.json is there and a JSON object (a cut one is not)."""
+    import json
+
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def sweep_axes(arms: list[Arm]) -> list[str]:

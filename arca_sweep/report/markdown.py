@@ -272,7 +272,7 @@ def report_markdown(
         "",
     ]
     if unfinished:
-        out += ["Not finished (no summary.json: still running or failed):", ""]
+        out += ["Not finished (no whole summary.json: still running, failed, or its summary damaged):", ""]
         for arm in unfinished:
             last = max((r.get("step", 0) for r in arm.records), default=None)
             reached = "no metrics yet" if last is None else f"last logged step {last}"
