@@ -35,12 +35,12 @@ def boxed_integer_reward(text: str, answer: str) -> float:
     content = last_boxed(text)
     if content is None or not _INTEGER.fullmatch(content):
         return 0.0
-    return 1.0 if as_int(content) == int(answer) else 0.0
+    return 1.0 if int(_ascii_minus(content)) == int(answer) else 0.0
 
 
-def as_int(text: str) -> int:
-    """``int`` of a :data:`_INTEGER` match (its minus may be U+2212)."""
-    return int(text.replace("\u2212", "-"))
+def _ascii_minus(text: str) -> str:
+    """An :data:`_INTEGER` match with its minus (perhaps U+2212) as ``-``."""
+    return text.replace("\u2212", "-")
 
 
 # A number: digits, optionally grouped or with a fraction (``1,000``, ``3.5``), so that the last *number* is
@@ -60,7 +60,7 @@ def last_integer(text: str) -> str | None:
         pass
     if last is None or not _INTEGER.fullmatch(last.group()):
         return None
-    return last.group().replace("\u2212", "-")
+    return _ascii_minus(last.group())
 
 
 def last_integer_reward(text: str, answer: str) -> float:

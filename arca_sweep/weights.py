@@ -177,12 +177,13 @@ def ensure_converted(model_cfg, log=None) -> Path:
     target = package_dir(model_cfg)
     try:
         with _file_lock(target.parent / f".{target.name}.lock"):
-            if (done := converted(model_cfg, verify=True)) is not None:
-                return done
+            reason = damage(target, model_cfg, verify=True)  # the weights hashed once
+            if reason is None:
+                return target
             if target.exists():
                 log(
-                    f"model {model_cfg.name}: {target} is not a finished conversion "
-                    f"({damage(target, model_cfg, verify=True)}): converting again in its place"
+                    f"model {model_cfg.name}: {target} is not a finished conversion ({reason}): "
+                    "converting again in its place"
                 )
             _convert_into(model_cfg, target, log)
     except OSError as exc:

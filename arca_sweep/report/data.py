@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 
 from arca_sweep import heatmap
-from arca_sweep.arm_dir import METRICS, SAMPLES, SUMMARY, read_jsonl, results_path
+from arca_sweep.arm_dir import METRICS, SAMPLES, ArmDir, ArmStateError, read_jsonl, results_path
 from arca_sweep.diagnostics import REGIMES
 from arca_sweep.report.stats import as_number, last_quarter, mean
 
@@ -119,17 +119,15 @@ def load_arm(path: Path) -> Arm:
         choices=(hydra.get("runtime") or {}).get("choices") or {},
         records=[r for r in read_jsonl(path / METRICS, bad_lines="skip") if type(r.get("step")) is int],
         samples=read_jsonl(path / SAMPLES, bad_lines="skip"),
-        finished=_summary_ok(path / SUMMARY),
+        finished=_summary_ok(path),
     )
 
 
 def _summary_ok(path: Path) -> bool:
-    """Whether the arm finished: its summary.json is there and a JSON object (a cut one is not)."""
-    import json
-
+    """Whether the arm finished: :meth:`ArmDir.read_summary` reads a JSON object (a cut one is not)."""
     try:
-        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
-    except (OSError, ValueError):
+        return isinstance(ArmDir(path).read_summary(), dict)
+    except (ArmStateError, OSError):
         return False
 
 
