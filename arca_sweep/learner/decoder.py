@@ -1,8 +1,9 @@
 """Forward and decoder plumbing: hidden states at the positions that predict the response.
 
 Position ids follow the attention mask (left padding changes nothing); a forward stops after the
-last decoder layer it needs (a hook), checkpoints its layers on request, and the no-grad pass runs
-each distinct prompt once through a shared KV cache (:func:`response_hidden`).
+last decoder layer it needs (a hook) and checkpoints its layers on request; the policy's pass (with
+grad) and the reference pass run each distinct prompt once through a shared KV cache
+(:func:`response_hidden`).
 """
 
 from __future__ import annotations
@@ -130,28 +131,44 @@ def _decoder_pass(
     return final_state, final_state if layer == -1 else at_layer
 
 
-@torch.no_grad()
 def response_hidden(
-    model, input_ids, attention_mask, prompt_len: int, layer: int, *, final, autocast_bf16=False
+    model,
+    input_ids,
+    attention_mask,
+    prompt_len: int,
+    layer: int,
+    *,
+    final,
+    checkpoint: bool = False,
+    autocast_bf16: bool = False,
 ):
-    """:func:`forward_hidden` without a gradient, at the positions that predict the response
-    (``prompt_len - 1 .. L - 2``: ``[B, L - prompt_len, D]`` each), every distinct prompt run once.
+    """:func:`forward_hidden` at the positions that predict the response (``prompt_len - 1 .. L - 2``:
+    ``[B, L - prompt_len, D]`` each), every distinct prompt run once.
 
     The G samples of a group share their prompt, so the prompt's keys and values are computed for one
     row per distinct prompt and copied to the others through the KV cache; the response positions then
     run for every row. Same arithmetic as one full forward (a row's prompt positions never see its
-    response); for the reference pass, about (G - 1) / G of the prompt tokens' work saved.
+    response), about (G - 1) / G of the prompt tokens' work saved. Runs in the caller's grad mode: with
+    grad, the copies are an ``index_select`` whose backward sums the rows' gradients into the shared
+    prompt, as the G separate prompt forwards would. ``checkpoint`` (transformers drops the KV cache
+    under layer checkpointing): one plain checkpointed forward.
     """
     from transformers import DynamicCache
 
     p = prompt_len
     prompt = torch.cat([input_ids[:, :p], attention_mask[:, :p].long()], 1)
     unique, inverse = torch.unique(prompt, dim=0, return_inverse=True)
-    if unique.shape[0] == input_ids.shape[0]:  # nothing shared: one plain forward
+    if unique.shape[0] == input_ids.shape[0] or checkpoint:  # nothing shared: one plain forward
         return tuple(
             None if h is None else h[:, p - 1 : -1]
             for h in forward_hidden(
-                model, input_ids, attention_mask, layer, final=final, autocast_bf16=autocast_bf16
+                model,
+                input_ids,
+                attention_mask,
+                layer,
+                final=final,
+                checkpoint=checkpoint,
+                autocast_bf16=autocast_bf16,
             )
         )
     decoder, _ = decoder_and_head(model)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from arca_sweep import credit
-from arca_sweep.learner.decoder import decoder_and_head, forward_hidden, response_hidden
+from arca_sweep.learner.decoder import decoder_and_head, response_hidden
 from arca_sweep.learner.loss import aggregate_loss, credit_token_loss
 from arca_sweep.learner.rollout_correction import resolve_mode, rollout_correction_weights
 from arca_sweep.learner.settings import LearnerSettings
@@ -330,12 +330,14 @@ class Learner:
                     )
                 )
         final, at_layer = (
-            h[:, p - 1 : -1][mask]
-            for h in forward_hidden(
+            h[mask]
+            for h in response_hidden(
                 self.model,
                 input_ids,
                 attn,
+                p,
                 layer,
+                final=True,
                 checkpoint=self.settings.gradient_checkpointing,
                 autocast_bf16=self.autocast_bf16,
             )

@@ -151,6 +151,38 @@ class HFEngine:
         ]
         return _concat(parts, self.tokenizer.pad_token_id)
 
+    def _shared_prefill(self, input_ids, attn):
+        """The KV cache of every prompt but its last token, computed once per distinct prompt and
+        copied to each of its rows; None when no two rows share a prompt.
+
+        ``generate`` then prefills only the last prompt token of each row. The G samples of a group
+        share their prompt, so this saves (G - 1) / G of the prompt's forward (transformers' documented
+        prefix reuse: a cache passed in covers the first tokens of ``input_ids``). Same arithmetic per
+        row; the batch shapes differ, so float32 rounding may differ in the last bits.
+        """
+        from transformers import DynamicCache
+
+        if input_ids.shape[1] < 2:
+            return None
+        unique, inverse = torch.unique(torch.cat([input_ids, attn], 1), dim=0, return_inverse=True)
+        if unique.shape[0] == input_ids.shape[0]:
+            return None
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        first = torch.full((unique.shape[0],), input_ids.shape[0], device=input_ids.device, dtype=torch.long)
+        first = first.scatter_reduce(0, inverse, rows, reduce="amin")  # one row per distinct prompt
+        position_ids = (attn.long().cumsum(-1) - 1).masked_fill(attn == 0, 1)  # as generate sets them
+        cache = DynamicCache(config=self.model.config)
+        self.model(
+            input_ids=input_ids[first, :-1],
+            attention_mask=attn[first, :-1],
+            position_ids=position_ids[first, :-1],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache.reorder_cache(inverse)
+        return cache
+
     def _generate(self, rows, max_new_tokens, greedy) -> RolloutBatch:
         tok, device = self.tokenizer, self.model.device
         enc = tok.pad({"input_ids": rows}, return_tensors="pt", padding_side="left")
@@ -168,7 +200,11 @@ class HFEngine:
         processors.append(chooser)
         with checkpoint_defaults_hidden(self.model):
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=attn, generation_config=gen, logits_processor=processors
+                input_ids=input_ids,
+                attention_mask=attn,
+                generation_config=gen,
+                logits_processor=processors,
+                past_key_values=self._shared_prefill(input_ids, attn),
             )
         response = out[:, input_ids.shape[1] :]
         mask, reasons = finish_masks(response, self.eos_ids)
