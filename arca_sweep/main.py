@@ -23,9 +23,26 @@ def unquote(override: str) -> str:
     return override.replace("'", "").replace('"', "")
 
 
+MAX_NAME_BYTES = 200  # under every filesystem's 255-byte limit on one name, with room for Hydra's suffixes
+
+
 def run_name(override_dirname: str) -> str:
-    """An arm's directory name: its overrides (``credit=arca,rank=16``), or ``default``."""
-    return unquote(override_dirname).replace("/", "_") or "default"
+    """An arm's directory name: its overrides (``credit=arca,rank=16``), or ``default``.
+
+    Injective: two different override sets never share a dir. ``/`` cannot stand in a name, so it is
+    written ``%2F`` and ``%`` itself ``%25`` (``data.eval_path=data/x.jsonl`` is
+    ``data.eval_path=data%2Fx.jsonl``, never ``data.eval_path=data_x.jsonl``'s dir). Bounded: a name over
+    :data:`MAX_NAME_BYTES` bytes (a long cluster path) is cut and ends in ``~`` and 16 hex digits of the
+    full name's sha256; the full overrides are in the arm's ``.hydra/overrides.yaml`` and ``summary.json``.
+    """
+    import hashlib
+
+    name = unquote(override_dirname).replace("%", "%25").replace("/", "%2F") or "default"
+    raw = name.encode()
+    if len(raw) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    return raw[: MAX_NAME_BYTES - 17].decode(errors="ignore") + "~" + digest
 
 
 if not OmegaConf.has_resolver("arca_run_name"):
@@ -76,8 +93,11 @@ def main(cfg) -> None:
     multirun = hc.mode == RunMode.MULTIRUN
     sweep_dir = hc.sweep.dir if multirun else None
     overrides = [unquote(o) for o in hc.overrides.task]
+    # Hydra wrote this launch's config, overrides and hydra.yaml under hydra.output_subdir (conf/config.yaml:
+    # a staging dir of its own); the run makes them the arm's .hydra/ only once it runs the arm.
+    staged = out_dir / hc.output_subdir if hc.output_subdir else None
     with name_failed_arm(out_dir, hc.job.name) if multirun else user_errors():  # arca_sweep/launching.py
-        run(cfg, out_dir, overrides, sweep_dir, dict(hc.runtime.choices))
+        run(cfg, out_dir, overrides, sweep_dir, dict(hc.runtime.choices), staged)
 
 
 @contextmanager

@@ -58,24 +58,47 @@ def run(
     overrides: list[str] | None = None,
     sweep_dir: str | None = None,
     choices: dict | None = None,
+    staged: Path | None = None,
 ) -> dict:
+    """Run the arm in ``out_dir``, resume it, or skip it when finished; first check it is this config's.
+
+    ``staged``: where Hydra wrote this launch's ``.hydra`` files (``hydra.output_subdir``); they become the
+    arm's ``.hydra/`` only once the arm runs here, so a refused launch (another config, another run holding
+    the lock, files that are not this arm's) and a skip leave the arm's labels as they were.
+    """
     validate(cfg)
     arm = ArmDir(out_dir)
-    arm.create()
-    with arm.lock():  # one run per arm dir, held to the end (arca_sweep/arm_dir/)
-        if (summary := arm.read_summary()) is not None:
-            console.info(skip_line(out_dir, summary))
-            return summary
-        return train(cfg, arm, overrides, sweep_dir, choices)
-
-
-def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, choices: dict | None) -> dict:
-    """The arm's run, from its checkpoint if it has one, under the arm dir's lock."""
-    out_dir = arm.path
-    state = arm.load_checkpoint()  # before any model loads: a damaged one fails fast
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if state is not None:
-        check_same_config(state["config"], resolved, out_dir)
+    try:
+        arm.create()
+        with arm.lock():  # one run per arm dir, held to the end (arca_sweep/arm_dir/)
+            summary = arm.read_summary()
+            state = arm.load_checkpoint()  # before any model loads: a damaged one fails fast
+            ran = (summary or {}).get("config") or (state or {}).get("config")
+            if ran is not None:
+                check_same_config(ran, resolved, out_dir, finished=summary is not None)
+            elif summary is None:
+                arm.check_fresh(overrides or [])
+            if summary is not None:
+                console.info(skip_line(out_dir, summary))
+                return summary
+            arm.adopt_launch_record(staged)
+            return train(cfg, arm, overrides, sweep_dir, choices, state, resolved)
+    finally:
+        arm.discard_launch_record(staged)
+
+
+def train(
+    cfg,
+    arm: ArmDir,
+    overrides: list[str] | None,
+    sweep_dir: str | None,
+    choices: dict | None,
+    state: dict | None,
+    resolved: dict,
+) -> dict:
+    """The arm's run, from its checkpoint ``state`` if it has one, under the arm dir's lock."""
+    out_dir = arm.path
     t_start = time.time()
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))  # the job's CPUs, not the node's
     random.seed(cfg.seed)
@@ -196,6 +219,7 @@ def train(cfg, arm: ArmDir, overrides: list[str] | None, sweep_dir: str | None, 
     arm.save_adapter(model)
     summary = summarize(log.metrics.records(), overrides or [], time.time() - t_start, start)
     summary.update(weights)
+    summary["config"] = resolved  # what ran: a later launch in this dir is checked against it
     arm.write_summary(summary)
     log.finish(summary)
     console.info(closing_line(out_dir, summary))

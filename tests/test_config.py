@@ -330,10 +330,34 @@ def test_quoted_sweep_composes_each_choice():
     [
         ("", "default"),
         ("credit=arca,rank=16", "credit=arca,rank=16"),
-        ("model.path=/data/Qwen3-1.7B", "model.path=_data_Qwen3-1.7B"),
-        ("a/b/c", "a_b_c"),
+        ("model.path=/data/Qwen3-1.7B", "model.path=%2Fdata%2FQwen3-1.7B"),
+        ("a/b/c", "a%2Fb%2Fc"),
+        ("x=50%/y", "x=50%25%2Fy"),
     ],
 )
 def test_run_name(dirname, expected):
     assert run_name(dirname) == expected
     assert "/" not in run_name(dirname)
+
+
+def test_run_names_are_injective_and_bounded():
+    """Two override sets never share a dir (issue 20: ``data/x.jsonl`` and ``data_x.jsonl`` did), and a name
+    stays under the filesystem's 255 bytes however long the overrides (a long cluster path)."""
+    names = [
+        "data.eval_path=data/x.jsonl",
+        "data.eval_path=data_x.jsonl",
+        "data.eval_path=data%2Fx.jsonl",
+        "data.eval_path=data%252Fx.jsonl",
+        "x=a/b",
+        "x=a%2Fb",
+    ]
+    assert len({run_name(n) for n in names}) == len(names)
+    long_a = "model.path=/" + "very_long_directory/" * 30 + "a"
+    long_b = "model.path=/" + "very_long_directory/" * 30 + "b"
+    long_u = "data.path=/" + "é" * 300
+    for n in (long_a, long_b, long_u):
+        assert len(run_name(n).encode()) <= 200
+        assert "/" not in run_name(n)
+        run_name(n).encode().decode()  # whole characters only
+    assert run_name(long_a) != run_name(long_b)
+    assert run_name(long_a).startswith("model.path=%2Fvery_long_directory")

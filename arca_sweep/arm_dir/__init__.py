@@ -138,6 +138,79 @@ class ArmDir:
         """The checkpoint's state, or None when there is none; :class:`ArmStateError` when unreadable."""
         return _checkpoint().load(self.checkpoint_path)
 
+    def check_fresh(self, overrides: list[str]) -> None:
+        """Before a run starts at step 0 in a dir with no checkpoint and no summary: records already there
+        (``metrics.jsonl``, ``samples.jsonl``, ``eval/``, ``adapter/``) are replaced only when they are this
+        arm's own, i.e. a run of the same overrides killed before its first checkpoint. Otherwise an
+        :class:`ArmStateError` naming them: a dir that is not an arm, or another arm's partial records."""
+        present = [n for n in (METRICS, SAMPLES, EVAL_DIR, ADAPTER) if (self.path / n).exists()]
+        if not present:
+            return
+        listed = self.path / ".hydra" / "overrides.yaml"
+        files = ", ".join(str(self.path / n) for n in present)
+        if not listed.is_file():
+            raise ArmStateError(
+                f"{self.path} already holds {files} but is not an arca-sweep arm dir (no .hydra/overrides.yaml); "
+                "refusing to overwrite them. Use another output dir (hydra.run.dir=...) or move them away."
+            )
+        try:
+            import yaml
+
+            before = yaml.safe_load(listed.read_text()) or []
+        except Exception:
+            before = None
+        if not isinstance(before, list) or _results_key(before) != _results_key(overrides):
+            raise ArmStateError(
+                f"{self.path} holds the partial records of another run ({files}; its overrides "
+                f"{before!r}, this one's {overrides!r}) and no checkpoint to resume; refusing to overwrite "
+                "them. Use another output dir (hydra.run.dir=...) or delete that one."
+            )
+        import warnings
+
+        warnings.warn(
+            f"{self.path}: the same arm was stopped before its first checkpoint; starting it again from "
+            f"step 0 (its partial records are replaced: {files})",
+            stacklevel=2,
+        )
+
+    def adopt_launch_record(self, staged: Path | None) -> None:
+        """Make this launch's ``.hydra`` files (written by Hydra to ``staged``) the arm's ``.hydra/``."""
+        if staged is None or not Path(staged).is_dir():
+            return
+        target = self.path / ".hydra"
+        with writing(target, "re-run"):
+            target.mkdir(exist_ok=True)
+            for f in Path(staged).iterdir():
+                atomic_write(target / f.name, f.read_text())
+
+    def discard_launch_record(self, staged: Path | None) -> None:
+        """Remove the launch's staged ``.hydra`` files (adopted or refused), and their parent when empty."""
+        if staged is None:
+            return
+        import shutil
+
+        shutil.rmtree(staged, ignore_errors=True)
+        try:
+            Path(staged).parent.rmdir()  # .hydra.launch/, unless another launch is staging there
+        except OSError:
+            pass
+
     def save_adapter(self, model) -> None:
         with writing(self.path / ADAPTER):
             model.save_pretrained(self.path / ADAPTER)
+
+
+def _results_key(overrides: list[str]) -> list[str]:
+    """The overrides that can change results (those Hydra's dir name also leaves out can differ)."""
+    from arca_sweep.arm_dir.checkpoint import RESUME_FREE_KEYS, RESUME_FREE_PREFIXES
+
+    def key(o: str) -> str:
+        return o.split("=", 1)[0].lstrip("+~")
+
+    return sorted(
+        o
+        for o in overrides
+        if key(o) not in RESUME_FREE_KEYS
+        and not key(o).startswith(RESUME_FREE_PREFIXES)
+        and key(o) != "logger"
+    )

@@ -126,18 +126,28 @@ def schema_defaults() -> dict:
     return out
 
 
-def check_same_config(saved: dict, current: dict, out_dir: Path) -> None:
+def check_same_config(saved: dict, current: dict, out_dir: Path, *, finished: bool = False) -> None:
     """The resume rule: a checkpoint is resumed only by the config it was taken under (``saved``), but for
     :data:`RESUME_FREE_KEYS` and every ``logger.*`` key; else an :class:`ArmStateError` naming the keys.
     A key the checkpoint lacks (added to the schema since) matches when the current config holds its schema
-    default: a new option's default is the behaviour of the code before it."""
+    default: a new option's default is the behaviour of the code before it. ``finished``: the arm is done
+    and ``saved`` is the config it ran; the same rule decides whether this launch may skip it as its own."""
     a, b = _flatten(saved), _flatten(current)
     defaults = schema_defaults()
     a.update({k: v for k, v in b.items() if k not in a and k in defaults and defaults[k] == v})
     free = [k for k in a.keys() | b.keys() if k in RESUME_FREE_KEYS or k.startswith(RESUME_FREE_PREFIXES)]
     diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in free)
-    if diff:
+    if not diff:
+        return
+    shown = ", ".join(f"{k}: {a.get(k, '(unset)')!r} there, {b.get(k, '(unset)')!r} now" for k in diff[:6])
+    shown += f" and {len(diff) - 6} more" if len(diff) > 6 else ""
+    if finished:
         raise ArmStateError(
-            f"{out_dir} holds a checkpoint of a different config ({', '.join(diff)} differ); "
-            "refusing to resume over it. Use another output dir (hydra.run.dir=...) or delete that one."
+            f"{out_dir} holds a finished arm of a different config ({shown}); refusing to count it as this "
+            "one, and its records and .hydra/ are left as they are. Use another output dir "
+            "(hydra.run.dir=... or hydra.sweep.dir=...) for this config."
         )
+    raise ArmStateError(
+        f"{out_dir} holds a checkpoint of a different config ({shown}); "
+        "refusing to resume over it. Use another output dir (hydra.run.dir=...) or delete that one."
+    )
