@@ -230,6 +230,9 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0: all cores
     experiment: str | None = None  # set by experiment/ presets, for the record
+    # resume although a data file, plug-in module or model file changed since the checkpoint (the change
+    # is written to the record); false: such a resume is refused, naming what changed
+    accept_changed_inputs: bool = False
 
 
 def register_configs() -> None:

@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from arca_sweep.arm_dir import ArmDir, RunLog, check_same_config, restore, results_path
+from arca_sweep.arm_dir.fingerprint import check_same_inputs, fingerprint
 from arca_sweep.config import validate
 from arca_sweep.diagnostics.fidelity import fidelity_probe
 from arca_sweep.diagnostics.step import FormatTokens, credit_metrics
@@ -99,6 +100,14 @@ def train(
 ) -> dict:
     """The arm's run, from its checkpoint ``state`` if it has one, under the arm dir's lock."""
     out_dir = arm.path
+    inputs = fingerprint(cfg)  # the data files, plug-ins and model files this run reads
+    changed = check_same_inputs(
+        state.get("fingerprint") if state else None, inputs, out_dir, cfg.accept_changed_inputs
+    )
+    if changed:
+        console.warning(
+            f"{out_dir}: resuming on changed inputs (accept_changed_inputs=true): {'; '.join(changed)}"
+        )
     t_start = time.time()
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))  # the job's CPUs, not the node's
     random.seed(cfg.seed)
@@ -211,6 +220,7 @@ def train(
                 optimizer=learner.optimizer,
                 config=resolved,
                 metrics_lines=log.metrics.lines,
+                fingerprint=inputs,
             )
         progress.update(step, metrics)
     progress.close()
@@ -220,6 +230,9 @@ def train(
     summary = summarize(log.metrics.records(), overrides or [], time.time() - t_start, start)
     summary.update(weights)
     summary["config"] = resolved  # what ran: a later launch in this dir is checked against it
+    summary["inputs"] = inputs
+    if changed:
+        summary["inputs_changed"] = {"resumed_after_step": start, "changes": changed}
     arm.write_summary(summary)
     log.finish(summary)
     console.info(closing_line(out_dir, summary))

@@ -71,3 +71,11 @@ def test_dir_name_fallback_keeps_list_values(tmp_path):
     (arm / ".hydra").mkdir(parents=True)
     assert read_cell_overrides(arm) == {"optim.betas": "[0.9,0.99]", "rank": "8"}
     assert parse_override("rank='16'") == ("rank", "16") and parse_override("~loss.beta") == ("loss.beta", "")
+
+
+def test_dir_name_fallback_undoes_the_names_escapes(tmp_path):
+    from arca_sweep.main import run_name
+
+    name = run_name("data.eval_path=data/x%.jsonl,rank=8")
+    (tmp_path / name / ".hydra").mkdir(parents=True)
+    assert read_cell_overrides(tmp_path / name) == {"data.eval_path": "data/x%.jsonl", "rank": "8"}

@@ -190,3 +190,38 @@ def test_a_long_override_gives_a_bounded_dir_name_and_keeps_the_full_overrides(t
     for arm in arms:
         assert f"data.path={data}" in (arm / ".hydra" / "overrides.yaml").read_text()
         assert (arm / "summary.json").is_file()
+
+
+PLUGIN = """
+def reward(text, answer):
+    return float(answer in text)
+"""
+
+
+def test_a_resume_on_changed_data_or_plugin_is_refused_naming_it(tmp_path):
+    data = rows(tmp_path / "rows.jsonl", 6)
+    (tmp_path / "my_reward.py").write_text(PLUGIN)
+    extra = ("budget.steps=1", "data=jsonl", f"data.path={data}", "data.reward=my_reward:reward")
+    arm = tmp_path / "arm"
+    run(arm, *extra)
+    inputs = json.loads((arm / "summary.json").read_text())["inputs"]
+    assert any(k.startswith("data.path") for k in inputs) and any(k.startswith("data.reward") for k in inputs)
+    (arm / "summary.json").unlink()  # resumable from its step-1 checkpoint
+
+    data.write_text(data.read_text().replace("Compute 3 + 1.", "Compute 30 + 1."))
+    before = snapshot(arm)
+    line = error_line(run(arm, *extra, check=False))
+    assert "other inputs" in line and f"data.path ({data})" in line and "accept_changed_inputs=true" in line
+    assert "data.reward" not in line
+    assert snapshot(arm) == before
+
+    rows(data, 6)  # the original rows again; now the plug-in changes
+    (tmp_path / "my_reward.py").write_text(PLUGIN.replace("float(", "0.5 * float("))
+    line = error_line(run(arm, *extra, check=False))
+    assert f"data.reward ({tmp_path / 'my_reward.py'})" in line and "data.path" not in line
+
+    proc = run(arm, *extra, "accept_changed_inputs=true")
+    assert "resuming on changed inputs" in proc.stdout + proc.stderr
+    summary = json.loads((arm / "summary.json").read_text())
+    assert summary["inputs_changed"]["resumed_after_step"] == 1
+    assert any("data.reward" in c for c in summary["inputs_changed"]["changes"])

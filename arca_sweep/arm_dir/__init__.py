@@ -128,10 +128,26 @@ class ArmDir:
         with writing(self.summary_path):
             atomic_write(self.summary_path, json.dumps(summary, indent=1) + "\n")
 
-    def save_checkpoint(self, *, step: int, model, optimizer, config: dict, metrics_lines: list[str]) -> None:
-        """Adapter, optimizer, RNG states, step, config, and the metrics lines of steps 0..``step``."""
+    def save_checkpoint(
+        self,
+        *,
+        step: int,
+        model,
+        optimizer,
+        config: dict,
+        metrics_lines: list[str],
+        fingerprint: dict | None = None,
+    ) -> None:
+        """Adapter, optimizer, RNG states, step, config, the inputs' fingerprints, and the metrics lines of
+        steps 0..``step``."""
         _checkpoint().save(
-            self.path, step=step, model=model, optimizer=optimizer, config=config, metrics_lines=metrics_lines
+            self.path,
+            step=step,
+            model=model,
+            optimizer=optimizer,
+            config=config,
+            metrics_lines=metrics_lines,
+            fingerprint=fingerprint,
         )
 
     def load_checkpoint(self) -> dict | None:

@@ -17,7 +17,7 @@ from arca_sweep.arm_dir.names import CHECKPOINT
 
 # Keys that may differ between an interrupted run and its resumption (none changes results): these,
 # and every logger.* key, so W&B can be turned on or off for a resumed arm.
-RESUME_FREE_KEYS = {"logger.progress", "threads", "device"}
+RESUME_FREE_KEYS = {"logger.progress", "threads", "device", "accept_changed_inputs"}
 RESUME_FREE_PREFIXES = ("logger.",)
 
 
@@ -51,10 +51,21 @@ def restore(state: dict, model, optimizer) -> int:
     return state["step"]
 
 
-def save(arm_path: Path, *, step: int, model, optimizer, config: dict, metrics_lines: list[str]) -> None:
-    """Adapter, optimizer, RNG states, step, config, and the metrics lines of steps 0..``step``."""
+def save(
+    arm_path: Path,
+    *,
+    step: int,
+    model,
+    optimizer,
+    config: dict,
+    metrics_lines: list[str],
+    fingerprint: dict | None = None,
+) -> None:
+    """Adapter, optimizer, RNG states, step, config, the inputs' fingerprints
+    (:mod:`arca_sweep.arm_dir.fingerprint`), and the metrics lines of steps 0..``step``."""
     state = {
         "step": step,
+        "fingerprint": fingerprint,
         "adapter": trainable_state(model),
         "optimizer": optimizer.state_dict(),
         "rng": rng_states(),

@@ -27,7 +27,7 @@ class NotASweepError(ValueError):
 # ------------------------------------------------------------------------------------------------
 
 # Overrides that cannot change an arm's results: never part of its cell (SPEC: statistics of a comparison).
-NEUTRAL_KEYS = {"seed", "threads", "device"}
+NEUTRAL_KEYS = {"seed", "threads", "device", "accept_changed_inputs"}
 NEUTRAL_PREFIXES = ("logger", "hydra")
 _DIR_ITEM = re.compile(r",(?=[+~]*[\w./-]+=)")  # a comma that starts the next key=value of a dir name
 
@@ -97,7 +97,10 @@ def all_overrides(path: Path) -> dict[str, str]:
     """The arm's overrides: from ``.hydra/overrides.yaml``, else parsed from its dir name."""
     listed = _yaml(path / ".hydra" / "overrides.yaml")
     if not isinstance(listed, list):
-        listed = [item for item in _DIR_ITEM.split(path.name) if "=" in item]
+        # the dir name's escapes (arca_sweep.main.run_name) undone: %2F is /, %25 is %
+        listed = [
+            item.replace("%2F", "/").replace("%25", "%") for item in _DIR_ITEM.split(path.name) if "=" in item
+        ]
     return dict(parse_override(o) for o in listed)
 
 
