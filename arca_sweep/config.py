@@ -74,6 +74,7 @@ class CreditConfig:
         default_factory=dict
     )  # a method's keyword options (conf/credit/<name>.yaml)
     target: str | None = None  # credit=custom: the user's method, "pkg.module:function"
+    timeout_s: float = 120.0  # credit.target: wall-time limit of one call (a batch), over it the run stops
 
 
 @dataclass
@@ -119,6 +120,7 @@ class DataConfig:
     # Rows whose templated prompt is longer are skipped and counted (data/*_skipped_too_long), like rows
     # without an answer. null: the model's context (max_position_embeddings) minus budget.max_new_tokens.
     max_prompt_tokens: int | None = None
+    reward_timeout_s: float = 10.0  # data.reward: wall-time limit of one call, over it the run stops
     reward: str | None = None  # jsonl: reward(response_text, answer) -> float, "pkg.module:function"
 
 
@@ -292,6 +294,8 @@ POSITIVE = [
     "data.grader_timeout_s",
 ]
 NON_NEGATIVE = [
+    "credit.timeout_s",
+    "data.reward_timeout_s",
     "budget.eval_every",
     "diagnostics.fidelity_every",
     "loss.clip_low",

@@ -14,12 +14,89 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import signal
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
+
+from arca_sweep.errors import UserError
 
 
 class PluginError(ValueError):
     """A plug-in that cannot be imported or called as its key requires."""
+
+
+class PluginFailure(UserError):
+    """A plug-in broke its contract while the run called it (raised, exited, timed out, or returned
+    something it may not); the message names its key, the function, where it was called and the value."""
+
+
+class _PluginTimeout(BaseException):
+    """Raised inside a plug-in by the time limit's alarm (a BaseException, so ``except Exception`` in the
+    plug-in does not swallow it)."""
+
+
+@contextmanager
+def time_limit(seconds: float | None):
+    """Raise :class:`_PluginTimeout` in the body after ``seconds`` of wall time (SIGALRM; only in the main
+    thread, where Python delivers signals; elsewhere, or with ``seconds`` 0/None, no limit)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise _PluginTimeout
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def at_step(step: int | str):
+    """A :class:`PluginFailure` in the body says at which step (or eval) of the run it happened."""
+    try:
+        yield
+    except PluginFailure as exc:
+        raise PluginFailure(f"step {step}: {exc}") from exc.__cause__
+
+
+def describe(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', getattr(fn, '__name__', '?'))}"
+
+
+def call_plugin(
+    fn: Callable, args: tuple, kwargs: dict, *, key: str, where: str, timeout_s: float | None, limit_key: str
+):
+    """``fn(*args, **kwargs)`` under the contract every plug-in call keeps: an exception, ``sys.exit`` or
+    running past ``timeout_s`` seconds stops the run with one :class:`PluginFailure` naming ``key``, the
+    function and ``where`` (e.g. "on problem 17"); ``limit_key`` is the setting that raises the limit."""
+    name = describe(fn)
+    try:
+        with time_limit(timeout_s):
+            return fn(*args, **kwargs)
+    except _PluginTimeout:
+        raise PluginFailure(
+            f"{key} {name} did not return within {timeout_s:g} s {where}; make it faster or raise "
+            f"{limit_key} (0: no limit)"
+        ) from None
+    except SystemExit as exc:
+        raise PluginFailure(
+            f"{key} {name} called sys.exit({exc.code!r}) {where}: a plug-in must return a value, not end "
+            "the process (the arm would look finished without being so); fix the function"
+        ) from None
+    except UserError:
+        raise
+    except Exception as exc:
+        raise PluginFailure(
+            f"{key} {name} raised {type(exc).__name__}: {str(exc)[:300]} {where}; fix the function "
+            "(ARCA_TRACEBACK=1 shows where)"
+        ) from exc
 
 
 def load_callable(spec: str | None, key: str) -> Callable:

@@ -32,6 +32,7 @@ from arca_sweep.learner.rollout_correction import rollout_is_metrics
 from arca_sweep.loggers import build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, model_weights, resolve_device
 from arca_sweep.nonfinite import check_finite
+from arca_sweep.plugins import at_step
 from arca_sweep.preflight import prompt_token_limit
 from arca_sweep.progress import Progress, closing_line, is_terminal, skip_line
 from arca_sweep.progress import log as console
@@ -142,9 +143,10 @@ def train(
         print(f"resuming {out_dir} after step {start}")
     else:
         log.start()
-        acc = evaluate(
-            engine, tokenizer, task, eval_problems, b.max_new_tokens, think, results_path(out_dir, 0)
-        )
+        with at_step("0 (the initial eval)"):
+            acc = evaluate(
+                engine, tokenizer, task, eval_problems, b.max_new_tokens, think, results_path(out_dir, 0)
+            )
         log.log({"step": 0, **acc})
 
     live = cfg.logger.progress and is_terminal()
@@ -158,11 +160,12 @@ def train(
         rollout_s = time.time() - t0
         # ---- reward and group advantage
         group_of = [problems[i // b.group_size] for i in range(len(batch.texts))]
-        rewards = torch.tensor(task.rewards(batch.texts, group_of))
-        advantages, frac_zero_std = group_advantages(rewards, b.group_size, cfg.advantage.scale)
-        # ---- credit, loss, update (two forwards at most: policy, and reference with the adapter off)
-        t1 = time.time()
-        result = learner.step(batch, advantages.to(device), rewards=rewards.to(device), step=step)
+        with at_step(step):  # a plug-in (data.reward, credit.target) that breaks its contract names the step
+            rewards = torch.tensor(task.rewards(batch.texts, group_of))
+            advantages, frac_zero_std = group_advantages(rewards, b.group_size, cfg.advantage.scale)
+            # ---- credit, loss, update (two forwards at most: policy, and reference with the adapter off)
+            t1 = time.time()
+            result = learner.step(batch, advantages.to(device), rewards=rewards.to(device), step=step)
         # ---- guard: nothing non-finite is logged, saved or sampled from (arca_sweep/nonfinite.py)
         check_finite(step, batch, result, model, learner.optimizer, cfg.loss.beta, arm.checkpoint_path)
         engine.sync(model)
@@ -194,7 +197,8 @@ def train(
         check_engine_weights(metrics["rollout/logp_diff_max"], max_logp_diff, step)
         if step == b.steps or (b.eval_every and step % b.eval_every == 0):
             out = results_path(out_dir, step)
-            metrics.update(evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens, think, out))
+            with at_step(f"{step} (eval)"):
+                metrics.update(evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens, think, out))
         metrics.update(task.stats)
         log.log(metrics)
         if cfg.logger.samples_every and (step == 1 or step % cfg.logger.samples_every == 0):

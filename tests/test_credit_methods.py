@@ -12,6 +12,7 @@ import torch
 from arca_sweep import credit
 from arca_sweep.credit import GroupContext, TokenCredit, TokenStats
 from arca_sweep.learner.loss import aggregate_loss, credit_token_loss
+from arca_sweep.plugins import PluginFailure
 from tests.verl_peer import import_verl
 
 NAN = float("nan")
@@ -225,7 +226,7 @@ def test_custom_method_contract():
     assert out.salience.tolist() == [[1.0, 4.0, 0.0]]  # 0 off the response
     assert method.scope == "batch" and method.defines_weights and method.needs == {"logp"}
     assert credit.custom_method(positions).needs == credit.STAT_FIELDS - {"hidden", "ref_hidden"}
-    with pytest.raises(TypeError, match="must return a \\[B, T\\]"):
+    with pytest.raises(PluginFailure, match="must be a \\[B, T\\]"):
         credit.custom_method(lambda stats, ctx: torch.ones(2)).fn(stats, ctx_of([1.0], 1))
     with pytest.raises(ValueError, match="unknown TokenStats"):
         credit.custom_method(positions, needs={"logits"})

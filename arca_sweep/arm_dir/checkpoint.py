@@ -17,7 +17,14 @@ from arca_sweep.arm_dir.names import CHECKPOINT
 
 # Keys that may differ between an interrupted run and its resumption (none changes results): these,
 # and every logger.* key, so W&B can be turned on or off for a resumed arm.
-RESUME_FREE_KEYS = {"logger.progress", "threads", "device", "accept_changed_inputs"}
+RESUME_FREE_KEYS = {
+    "logger.progress",
+    "threads",
+    "device",
+    "accept_changed_inputs",
+    "credit.timeout_s",
+    "data.reward_timeout_s",
+}
 RESUME_FREE_PREFIXES = ("logger.",)
 
 

@@ -278,10 +278,16 @@ def method(
     return Method(name, from_signal, signal.needs_for(signal_options), "row", True, None)
 
 
-def custom_method(fn: Callable, needs: Iterable[str] | None = None) -> Method:
+def custom_method(fn: Callable, needs: Iterable[str] | None = None, timeout_s: float | None = None) -> Method:
     """A user's method (``credit=custom credit.target=pkg.mod:fn``): ``fn(stats, ctx, **options)``
     returns a salience ``[B, T]`` or a :class:`TokenCredit`. Batch scope (it sees the whole batch) and
-    in the shadow diagnostics. ``needs``: ``fn.needs`` if set, else every ``[B, T]`` field."""
+    in the shadow diagnostics. ``needs``: ``fn.needs`` if set, else every ``[B, T]`` field.
+
+    The contract is checked at every call (:func:`check_plugin_credit`): ``fn`` gets copies of the stats
+    and the context (changing them changes nothing), runs within ``timeout_s`` seconds (``credit.timeout_s``),
+    and must not raise or exit; anything else stops the run naming ``credit.target``."""
+    from arca_sweep.plugins import call_plugin
+
     if needs is None:
         needs = getattr(fn, "needs", STAT_FIELDS - {"hidden", "ref_hidden"})
     needs = frozenset(needs)
@@ -289,19 +295,69 @@ def custom_method(fn: Callable, needs: Iterable[str] | None = None) -> Method:
         raise ValueError(f"credit.target's needs name unknown TokenStats fields {sorted(unknown)}")
 
     def wrapped(stats: TokenStats, ctx: GroupContext, **options) -> TokenCredit:
-        out = fn(stats, ctx, **options)
+        out = call_plugin(
+            fn,
+            (_copied(stats), _copied(ctx)),
+            options,
+            key="credit.target",
+            where=f"on a batch of {stats.mask.shape[0]} responses",
+            timeout_s=timeout_s,
+            limit_key="credit.timeout_s",
+        )
         if isinstance(out, torch.Tensor):
             out = TokenCredit(salience=out)
-        if not isinstance(out, TokenCredit) or out.salience.shape != stats.mask.shape:
-            got = out.salience.shape if isinstance(out, TokenCredit) else type(out).__name__
-            raise TypeError(
-                f"credit.target {getattr(fn, '__module__', '?')}:{getattr(fn, '__name__', '?')} must return a "
-                f"[B, T] = {tuple(stats.mask.shape)} salience tensor or a TokenCredit; got {got}"
-            )
+        check_plugin_credit(out, stats.mask, fn)
         out.salience = finish(out.salience, stats.mask)
         return out
 
     return Method("custom", wrapped, needs, "batch", True, None)
+
+
+def _copied(x):
+    """A copy of a TokenStats or GroupContext whose tensors are clones (the generator is shared)."""
+    return replace(
+        x, **{f.name: v.clone() for f in fields(x) if isinstance(v := getattr(x, f.name), torch.Tensor)}
+    )
+
+
+def check_plugin_credit(out, mask: torch.Tensor, fn: Callable) -> None:
+    """A custom method's output: a TokenCredit (or tensor) whose salience is a ``[B, T]`` floating tensor,
+    finite and non-negative on response tokens, and whose other fields are ``[B, T]`` and finite there;
+    else a :class:`arca_sweep.plugins.PluginFailure` naming the function and the bad values."""
+    from arca_sweep.plugins import PluginFailure, describe
+
+    name = f"credit.target {describe(fn)}"
+    shape = tuple(mask.shape)
+    if not isinstance(out, TokenCredit) or not isinstance(out.salience, torch.Tensor):
+        got = type(out.salience if isinstance(out, TokenCredit) else out).__name__
+        raise PluginFailure(
+            f"{name} must return a [B, T] = {shape} salience tensor or a TokenCredit; got {got}"
+        )
+    for field_name in ("salience", "bonus", "clip_low", "clip_high", "ref_kl_coef", "ratio_penalty"):
+        value = getattr(out, field_name)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise PluginFailure(f"{name}: its {field_name} must be a [B, T] = {shape} tensor; got {got}")
+        if not value.is_floating_point():
+            raise PluginFailure(
+                f"{name}: its {field_name} is a {value.dtype} tensor; it must be floating point (a 0/1 mask "
+                "as 0.0/1.0: .float())"
+            )
+        on = value.detach()[mask.to(value.device).bool()]
+        bad = on[~torch.isfinite(on)]
+        if bad.numel():
+            raise PluginFailure(
+                f"{name}: its {field_name} has {bad.numel()} non-finite values on response tokens (e.g. "
+                f"{bad[:3].tolist()}); every value on a response token must be finite"
+            )
+        if field_name != "bonus" and (neg := on[on < 0]).numel():
+            raise PluginFailure(
+                f"{name}: its {field_name} has {neg.numel()} negative values on response tokens (min "
+                f"{neg.min().item():.4g}); it must be >= 0 (a salience is normalized into weights that scale "
+                "the advantage, so a negative one would flip its sign)"
+            )
 
 
 # ------------------------------------------------------------------------------------------------

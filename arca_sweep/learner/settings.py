@@ -12,6 +12,7 @@ class LearnerSettings:
 
     credit: str  # credit.name: the training method (a signal, a method, custom)
     credit_target: str | None  # credit.target: a custom method's "pkg.module:function"
+    credit_timeout_s: float  # credit.timeout_s: its wall-time limit per call
     credit_options: dict[str, Any]  # credit.options: the training method's keyword options
     signal_options: dict[str, Any]  # credit.mode, credit.estimator: every signal's options
     normalize: str  # credit.normalize, .temperature, .mix, .clip_max: the weights' normalization
@@ -52,6 +53,7 @@ class LearnerSettings:
         return cls(
             credit=c.name,
             credit_target=c.target,
+            credit_timeout_s=c.timeout_s,
             credit_options=dict(c.options),
             signal_options=dict(mode=c.mode, estimator=c.estimator),
             normalize=c.normalize,

@@ -81,7 +81,8 @@ class CreditPlan:
             return credit.method(name, options, self.signal_options)
         from arca_sweep.plugins import load_callable
 
-        return credit.custom_method(load_callable(self.settings.credit_target, "credit.target")).bind(options)
+        fn = load_callable(self.settings.credit_target, "credit.target")
+        return credit.custom_method(fn, timeout_s=self.settings.credit_timeout_s).bind(options)
 
     def needs(self, name: str) -> set[str]:
         """The TokenStats fields method ``name`` reads."""

@@ -27,7 +27,14 @@ class NotASweepError(ValueError):
 # ------------------------------------------------------------------------------------------------
 
 # Overrides that cannot change an arm's results: never part of its cell (SPEC: statistics of a comparison).
-NEUTRAL_KEYS = {"seed", "threads", "device", "accept_changed_inputs"}
+NEUTRAL_KEYS = {
+    "seed",
+    "threads",
+    "device",
+    "accept_changed_inputs",
+    "credit.timeout_s",
+    "data.reward_timeout_s",
+}
 NEUTRAL_PREFIXES = ("logger", "hydra")
 _DIR_ITEM = re.compile(r",(?=[+~]*[\w./-]+=)")  # a comma that starts the next key=value of a dir name
 

@@ -7,8 +7,8 @@ Each line is an object with the prompt under ``prompt`` (or ``question``) and th
 Training rows come in a ``data.seed`` order shared by every arm (one seeded permutation per epoch, as
 ``data=math``). Evaluation uses ``data.eval_path`` (same format) in file order when given, else the
 training file's first rows in file order (``data.path`` null: the packaged example rows): then the eval set is not held out, so set ``data.eval_path``
-for a real evaluation. ``reward(response_text, answer) -> float`` must not raise; an exception is
-re-raised naming the function and the row.
+for a real evaluation. ``reward(response_text, answer) -> float`` must return a finite number within
+``data.reward_timeout_s`` and must not raise or exit; otherwise the run stops naming the function and the row.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ class JsonlTask(RowsTask):
         reward_fn: Callable,
         seed: int = 0,
         prompt_fits: Callable[[str], bool] | None = None,
+        timeout_s: float | None = None,
     ):
-        """``prompt_fits(question)`` False: the row is skipped and counted (``data/*_skipped_too_long``)."""
+        """``timeout_s``: the reward's wall-time limit per call (None: none). ``prompt_fits(question)`` False: the row is skipped and counted (``data/*_skipped_too_long``)."""
         self._data_stats = {}
         if prompt_fits is not None:
             for split, rows in (("train", train), ("eval", eval_rows)):
@@ -59,6 +60,7 @@ class JsonlTask(RowsTask):
                     raise ValueError(f"data=jsonl: every {split} row is longer than data.max_prompt_tokens")
                 train, eval_rows = (kept, eval_rows) if split == "train" else (train, kept)
         self.train, self.eval, self.reward_fn, self.seed = train, eval_rows, reward_fn, seed
+        self.timeout_s = timeout_s
         self.name = f"{getattr(reward_fn, '__module__', '?')}:{getattr(reward_fn, '__name__', '?')}"
 
     @classmethod
@@ -73,15 +75,45 @@ class JsonlTask(RowsTask):
             else train
         )
         reward = load_callable(cfg.reward, "data.reward")
-        return cls(train, evals, reward, seed=cfg.seed, prompt_fits=prompt_fits)
+        return cls(
+            train,
+            evals,
+            reward,
+            seed=cfg.seed,
+            prompt_fits=prompt_fits,
+            timeout_s=cfg.get("reward_timeout_s"),
+        )
 
     def reward(self, response_text: str, problem: Problem) -> float:
-        try:
-            return float(self.reward_fn(response_text, problem.answer))
-        except Exception as exc:
-            raise RuntimeError(
-                f"data.reward {self.name} raised {type(exc).__name__}: {exc} on problem {problem.index}"
-            ) from exc
+        """The plug-in's reward, under its contract: a finite real number (an int or bool counts), returned
+        within ``data.reward_timeout_s``; anything else stops the run naming ``data.reward`` and the row."""
+        import math
+        import numbers
+
+        from arca_sweep.plugins import PluginFailure, call_plugin
+
+        where = f"on problem {problem.index} (answer {problem.answer[:60]!r})"
+        value = call_plugin(
+            self.reward_fn,
+            (response_text, problem.answer),
+            {},
+            key="data.reward",
+            where=where,
+            timeout_s=self.timeout_s,
+            limit_key="data.reward_timeout_s",
+        )
+        if not isinstance(value, numbers.Real) or (hasattr(value, "ndim") and value.ndim):
+            raise PluginFailure(
+                f"data.reward {self.name} returned {type(value).__name__} {repr(value)[:60]} {where}; a reward "
+                "must be a real number (float, int or bool)"
+            )
+        value = float(value)
+        if not math.isfinite(value):
+            raise PluginFailure(
+                f"data.reward {self.name} returned the non-finite reward {value} {where}; a reward must be a "
+                "finite number"
+            )
+        return value
 
     def rewards(self, response_texts: list[str], problems: list[Problem]) -> list[float]:
         return [self.reward(t, p) for t, p in zip(response_texts, problems, strict=True)]
