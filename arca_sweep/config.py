@@ -122,6 +122,9 @@ class DataConfig:
     max_prompt_tokens: int | None = None
     reward_timeout_s: float = 10.0  # data.reward: wall-time limit of one call, over it the run stops
     reward: str | None = None  # jsonl: reward(response_text, answer) -> float, "pkg.module:function"
+    # jsonl: an eval problem counts as correct when its reward is at least this, unless the reward function
+    # has a ``correct(response_text, answer) -> bool`` attribute, which then decides (eval/accuracy)
+    correct_at: float = 1.0
 
 
 @dataclass

@@ -113,7 +113,7 @@ def latest_eval(metrics_path: Path) -> tuple[int, float] | None:
     if not metrics_path.is_file():
         return None
     found = None
-    for r in read_jsonl(metrics_path):
+    for r in read_jsonl(metrics_path, bad_lines="torn"):
         if r.get("eval/accuracy") is not None:
             found = (r["step"], r["eval/accuracy"])
     return found

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from arca_sweep.arm_dir import METRICS, SUMMARY, read_jsonl
+from arca_sweep.arm_dir import METRICS, SUMMARY, ArmStateError, read_jsonl
 
 COLUMNS = [
     ("acc0", "eval/accuracy_initial"),
@@ -32,7 +32,11 @@ def sweep_table(sweep_dir: Path) -> str:
     for arm in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()):
         summary_path, metrics = arm / SUMMARY, arm / METRICS
         if metrics.exists():
-            records = read_jsonl(metrics)
+            try:
+                records = read_jsonl(metrics, bad_lines="torn")
+            except ArmStateError as exc:  # named in the table; the report refuses such an arm
+                rows.append(f"| {arm.name} | " + " | ".join("-" for _ in COLUMNS) + f" | damaged: {exc} |")
+                continue
             hashes[arm.name] = [r["data/batch_hash"] for r in records if "data/batch_hash" in r]
         if not summary_path.exists():
             rows.append(f"| {arm.name} | " + " | ".join("-" for _ in COLUMNS) + " | not finished |")

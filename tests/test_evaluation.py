@@ -52,7 +52,7 @@ def test_results_file_matches_metrics(tmp_path):
     out = results_path(tmp_path / "arm", 20)
     metrics = evaluate(engine, TemplateTokenizer(), task, problems, 40, output_path=out)
     assert out == tmp_path / "arm" / "eval" / "step_20.jsonl"
-    assert metrics == {"eval/accuracy": 0.5}
+    assert metrics == {"eval/accuracy": 0.5, "eval/reward": 0.5}
     rows = read_results(out)
     assert [r["correct"] for r in rows] == [1, 0, 0, 1]
     assert [r["id"] for r in rows] == [p.index for p in problems]
@@ -91,3 +91,63 @@ def test_atomic_write_keeps_old_content_on_failure(tmp_path):
         atomic_write(path, json.dumps({"id": 0}) + "\n" + "\ud800")
     assert [json.loads(line) for line in path.read_text().splitlines()] == [{"id": 0, "correct": 1}]
     assert list(path.parent.iterdir()) == [path]
+
+
+def partial_credit(text, answer):
+    """1 for the right boxed answer, 0.4 for a wrong one in a box (format credit), 0 without a box."""
+    if "\\boxed{" not in text:
+        return 0.0
+    return 1.0 if f"\\boxed{{{answer}}}" in text else 0.4
+
+
+@pytest.mark.parametrize("judge", ["threshold", "attribute"])
+def test_accuracy_counts_correct_answers_not_rewards(tmp_path, judge):
+    """Issue 20: a reward giving 0.4 for a well-formatted wrong answer made eval/accuracy 0.775 while the
+    file held 10/16 correct. Now accuracy is the share of correct answers and the mean reward apart."""
+    from arca_sweep.tasks.jsonl import JsonlTask
+
+    reward = partial_credit
+    if judge == "attribute":
+
+        def reward(text, answer):
+            return partial_credit(text, answer) * 5 - 5  # -5 .. 0: no threshold would do
+
+        reward.correct = lambda text, answer: f"\\boxed{{{answer}}}" in text
+    problems = [Problem(i, f"q{i}", str(i)) for i in range(16)]
+    texts = [f"\\boxed{{{i}}}" for i in range(10)] + ["\\boxed{x}"] * 5 + ["none"]
+    task = JsonlTask(problems, problems, reward)
+    out = tmp_path / "step_2.jsonl"
+    metrics = evaluate(
+        ScriptedEngine(texts, [3] * 16), TemplateTokenizer(), task, problems, 8, output_path=out
+    )
+    rows = read_results(out)
+    assert sum(r["correct"] for r in rows) == 10
+    assert metrics["eval/accuracy"] == 10 / 16
+    want_reward = (10 * 1.0 + 5 * 0.4) / 16 if judge == "threshold" else (10 * 0 + 5 * -3 + -5) / 16
+    assert metrics["eval/reward"] == pytest.approx(want_reward)
+    assert [r["reward"] for r in rows][9:11] == ([1.0, 0.4] if judge == "threshold" else [0.0, -3.0])
+
+
+def test_a_full_disk_during_the_eval_write_names_the_file(tmp_path):
+    import subprocess
+
+    from arca_sweep.arm_dir import ArmStateError
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        (disk / "filler").write_bytes(b"\0" * 60_000)
+        task = ArithTask()
+        problems = task.eval_problems(64)
+        engine = ScriptedEngine(["\\boxed{1} " + "x" * 300] * 64, [3] * 64)
+        out = disk / "arm" / "eval" / "step_0.jsonl"
+        with pytest.raises(ArmStateError, match="no space left on device while writing .*step_0.jsonl"):
+            evaluate(engine, TemplateTokenizer(), task, problems, 8, output_path=out)
+        assert not out.exists() and not list(out.parent.glob("*.tmp"))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

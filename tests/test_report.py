@@ -307,18 +307,69 @@ def test_report_degenerate_sweeps(tmp_path):
         assert imread(ranks_only / png).shape[1] > 100
 
 
-def test_damaged_arm_files_are_left_out_not_a_crash(tmp_path):
-    """Bytes that are not UTF-8 and a step that is not an integer in metrics.jsonl are skipped like a torn
-    line; a cut summary.json does not make an arm finished."""
+def test_a_cut_summary_is_not_finished_and_a_torn_last_line_is_dropped(tmp_path):
     rng = np.random.default_rng(2)
     good = write_arm(tmp_path, "arca", 4, 0, steps=3, finished=True, rng=rng, samples=False)
     cut = write_arm(tmp_path, "uniform", 4, 0, steps=3, finished=True, rng=rng, samples=False)
     with open(good / "metrics.jsonl", "ab") as f:
-        f.write(b"\x00\xff\xfe\n" + b'{"step": "2", "reward/mean": 1.0}\n')
+        f.write(b'{"step": 4, "reward/me')  # a running arm's line, cut mid-write
     (cut / "summary.json").write_text('{"steps": ')
-    text = build_report(tmp_path).read_text()
+    with pytest.warns(UserWarning, match="dropped a torn last line"):
+        text = build_report(tmp_path).read_text()
     assert "2 arms: 1 finished, 1 not finished." in text
     assert f"`{cut}`" in text.split("Not finished")[1].split("Finished:")[0]
+
+
+DAMAGE = {
+    # (file, how): what the report must say; issue 20 found each read as if whole
+    ("metrics", "garbage mid-file"): "metrics.jsonl:2 is not a JSON record",
+    ("metrics", "bad bytes"): "is not UTF-8 text",
+    ("metrics", "string step"): "has step '2', not a step number",
+    ("metrics", "step twice"): "step 1 is recorded twice",
+    ("eval", "garbage lines"): "step_3.jsonl:3 is not a JSON record",
+    ("eval", "duplicate ids"): "appears twice",
+    ("eval", "correct yes"): "has correct 'yes', not 0 or 1",
+    ("eval", "no id"): "has id None, not a problem id",
+}
+
+
+def damage(arm, where: str, how: str) -> None:
+    path = arm / "metrics.jsonl" if where == "metrics" else arm / "eval" / "step_3.jsonl"
+    lines = path.read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    if how == "garbage mid-file":
+        lines.insert(1, "{not json")
+    elif how == "bad bytes":
+        path.write_bytes(b"\x00\xff\xfe\n" + path.read_bytes())
+        return
+    elif how == "string step":
+        lines.append(json.dumps({**rows[-1], "step": "2"}))
+    elif how == "step twice":
+        lines.append(json.dumps(rows[1]))
+    elif how == "garbage lines":
+        lines[2:2] = ["garbage"] * 14
+    elif how == "duplicate ids":
+        lines = [json.dumps({**r, "id": r["id"] if i % 3 else rows[0]["id"]}) for i, r in enumerate(rows)]
+    elif how == "correct yes":
+        lines[0] = json.dumps({**rows[0], "correct": "yes"})
+    elif how == "no id":
+        lines[1] = json.dumps({k: v for k, v in rows[1].items() if k != "id"})
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(("where", "how"), list(DAMAGE))
+def test_a_damaged_record_stops_the_report_naming_the_file(tmp_path, capsys, where, how):
+    rng = np.random.default_rng(2)
+    arm = write_arm(tmp_path, "arca", 4, 0, steps=3, finished=True, rng=rng, samples=False)
+    write_arm(tmp_path, "uniform", 4, 0, steps=3, finished=True, rng=rng, samples=False)
+    assert (arm / "eval" / "step_3.jsonl").is_file()
+    damage(arm, where, how)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert DAMAGE[(where, how)] in err and str(arm) in err and "Re-run that arm's command" in err
+    assert not (tmp_path / "report.md").exists()
 
 
 def test_one_seed_comparison_uses_mcnemar_and_baseline_flag(tmp_path, capsys):

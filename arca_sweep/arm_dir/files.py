@@ -56,15 +56,20 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def read_jsonl(path: Path, bad_lines: str = "raise") -> list:
+RESTORE_HINT = "delete the file and re-run; the checkpoint restores the metrics up to its step"
+
+
+def read_jsonl(path: Path, bad_lines: str = "raise", hint: str = RESTORE_HINT) -> list:
     """The records of a JSONL file, read as much damage as its reader accepts (``bad_lines``):
 
     - ``"raise"``: every non-blank line is JSON (else :class:`json.JSONDecodeError`); a missing file raises.
     - ``"skip"``: a missing file has none; a line that is not JSON (or not UTF-8), or not an object, is left
       out (a running arm's torn last line, read by the report).
-    - ``"torn"``: :func:`read_lines`' rule, for the records this run restores.
+    - ``"torn"``: :func:`read_lines`' rule (only a torn last line is dropped, with a warning; any other bad
+      line is an :class:`ArmStateError` naming the file, the line and ``hint``, what to do), for the records
+      this run restores and for every reader that must not read a damaged file as if whole (the report).
     """
-    return [record for _, record in _read(Path(path), bad_lines)]
+    return [record for _, record in _read(Path(path), bad_lines, hint)]
 
 
 def read_lines(path: Path) -> list[str]:
@@ -73,7 +78,7 @@ def read_lines(path: Path) -> list[str]:
     return [line for line, _ in _read(Path(path), "torn")]
 
 
-def _read(path: Path, bad_lines: str) -> list[tuple[str, object]]:
+def _read(path: Path, bad_lines: str, hint: str = RESTORE_HINT) -> list[tuple[str, object]]:
     """``(line, record)`` of each line :func:`read_jsonl`'s ``bad_lines`` rule keeps."""
     if bad_lines == "raise":
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -95,7 +100,7 @@ def _read(path: Path, bad_lines: str) -> list[tuple[str, object]]:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ArmStateError(f"{path} is not UTF-8 text ({exc.reason}): delete it and re-run") from None
+        raise ArmStateError(f"{path} is not UTF-8 text ({exc.reason}): {hint}") from None
     lines = text.split("\n")
     whole, last = lines[:-1], lines[-1]  # ``last`` is "" when the file ends with a newline
     good = []
@@ -109,9 +114,10 @@ def _read(path: Path, bad_lines: str) -> list[tuple[str, object]]:
                 last = line  # a garbled final line: torn as well
                 break
             raise ArmStateError(
-                f"{path}:{number} is not a JSON record (the file was edited or written by two runs): "
-                "delete the file and re-run; the checkpoint restores the metrics up to its step"
+                f"{path}:{number} is not a JSON record (the file was edited or written by two runs): {hint}"
             ) from None
+        if not isinstance(record, dict):
+            raise ArmStateError(f"{path}:{number} is a JSON {type(record).__name__}, not a record: {hint}")
         good.append((line, record))
     if last.strip():
         warnings.warn(f"{path}: dropped a torn last line ({len(last)} characters)", stacklevel=3)

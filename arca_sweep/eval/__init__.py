@@ -5,7 +5,10 @@ Each eval of an arm writes ``eval/step_<n>.jsonl`` in the arm's dir (:func:`arca
 line per problem, in eval-set order::
 
     {"id": 17, "position": 0, "correct": 1, "answer": "66", "gold": "66", "response_tokens": 23,
-     "finish": "stop", "level": 3, "subject": "Algebra"}
+     "finish": "stop", "reward": 1.0, "level": 3, "subject": "Algebra"}
+
+``correct`` is the task's verdict (:func:`correctness`), ``reward`` the reward the answer got (files of
+earlier versions lack it).
 
 ``id`` is stable across arms and runs of the same eval set (the row's ``unique_id`` where it has one,
 else the problem's index in its task), so two arms pair problem by problem. ``answer`` is the answer the
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arca_sweep.arm_dir import atomic_write, read_jsonl
+from arca_sweep.arm_dir import atomic_write, read_jsonl, writing
 from arca_sweep.rewards import last_boxed
 
 MAX_ANSWER_CHARS = 200
@@ -52,31 +55,52 @@ def _bounded(text: str | None) -> str | None:
     return None if text is None else text[:MAX_ANSWER_CHARS]
 
 
+CORRECT_AT = 1.0  # a built-in task's reward is 1 for a correct answer and 0 otherwise
+
+
+def correctness(task, texts, problems, rewards) -> list[bool]:
+    """Whether each answer is correct: the task's own ``correct(texts, problems, rewards)`` where it has
+    one (``data=jsonl``: the reward plug-in's ``correct`` attribute or ``data.correct_at``), else reward >=
+    :data:`CORRECT_AT`. ``eval/accuracy`` is the share of correct answers, never a mean of rewards."""
+    judge = getattr(task, "correct", None)
+    if callable(judge):
+        return [bool(c) for c in judge(texts, problems, rewards)]
+    return [r >= CORRECT_AT for r in rewards]
+
+
 def problem_results(
-    problems, texts, correct, response_tokens, finish_reasons, extract_answer=last_boxed
+    problems, texts, correct, response_tokens, finish_reasons, extract_answer=last_boxed, rewards=None
 ) -> list[dict]:
-    """One record per problem (the format in the module docstring); ``extract_answer(text)``: its ``answer``."""
+    """One record per problem (the format in the module docstring); ``extract_answer(text)``: its ``answer``;
+    ``correct``: the verdicts of :func:`correctness`; ``rewards``: each answer's reward, kept beside it."""
     out = []
-    for position, (p, text, c, n, finish) in enumerate(
-        zip(problems, texts, correct, response_tokens, finish_reasons, strict=True)
+    rewards = [None] * len(problems) if rewards is None else rewards
+    for position, (p, text, c, n, finish, r) in enumerate(
+        zip(problems, texts, correct, response_tokens, finish_reasons, rewards, strict=True)
     ):
         record = {
             "id": problem_id(p),
             "position": position,
-            "correct": int(c > 0.5),
+            "correct": int(bool(c)),
             "answer": _bounded(extract_answer(text)),
             "gold": _bounded(str(p.answer)),
             "response_tokens": int(n),
             "finish": finish,
         }
+        if r is not None:
+            record["reward"] = float(r)
         record.update({k: p.meta[k] for k in BREAKDOWN_KEYS if p.meta.get(k) is not None})
         out.append(record)
     return out
 
 
-def accuracy_metrics(correct, problems) -> dict:
-    """``eval/accuracy`` overall and ``eval/accuracy/<level|subject>/<value>`` where rows carry them."""
+def accuracy_metrics(correct, problems, rewards=None) -> dict:
+    """``eval/accuracy`` (the share of correct answers) overall and ``eval/accuracy/<level|subject>/<value>``
+    where rows carry them; with ``rewards``, their mean apart as ``eval/reward``."""
+    correct = [float(bool(c)) for c in correct]
     out = {"eval/accuracy": float(np.mean(correct))}
+    if rewards is not None:
+        out["eval/reward"] = float(np.mean(rewards))
     for key in BREAKDOWN_KEYS:
         groups: dict[str, list[float]] = {}
         for c, p in zip(correct, problems, strict=True):
@@ -103,13 +127,17 @@ def evaluate(
     batch = engine.generate(
         encode_prompts(tokenizer, problems, enable_thinking), 1, max_new_tokens, greedy=True
     )
-    correct = task.rewards(batch.texts, problems)
+    rewards = task.rewards(batch.texts, problems)
+    correct = correctness(task, batch.texts, problems, rewards)
     if output_path is not None:
         lengths = batch.response_mask.sum(dim=1).tolist()
         extract = getattr(task, "extract_answer", last_boxed)
-        records = problem_results(problems, batch.texts, correct, lengths, batch.finish_reasons, extract)
-        atomic_write(output_path, "".join(json.dumps(r) + "\n" for r in records))
-    return accuracy_metrics(correct, problems)
+        records = problem_results(
+            problems, batch.texts, correct, lengths, batch.finish_reasons, extract, rewards
+        )
+        with writing(output_path):  # a full disk names the file, as every record write does
+            atomic_write(output_path, "".join(json.dumps(r) + "\n" for r in records))
+    return accuracy_metrics(correct, problems, rewards)
 
 
 def read_results(path: Path) -> list[dict]:

@@ -5,8 +5,11 @@ or a dir without arms exits with status 2 and the reason."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
+from arca_sweep.errors import UserError
 from arca_sweep.report.build import SMOOTH_STEPS, build_report
 from arca_sweep.report.data import NotASweepError, parse_override
 
@@ -49,4 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         report = build_report(args.sweep_dir, baseline, args.smooth)
     except NotASweepError as e:
         parser.error(str(e))  # exit status 2
+    except UserError as e:  # a damaged record: named, with what to do
+        if os.environ.get("ARCA_TRACEBACK"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(report)

@@ -127,7 +127,7 @@ def load_arm(path: Path) -> Arm:
         overrides=read_cell_overrides(path),
         config=config,
         choices=(hydra.get("runtime") or {}).get("choices") or {},
-        records=[r for r in read_jsonl(path / METRICS, bad_lines="skip") if type(r.get("step")) is int],
+        records=read_metrics(path / METRICS),
         samples=read_jsonl(path / SAMPLES, bad_lines="skip"),
         finished=_summary_ok(path),
     )
@@ -236,8 +236,54 @@ def eval_correct(arm: Arm, step: int | None = None) -> dict | None:
     path = results_path(arm.path, step)
     if not path.is_file():
         return None
-    rows = read_jsonl(path, bad_lines="skip")
-    return {json.dumps(r["id"]): int(r["correct"]) for r in rows if "id" in r and "correct" in r} or None
+    return {json.dumps(r["id"]): int(r["correct"]) for r in read_eval_results(path)} or None
+
+
+REPORT_HINT = (
+    "the file was changed after its run wrote it. Re-run that arm's command to rewrite its records (a finished "
+    "arm: delete summary.json first; metrics.jsonl is restored from the checkpoint, an eval file by its eval), "
+    "or move the arm out of the sweep dir"
+)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """An arm's ``metrics.jsonl``, refusing damage: only a torn last line (a running arm's) is dropped, with a
+    warning; any other bad line, a step that is not a non-negative integer, or a step recorded twice is an
+    :class:`ArmStateError` naming the file, the line and what to do (:data:`REPORT_HINT`)."""
+    records = read_jsonl(path, bad_lines="torn", hint=REPORT_HINT)
+    seen: set[int] = set()
+    for number, r in enumerate(records, 1):
+        step = r.get("step")
+        if type(step) is not int or step < 0:
+            raise ArmStateError(
+                f"{path}: record {number} has step {step!r}, not a step number: {REPORT_HINT}"
+            )
+        if step in seen:
+            raise ArmStateError(f"{path}: step {step} is recorded twice (record {number}): {REPORT_HINT}")
+        seen.add(step)
+    return records
+
+
+def read_eval_results(path: Path) -> list[dict]:
+    """An ``eval/step_<n>.jsonl`` file, refusing damage as :func:`read_metrics` does: every record has an
+    ``id`` (a string or an integer) seen once in the file and a ``correct`` of 0 or 1."""
+    rows = read_jsonl(path, bad_lines="torn", hint=REPORT_HINT)
+    seen: dict[str, int] = {}
+    for number, r in enumerate(rows, 1):
+        pid, correct = r.get("id"), r.get("correct")
+        if type(pid) not in (int, str):
+            raise ArmStateError(f"{path}: record {number} has id {pid!r}, not a problem id: {REPORT_HINT}")
+        if type(correct) not in (int, bool) or correct not in (0, 1):
+            raise ArmStateError(
+                f"{path}: record {number} (id {pid!r}) has correct {correct!r}, not 0 or 1: {REPORT_HINT}"
+            )
+        key = json.dumps(pid)
+        if key in seen:
+            raise ArmStateError(
+                f"{path}: problem id {pid!r} appears twice (records {seen[key]} and {number}): {REPORT_HINT}"
+            )
+        seen[key] = number
+    return rows
 
 
 def last_quarter_rewards(arm: Arm, key: str = "reward/mean") -> dict | None:

@@ -49,6 +49,7 @@ class JsonlTask(RowsTask):
         seed: int = 0,
         prompt_fits: Callable[[str], bool] | None = None,
         timeout_s: float | None = None,
+        correct_at: float = 1.0,
     ):
         """``timeout_s``: the reward's wall-time limit per call (None: none). ``prompt_fits(question)`` False: the row is skipped and counted (``data/*_skipped_too_long``)."""
         self._data_stats = {}
@@ -60,7 +61,7 @@ class JsonlTask(RowsTask):
                     raise ValueError(f"data=jsonl: every {split} row is longer than data.max_prompt_tokens")
                 train, eval_rows = (kept, eval_rows) if split == "train" else (train, kept)
         self.train, self.eval, self.reward_fn, self.seed = train, eval_rows, reward_fn, seed
-        self.timeout_s = timeout_s
+        self.timeout_s, self.correct_at = timeout_s, correct_at
         self.name = f"{getattr(reward_fn, '__module__', '?')}:{getattr(reward_fn, '__name__', '?')}"
 
     @classmethod
@@ -82,6 +83,7 @@ class JsonlTask(RowsTask):
             seed=cfg.seed,
             prompt_fits=prompt_fits,
             timeout_s=cfg.get("reward_timeout_s"),
+            correct_at=cfg.get("correct_at", 1.0),
         )
 
     def reward(self, response_text: str, problem: Problem) -> float:
@@ -114,6 +116,34 @@ class JsonlTask(RowsTask):
                 "finite number"
             )
         return value
+
+    def correct(self, response_texts: list[str], problems: list[Problem], rewards: list[float]) -> list[bool]:
+        """Which eval answers are correct: the reward function's own ``correct(response_text, answer)``
+        attribute where it has one (a bool, under the plug-in contract), else reward >= ``data.correct_at``."""
+        judge = getattr(self.reward_fn, "correct", None)
+        if not callable(judge):
+            return [r >= self.correct_at for r in rewards]
+        from arca_sweep.plugins import PluginFailure, call_plugin
+
+        out = []
+        for text, p in zip(response_texts, problems, strict=True):
+            where = f"on problem {p.index}"
+            verdict = call_plugin(
+                judge,
+                (text, p.answer),
+                {},
+                key="data.reward's correct",
+                where=where,
+                timeout_s=self.timeout_s,
+                limit_key="data.reward_timeout_s",
+            )
+            if not isinstance(verdict, bool) and verdict not in (0, 1):
+                raise PluginFailure(
+                    f"data.reward {self.name}.correct returned {type(verdict).__name__} {repr(verdict)[:60]} "
+                    f"{where}; it must return True or False"
+                )
+            out.append(bool(verdict))
+        return out
 
     def rewards(self, response_texts: list[str], problems: list[Problem]) -> list[float]:
         return [self.reward(t, p) for t, p in zip(response_texts, problems, strict=True)]
