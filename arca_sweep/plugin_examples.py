@@ -3,9 +3,11 @@ into your own module and point ``credit.target`` / ``data.reward`` at it (README
 
 from __future__ import annotations
 
+import re
+
 import torch
 
-from arca_sweep.rewards import boxed_integer_reward
+from arca_sweep.rewards import boxed_integer_reward, last_boxed
 
 
 def later_tokens_weight(stats, ctx, *, power: float = 1.0) -> torch.Tensor:
@@ -19,5 +21,9 @@ later_tokens_weight.needs = set()
 
 
 def boxed_match(response_text: str, answer: str) -> float:
-    """A custom reward: 1.0 when the last ``\\boxed{}`` holds the integer ``answer``."""
-    return boxed_integer_reward(response_text, answer)
+    """A custom reward: 1.0 when the last ``\\boxed{}`` holds ``answer``: as integers when the answer is
+    one, else as text with surrounding spaces ignored (``\\boxed{x = 2}`` for the answer ``x = 2``)."""
+    if re.fullmatch(r"\s*[+-]?[0-9]{1,30}\s*", answer):
+        return boxed_integer_reward(response_text, answer.strip())
+    content = last_boxed(response_text)
+    return float(content is not None and content.strip() == answer.strip())

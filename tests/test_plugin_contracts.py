@@ -234,3 +234,39 @@ def test_a_method_that_scales_the_advantages_in_place_changes_nothing(plugin_dir
         json.loads(x).get("loss") for x in (plugin_dir / "mask" / "metrics.jsonl").read_text().splitlines()
     ]
     assert all(abs(v) < 1.0 for v in losses[1:]), losses
+
+
+BAD_ROWS = {
+    "": "no rows (the file is empty)",
+    '{"prompt": "Compute 1 + 1.", "answer": "2"}\n{"prompt": "Compute 2 + 2."}\n': "row 2 has no 'answer'",
+    '{"prompt": 5, "answer": "2"}\n': "row 1 needs a non-empty text 'prompt' (or 'question'); it has int '5'",
+    '{"prompt": "Compute 1 + 1.", "answer": ""}\n': "row 1 has an empty answer ('')",
+    '{"prompt": "Compute 1 + 1.", "answer": null}\n': "row 1 has an empty answer (None)",
+}
+
+
+@pytest.mark.slow
+def test_bad_rows_are_one_message_before_any_model_loads(tmp_path):
+    for i, (text, message) in enumerate(BAD_ROWS.items()):
+        rows = tmp_path / f"rows{i}.jsonl"
+        rows.write_text(text)
+        proc = cli(
+            *ARGS,
+            "data=jsonl",
+            f"data.path={rows}",
+            f"hydra.run.dir={tmp_path / f'arm{i}'}",
+            cwd=tmp_path,
+            quiet=False,
+            check=False,
+            env=cli_env(),
+        )
+        line = one_error(proc)
+        assert f"{rows}: {message}" in line, line
+        assert "Loading weights" not in proc.stderr and not (tmp_path / f"arm{i}" / "metrics.jsonl").exists()
+
+
+def test_the_packaged_reward_reads_non_integer_answers():
+    from arca_sweep.plugin_examples import boxed_match
+
+    assert boxed_match("\\boxed{ x = 2 }", "x = 2") == 1.0 and boxed_match("\\boxed{3}", "1/2") == 0.0
+    assert boxed_match("\\boxed{-5}", " -5 ") == 1.0 and boxed_match("no box", "2") == 0.0

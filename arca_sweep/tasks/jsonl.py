@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from arca_sweep.errors import DataError
 from arca_sweep.tasks import Problem
 from arca_sweep.tasks.rows import RowsTask, read_file
 
@@ -24,19 +25,29 @@ EXAMPLE_ROWS = Path(__file__).resolve().parents[1] / "assets" / "examples" / "ar
 
 
 def rows_to_problems(rows: list[dict], source: str) -> list[Problem]:
-    """:class:`Problem` rows in file order; a row without a prompt or an answer raises, naming it."""
+    """:class:`Problem` rows in file order; a row without a usable prompt or answer is a :class:`DataError`
+    naming the file, the row and what is wrong (before any model loads)."""
     problems = []
     for i, row in enumerate(rows):
+        where = f"{source}: row {i + 1}"
         prompt = row.get("prompt", row.get("question"))
-        if not isinstance(prompt, str) or not prompt.strip() or "answer" not in row:
-            raise ValueError(
-                f"{source}: row {i + 1} needs a non-empty 'prompt' (or 'question') and an 'answer'"
+        if not isinstance(prompt, str) or not prompt.strip():
+            got = "none" if prompt is None else f"{type(prompt).__name__} {str(prompt)[:40]!r}"
+            raise DataError(
+                f"{where} needs a non-empty text 'prompt' (or 'question'); it has {got}. Fix the row."
             )
-        answer = row["answer"] if isinstance(row["answer"], str) else json.dumps(row["answer"])
+        if "answer" not in row:
+            raise DataError(
+                f"{where} has no 'answer'; every row needs the gold answer its reward compares with"
+            )
+        gold = row["answer"]
+        if gold is None or (isinstance(gold, str) and not gold.strip()):
+            raise DataError(f"{where} has an empty answer ({gold!r}); give the gold answer or drop the row")
+        answer = gold if isinstance(gold, str) else json.dumps(gold)
         meta = {k: v for k, v in row.items() if k not in ("prompt", "question", "answer")}
         problems.append(Problem(index=i, question=prompt.strip(), answer=answer, meta=meta))
     if not problems:
-        raise ValueError(f"{source}: no rows")
+        raise DataError(f"{source}: no rows (the file is empty); give it one JSON object per line")
     return problems
 
 
