@@ -77,11 +77,70 @@ def target_module_errors(targets: list[str], module_names: tuple[str, ...]) -> l
     return errors
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def safetensors_error(path: Path) -> str | None:
+    """Why a ``.safetensors`` file is not whole (a cut copy or download), read from its header alone: the
+    8-byte header length, the JSON header, and the end of the last tensor against the file's size."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > min(size - 8, 100 * 2**20):
+                return f"its header length ({n} bytes) does not fit in its {size} bytes"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return f"its header is not readable ({type(exc).__name__})"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    want = 8 + n + max(ends, default=0)
+    if size != want:
+        return (
+            f"it holds {size} bytes where its header describes {want}: it was cut short"
+            if size < want
+            else (f"it holds {size} bytes where its header describes {want}")
+        )
+    return None
+
+
+def model_folder_errors(folder: Path) -> list[str]:
+    """What a local ``model.path`` must hold besides config.json: weights (``*.safetensors`` whole, every
+    shard an index lists) and a tokenizer; each problem named with the fix."""
+    key = f"model.path={str(folder)!r}"
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    if not weights:
+        return [f"{key} holds no weights (*.safetensors or *.bin): pass the whole checkpoint directory"]
+    errors = []
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            shards = set()
+            errors.append(f"{key}: {index.name} is not a valid index: copy it again")
+        errors += [
+            f"{key}: the shard {s} its index lists is missing: copy it again"
+            for s in sorted(shards)
+            if not (folder / s).is_file()
+        ]
+    for w in weights:
+        if w.suffix == ".safetensors" and (why := safetensors_error(w)):
+            errors.append(f"{key}: {w.name} is damaged ({why}); copy or download it again")
+    if not any((folder / t).is_file() for t in TOKENIZER_FILES):
+        errors.append(
+            f"{key} holds no tokenizer (tokenizer.json or tokenizer.model): copy the tokenizer files too"
+        )
+    return errors
+
+
 def model_errors(cfg) -> list[str]:
-    """Checks against the model's config.json: the LoRA targets and credit.layer."""
+    """Checks against the model's config.json: the LoRA targets and credit.layer; a local ``model.path``'s
+    weights and tokenizer (:func:`model_folder_errors`)."""
     path = model_config_path(cfg.model)
     if cfg.model.path and not path.is_file():
         return [f"model.path={cfg.model.path!r} has no config.json: pass a checkpoint directory"]
+    if cfg.model.path and (folder_errors := model_folder_errors(path.parent)):
+        return folder_errors
     if path is None or not path.is_file():
         return []  # a hub model not in the cache: the model load says how to get it
     try:

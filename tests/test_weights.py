@@ -254,3 +254,33 @@ def test_cache_root(monkeypatch, tmp_path):
 def test_config_round_trip():
     cfg = make_config("model=smollm2_135m", "model.source=package")
     assert OmegaConf.to_container(cfg.model, resolve=True)["package"]["gguf"] == GGUF
+
+
+def test_a_model_path_without_weights_or_with_cut_weights_is_one_config_error(tmp_path):
+    """Issue 20: a model.path holding only config.json, or a truncated safetensors, crashed inside the
+    model load; now validate() names the folder, the file and the fix, before anything loads."""
+    import shutil
+
+    from arca_sweep.config import ConfigError, validate
+    from arca_sweep.model import TINY_PATH
+    from arca_sweep.testing import make_config
+
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copy(TINY_PATH / "config.json", only)
+    cut = tmp_path / "cut"
+    shutil.copytree(TINY_PATH, cut)
+    with open(cut / "model.safetensors", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 1000)
+    notok = tmp_path / "notok"
+    shutil.copytree(TINY_PATH, notok)
+    for t in ("tokenizer.json", "tokenizer_config.json"):
+        (notok / t).unlink()
+    for folder, message in (
+        (only, "holds no weights (*.safetensors or *.bin)"),
+        (cut, "model.safetensors is damaged (it holds"),
+        (notok, "holds no tokenizer"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            validate(make_config(f"model.path={folder}"))
+    validate(make_config(f"model.path={TINY_PATH}"))  # the whole folder passes
