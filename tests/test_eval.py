@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from arca_sweep.arm_dir import results_path
 from arca_sweep.eval import read_results
@@ -73,3 +74,33 @@ def test_bad_input_fails_with_one_message_before_loading_anything(tmp_path):
     proc = run_eval("credit.normalize=softmaxx", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "credit.normalize='softmaxx'" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "outputs").exists()
+
+
+def test_a_damaged_adapter_is_named_before_loading_anything(tmp_path):
+    """Issue 20: a corrupt adapter_config.json gave peft's "Repo id must be ..."; no or cut weights crashed."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    save_file({"w": torch.zeros(64, 64)}, good / "adapter_model.safetensors")
+    cases = {}
+    for name in ("corrupt", "noweights", "cut"):
+        shutil.copytree(good, tmp_path / name)
+        cases[name] = tmp_path / name
+    (cases["corrupt"] / "adapter_config.json").write_text('{"peft_type": "LO')
+    (cases["noweights"] / "adapter_model.safetensors").unlink()
+    with open(cases["cut"] / "adapter_model.safetensors", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 100)
+    want = {
+        "corrupt": "adapter_config.json is not readable JSON",
+        "noweights": "holds no adapter_model.safetensors",
+        "cut": "adapter_model.safetensors is damaged (it holds",
+    }
+    for name, path in cases.items():
+        proc = run_eval("--adapter", str(path), cwd=tmp_path, check=False)
+        errors = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+        assert proc.returncode == 2 and len(errors) == 1 and want[name] in errors[0], proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and "Loading" not in proc.stderr

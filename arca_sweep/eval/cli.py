@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from arca_sweep.arm_dir import ADAPTER, atomic_write
+from arca_sweep.errors import UserError
 
 log = logging.getLogger("arca_sweep.eval")
 
@@ -56,9 +57,36 @@ def locate_adapter(path: str) -> tuple[Path, Path | None]:
             if (p / ".hydra").is_dir()
             else ""
         )
-        raise SystemExit(f"--adapter {path}: no adapter_config.json in it or in its adapter/{hint}")
+        raise UserError(f"--adapter {path}: no adapter_config.json in it or in its adapter/{hint}")
+    if problems := adapter_errors(p):
+        raise UserError(f"--adapter {path}: " + "; ".join(problems))
     arm = p.parent if (p.parent / ".hydra" / "overrides.yaml").is_file() else None
     return p, arm
+
+
+def adapter_errors(adapter: Path) -> list[str]:
+    """What is wrong with a peft adapter dir, read before any model loads: ``adapter_config.json`` a JSON
+    object naming its peft type, and its weights present and whole."""
+    import json
+
+    from arca_sweep.preflight import safetensors_error
+
+    config = adapter / "adapter_config.json"
+    errors = []
+    try:
+        data = json.loads(config.read_text())
+        if not isinstance(data, dict) or "peft_type" not in data:
+            errors.append(f"{config} is not a peft adapter config (no peft_type): copy the adapter again")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        errors.append(f"{config} is not readable JSON ({type(exc).__name__}): copy the adapter again")
+    weights = [
+        adapter / n for n in ("adapter_model.safetensors", "adapter_model.bin") if (adapter / n).is_file()
+    ]
+    if not weights:
+        errors.append(f"{adapter} holds no adapter_model.safetensors: copy the whole adapter dir")
+    elif weights[0].suffix == ".safetensors" and (why := safetensors_error(weights[0])):
+        errors.append(f"{weights[0]} is damaged ({why}): copy the adapter again")
+    return errors
 
 
 def compose_config(overrides: list[str]):
@@ -168,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         validate(cfg)
     except Exception as e:  # a bad override: Hydra's or validate's message, without a traceback
-        raise SystemExit(f"arca-sweep-eval: {type(e).__name__}: {e}") from e
+        raise UserError(f"arca-sweep-eval: {type(e).__name__}: {e}") from e
     out_dir = Path(args.out or Path("outputs") / "eval" / time.strftime("%Y-%m-%d_%H-%M-%S")).absolute()
     summary = evaluate_model(cfg, adapter, out_dir)
     what = f"adapter {adapter}" if adapter else f"base model {summary['model']}"
@@ -189,4 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli() -> None:
-    main()
+    from arca_sweep.main import user_errors
+
+    with user_errors():  # a bad adapter, override or file: one error line, exit 2
+        main()
