@@ -153,8 +153,37 @@ def check_config(args: list[str]) -> None:
             return
 
 
+def check_output_dir(args: list[str]) -> None:
+    """Before Hydra sets up its logging in the output dir: that dir (``hydra.run.dir``, ``hydra.sweep.dir``
+    under ``-m``, else ``outputs/`` here) can be created and written, or one ``error:`` line says which
+    directory is read-only and what to pass instead, exit code 2."""
+    no_job = {"--cfg", "-c", "-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc"}
+    if any(a in no_job or a.split("=")[0] in no_job | {"--shell-completion"} for a in args):
+        return  # nothing is written
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    given = [a.split("=", 1)[1] for a in args if a.startswith(key)]
+    target = Path(given[-1] if given else "outputs").expanduser().absolute()
+    if "$" in str(target):  # an interpolation: Hydra resolves it, and reports what it cannot write
+        return
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK):
+        return
+    what = "is read-only" if probe.is_dir() else "is not a directory"
+    with user_errors():
+        from arca_sweep.errors import UserError
+
+        raise UserError(
+            f"cannot write the output dir {target}: {probe} {what}. Pass {key}<a writable dir> "
+            "(on a cluster: a scratch or home filesystem the job can write)"
+        )
+
+
 def cli() -> None:
     args = quote_numeric_choices(sys.argv[1:])
+    check_output_dir(args)
     check_config(args)
     # `-m` may stand anywhere (`... -m hydra.sweep.dir=X`): argparse rejects overrides on both sides of it.
     multirun = [a for a in args if a in ("-m", "--multirun")]

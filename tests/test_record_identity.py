@@ -225,3 +225,25 @@ def test_a_resume_on_changed_data_or_plugin_is_refused_naming_it(tmp_path):
     summary = json.loads((arm / "summary.json").read_text())
     assert summary["inputs_changed"]["resumed_after_step"] == 1
     assert any("data.reward" in c for c in summary["inputs_changed"]["changes"])
+
+
+def test_a_read_only_output_dir_is_one_message_before_hydra_starts(tmp_path):
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        for where, extra in (("run", ()), ("sweep", ("-m",))):
+            key = "hydra.sweep.dir" if extra else "hydra.run.dir"
+            proc = cli(
+                *ARGS, *extra, f"{key}={disk / where}", cwd=tmp_path, quiet=False, check=False, env=cli_env()
+            )
+            line = error_line(proc)
+            assert f"cannot write the output dir {disk / where}: {disk} is read-only. Pass {key}=" in line
+        proc = cli(*ARGS, "--cfg", "job", cwd=disk, quiet=False, check=False, env=cli_env())
+        assert proc.returncode == 0 and "credit:" in proc.stdout  # printing the config writes nothing
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
