@@ -68,10 +68,10 @@ def run(
     arm's ``.hydra/`` only once the arm runs here, so a refused launch (another config, another run holding
     the lock, files that are not this arm's) and a skip leave the arm's labels as they were.
     """
-    validate(cfg)
     arm = ArmDir(out_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     try:
+        validate(cfg)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
         arm.create()
         with arm.lock():  # one run per arm dir, held to the end (arca_sweep/arm_dir/)
             summary = arm.read_summary()
@@ -87,6 +87,8 @@ def run(
             arm.adopt_launch_record(staged)
             return train(cfg, arm, overrides, sweep_dir, choices, state, resolved)
     finally:
+        if arm.is_empty():  # a launch refused in a dir with no arm yet (a bad config): label it as launched
+            arm.adopt_launch_record(staged)
         arm.discard_launch_record(staged)
 
 

@@ -247,3 +247,23 @@ def test_a_read_only_output_dir_is_one_message_before_hydra_starts(tmp_path):
         assert proc.returncode == 0 and "credit:" in proc.stdout  # printing the config writes nothing
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_an_arm_that_fails_its_checks_in_a_sweep_is_still_labelled(tmp_path):
+    """A sweep arm whose config fails validation (model.path without a checkpoint) keeps its launch's
+    .hydra/ in its fresh dir, so the sweep table and a relaunch see it; nothing is left staged."""
+    sweep = tmp_path / "sweep"
+    proc = cli(
+        *ARGS,
+        f"model.path={tmp_path / 'nothere'}",
+        "-m",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        quiet=False,
+        check=False,
+        env=cli_env(),
+    )
+    assert proc.returncode != 0 and "has no config.json" in proc.stderr
+    (arm,) = [p for p in sweep.iterdir() if p.is_dir()]
+    assert f"model.path={tmp_path / 'nothere'}" in (arm / ".hydra" / "overrides.yaml").read_text()
+    assert not (arm / ".hydra.launch").exists() and not (arm / "metrics.jsonl").exists()

@@ -189,6 +189,11 @@ class ArmDir:
             stacklevel=2,
         )
 
+    def is_empty(self) -> bool:
+        """No arm here yet: no ``.hydra/`` and none of an arm's records (Hydra's own log aside)."""
+        names = (".hydra", METRICS, SAMPLES, EVAL_DIR, ADAPTER, SUMMARY, CHECKPOINT)
+        return not any((self.path / n).exists() for n in names)
+
     def adopt_launch_record(self, staged: Path | None) -> None:
         """Make this launch's ``.hydra`` files (written by Hydra to ``staged``) the arm's ``.hydra/``."""
         if staged is None or not Path(staged).is_dir():
