@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ def unquote(override: str) -> str:
     return override.replace("'", "").replace('"', "")
 
 
+_NUMERIC_CHOICE = re.compile(r"(^|,)([\w/.+~]+)='(-?\d+)'(?=,|$)")
 MAX_NAME_BYTES = 200  # under every filesystem's 255-byte limit on one name, with room for Hydra's suffixes
 
 
@@ -30,14 +32,17 @@ def run_name(override_dirname: str) -> str:
     """An arm's directory name: its overrides (``credit=arca,rank=16``), or ``default``.
 
     Injective: two different override sets never share a dir. ``/`` cannot stand in a name, so it is
-    written ``%2F`` and ``%`` itself ``%25`` (``data.eval_path=data/x.jsonl`` is
-    ``data.eval_path=data%2Fx.jsonl``, never ``data.eval_path=data_x.jsonl``'s dir). Bounded: a name over
+    written ``%2F``, quotes ``%27`` and ``%22``, and ``%`` itself ``%25`` (``data.eval_path=data/x.jsonl``
+    is ``data.eval_path=data%2Fx.jsonl``, never ``data.eval_path=data_x.jsonl``'s dir); only the quotes of
+    :func:`quote_numeric_choices` are undone (``rank='16'`` is ``rank=16``). Bounded: a name over
     :data:`MAX_NAME_BYTES` bytes (a long cluster path) is cut and ends in ``~`` and 16 hex digits of the
     full name's sha256; the full overrides are in the arm's ``.hydra/overrides.yaml`` and ``summary.json``.
     """
     import hashlib
 
-    name = unquote(override_dirname).replace("%", "%25").replace("/", "%2F") or "default"
+    name = _NUMERIC_CHOICE.sub(r"\1\2=\3", override_dirname)  # rank='16' (quote_numeric_choices) is rank=16
+    escapes = {"%": "%25", "/": "%2F", "'": "%27", '"': "%22"}
+    name = "".join(escapes.get(c, c) for c in name) or "default"
     raw = name.encode()
     if len(raw) <= MAX_NAME_BYTES:
         return name
@@ -95,7 +100,8 @@ def main(cfg) -> None:
     overrides = [unquote(o) for o in hc.overrides.task]
     # Hydra wrote this launch's config, overrides and hydra.yaml under hydra.output_subdir (conf/config.yaml:
     # a staging dir of its own); the run makes them the arm's .hydra/ only once it runs the arm.
-    staged = out_dir / hc.output_subdir if hc.output_subdir else None
+    staged = out_dir / hc.output_subdir if str(hc.output_subdir or "").startswith(".hydra.launch/") else None
+    # (a user's own hydra.output_subdir, e.g. .hydra or null, is Hydra's usual behaviour: nothing staged)
     with name_failed_arm(out_dir, hc.job.name) if multirun else user_errors():  # arca_sweep/launching.py
         run(cfg, out_dir, overrides, sweep_dir, dict(hc.runtime.choices), staged)
 
@@ -169,9 +175,12 @@ def check_output_dir(args: list[str]) -> None:
     probe = target
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK):
+    free = shutil.disk_usage(probe).free if probe.is_dir() else 0
+    if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK) and free >= 2**20:
         return
-    what = "is read-only" if probe.is_dir() else "is not a directory"
+    what = "is not a directory" if not probe.is_dir() else "is read-only"
+    if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK):
+        what = f"has no space left on device ({free} bytes free); free space there, or"
     with user_errors():
         from arca_sweep.errors import UserError
 

@@ -77,9 +77,11 @@ def run(
             summary = arm.read_summary()
             state = arm.load_checkpoint()  # before any model loads: a damaged one fails fast
             ran = (summary or {}).get("config") or (state or {}).get("config")
-            if ran is not None:
+            if ran:
                 check_same_config(ran, resolved, out_dir, finished=summary is not None)
-            elif summary is None:
+            elif summary is not None:
+                arm.check_same_overrides(overrides or [])
+            else:
                 arm.check_fresh(overrides or [])
             if summary is not None:
                 console.info(skip_line(out_dir, summary))
@@ -107,10 +109,12 @@ def train(
     changed = check_same_inputs(
         state.get("fingerprint") if state else None, inputs, out_dir, cfg.accept_changed_inputs
     )
+    inputs_changed = list(state.get("inputs_changed") or []) if state else []  # every accepted change
     if changed:
         console.warning(
             f"{out_dir}: resuming on changed inputs (accept_changed_inputs=true): {'; '.join(changed)}"
         )
+        inputs_changed.append({"resumed_after_step": state["step"], "changes": changed})
     t_start = time.time()
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))  # the job's CPUs, not the node's
     random.seed(cfg.seed)
@@ -165,6 +169,7 @@ def train(
         with at_step(step):  # a plug-in (data.reward, credit.target) that breaks its contract names the step
             rewards = torch.tensor(task.rewards(batch.texts, group_of))
             advantages, frac_zero_std = group_advantages(rewards, b.group_size, cfg.advantage.scale)
+            check_rewards(rewards, advantages, cfg.data)
             # ---- credit, loss, update (two forwards at most: policy, and reference with the adapter off)
             t1 = time.time()
             result = learner.step(batch, advantages.to(device), rewards=rewards.to(device), step=step)
@@ -227,6 +232,7 @@ def train(
                 config=resolved,
                 metrics_lines=log.metrics.lines,
                 fingerprint=inputs,
+                inputs_changed=inputs_changed,
             )
         progress.update(step, metrics)
     progress.close()
@@ -237,12 +243,26 @@ def train(
     summary.update(weights)
     summary["config"] = resolved  # what ran: a later launch in this dir is checked against it
     summary["inputs"] = inputs
-    if changed:
-        summary["inputs_changed"] = {"resumed_after_step": start, "changes": changed}
+    if inputs_changed:
+        summary["inputs_changed"] = inputs_changed
     arm.write_summary(summary)
     log.finish(summary)
     console.info(closing_line(out_dir, summary))
     return summary
+
+
+def check_rewards(rewards: torch.Tensor, advantages: torch.Tensor, data) -> None:
+    """Rewards so large that their group statistics overflow (e.g. 1e308) stop the run naming the rewards,
+    not the learning rate the non-finite guard would suspect later."""
+    if bool(torch.isfinite(advantages).all()):
+        return
+    from arca_sweep.plugins import PluginFailure
+
+    source = f"data.reward {data.reward}" if data.name == "jsonl" else f"the {data.name} task's reward"
+    raise PluginFailure(
+        f"{source} gave rewards whose group mean or spread is not finite (largest |reward| "
+        f"{rewards.abs().max().item():.3g}); keep rewards to moderate numbers (e.g. 0 to 1)"
+    )
 
 
 def step_metrics(

@@ -225,7 +225,7 @@ def test_truncated_checkpoint_and_invalid_summary_name_the_file_and_the_fix(tmp_
     with pytest.raises(ArmStateError, match=r"checkpoint.pt is unreadable .*truncated.*Delete it"):
         arm.load_checkpoint()
     arm.summary_path.write_text('{"steps": 3, "eval/acc')
-    with pytest.raises(ArmStateError, match=r"summary.json is not valid JSON.*Delete it and re-run"):
+    with pytest.raises(ArmStateError, match=r"summary.json is not an arm's summary.*Delete it and re-run"):
         arm.read_summary()
 
 

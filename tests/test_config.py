@@ -333,6 +333,9 @@ def test_quoted_sweep_composes_each_choice():
         ("model.path=/data/Qwen3-1.7B", "model.path=%2Fdata%2FQwen3-1.7B"),
         ("a/b/c", "a%2Fb%2Fc"),
         ("x=50%/y", "x=50%25%2Fy"),
+        ("rank='16',credit=arca", "rank=16,credit=arca"),  # quote_numeric_choices' own quotes only
+        ("data.path=/a'b", "data.path=%2Fa%27b"),
+        ('data.path="/ab"', "data.path=%22%2Fab%22"),
     ],
 )
 def test_run_name(dirname, expected):
@@ -350,6 +353,9 @@ def test_run_names_are_injective_and_bounded():
         "data.eval_path=data%252Fx.jsonl",
         "x=a/b",
         "x=a%2Fb",
+        "data.path=/tmp/a'b.jsonl",
+        "data.path=/tmp/ab.jsonl",
+        'data.path="/tmp/ab.jsonl"',
     ]
     assert len({run_name(n) for n in names}) == len(names)
     long_a = "model.path=/" + "very_long_directory/" * 30 + "a"

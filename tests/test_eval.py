@@ -56,6 +56,30 @@ def test_a_trained_adapter_reproduces_its_runs_evals(tmp_path):
     assert base["eval/accuracy"] == summary["eval/accuracy_initial"]
     assert read_results(tmp_path / "base" / "results.jsonl") == initial
 
+    # --out an arm (or an earlier eval) is refused: the arm's summary stays the run's
+    before = (arm / "summary.json").read_bytes()
+    for out in (arm, tmp_path / "base"):
+        proc = run_eval("--adapter", str(arm), "--out", str(out), cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and "refusing to overwrite" in proc.stderr, proc.stderr[-2000:]
+    assert (arm / "summary.json").read_bytes() == before and not (arm / "results.jsonl").exists()
+
+    # an arm whose .hydra/ is gone: its summary's overrides, said in the log; a damaged one: one error line
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(arm, bare)
+    shutil.rmtree(bare / ".hydra")
+    proc = run_eval("--adapter", str(bare), "--out", str(tmp_path / "bare_eval"), cwd=tmp_path)
+    assert "has no .hydra/: using the overrides its summary.json lists" in proc.stderr
+    assert read_results(tmp_path / "bare_eval" / "results.jsonl") == final
+    shutil.copytree(arm / ".hydra", bare / ".hydra")
+    (bare / ".hydra" / "overrides.yaml").write_text("{a: [1")
+    proc = run_eval("--adapter", str(bare), "--out", str(tmp_path / "bad"), cwd=tmp_path, check=False)
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert (
+        proc.returncode == 2 and len(errors) == 1 and "overrides.yaml or hydra.yaml is damaged" in errors[0]
+    )
+
     # the arm's adapter dir itself works too; overrides on top of the arm's own (another eval set size)
     run_eval(
         "--adapter",

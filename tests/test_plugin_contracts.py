@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,7 +72,12 @@ def test_values_off_the_response_and_zero_rows_are_fine():
 def test_the_method_gets_copies():
     st, cx = stats(), ctx()
 
+    cx.generator = torch.Generator().manual_seed(5)
+    want = torch.rand(3, generator=torch.Generator().manual_seed(5))
+
     def vandal(stats, ctx):
+        ctx.generator.manual_seed(0)
+        torch.rand(100, generator=ctx.generator)
         ctx.advantages.mul_(1e6)
         ctx.rewards.zero_()
         stats.logp.fill_(5.0)
@@ -81,6 +87,7 @@ def test_the_method_gets_copies():
     out = credit.custom_method(vandal, needs={"logp"}).fn(st, cx)
     assert cx.advantages.tolist() == [1.0, -1.0] and cx.rewards.tolist() == [1.0, 0.0]
     assert st.logp.eq(-1).all() and st.mask.equal(MASK)
+    assert torch.equal(torch.rand(3, generator=cx.generator), want)  # the run's draws are untouched
     assert out.salience.tolist() == [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
 
 
@@ -119,6 +126,7 @@ def task(fn, timeout_s=None) -> JsonlTask:
         (float("nan"), "non-finite reward nan"),
         (float("-inf"), "non-finite reward -inf"),
         (torch.tensor([1.0, 0.0]), "returned Tensor"),
+        (10**400, "non-finite reward inf"),
     ],
 )
 def test_a_reward_that_is_not_a_finite_number_stops_naming_the_row(value, message):
@@ -146,6 +154,18 @@ def test_a_hanging_or_exiting_reward_is_named():
         task(hangs, timeout_s=0.2).rewards(["x"], [Problem(0, "q", "2")])
     with pytest.raises(PluginFailure, match=r"sys.exit\(3\)"):
         task(lambda text, answer: sys.exit(3)).rewards(["x"], [Problem(0, "q", "2")])
+
+
+@pytest.mark.parametrize("verdict", [np.array([1, 0]), "yes", 2, None])
+def test_a_correct_attribute_must_say_true_or_false(verdict):
+    def reward(text, answer):
+        return 1.0
+
+    reward.correct = lambda text, answer: verdict
+    with pytest.raises(PluginFailure, match="it must return True or False"):
+        task(reward).correct(["x"], [Problem(0, "q", "2")], [1.0])
+    reward.correct = lambda text, answer: np.bool_(True)  # numpy's bool counts, as do 0 and 1
+    assert task(reward).correct(["x"], [Problem(0, "q", "2")], [1.0]) == [True]
 
 
 # ------------------------------------------------------------------------------------------------ real runs

@@ -126,10 +126,10 @@ def test_files_that_are_not_an_arm_are_not_overwritten(tmp_path):
 
 def test_an_arm_stopped_before_its_first_checkpoint_starts_again(tmp_path):
     arm = tmp_path / "arm"
-    run(arm, "budget.steps=1")
+    run(arm, "budget.steps=1", "rank=16")  # Hydra lists it as rank='16': the same override
     for name in ("checkpoint.pt", "summary.json"):
         (arm / name).unlink()  # as if killed after the step-0 eval, before step 1's checkpoint
-    proc = run(arm, "budget.steps=1")
+    proc = run(arm, "budget.steps=1", "rank=16")
     assert "starting it again from step 0" in proc.stderr
     assert [json.loads(x)["step"] for x in (arm / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     other = run(arm.parent / "other", "budget.steps=1")
@@ -223,8 +223,8 @@ def test_a_resume_on_changed_data_or_plugin_is_refused_naming_it(tmp_path):
     proc = run(arm, *extra, "accept_changed_inputs=true")
     assert "resuming on changed inputs" in proc.stdout + proc.stderr
     summary = json.loads((arm / "summary.json").read_text())
-    assert summary["inputs_changed"]["resumed_after_step"] == 1
-    assert any("data.reward" in c for c in summary["inputs_changed"]["changes"])
+    assert [c["resumed_after_step"] for c in summary["inputs_changed"]] == [1]
+    assert any("data.reward" in c for c in summary["inputs_changed"][0]["changes"])
 
 
 def test_a_read_only_output_dir_is_one_message_before_hydra_starts(tmp_path):
@@ -247,6 +247,21 @@ def test_a_read_only_output_dir_is_one_message_before_hydra_starts(tmp_path):
         assert proc.returncode == 0 and "credit:" in proc.stdout  # printing the config writes nothing
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(full)], check=True)
+    try:
+        with open(full / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+            except OSError:
+                pass
+        line = error_line(run(full / "arm", check=False))
+        assert f"cannot write the output dir {full / 'arm'}: {full} has no space left on device" in line
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=False)
 
 
 def test_an_arm_that_fails_its_checks_in_a_sweep_is_still_labelled(tmp_path):
@@ -267,3 +282,69 @@ def test_an_arm_that_fails_its_checks_in_a_sweep_is_still_labelled(tmp_path):
     (arm,) = [p for p in sweep.iterdir() if p.is_dir()]
     assert f"model.path={tmp_path / 'nothere'}" in (arm / ".hydra" / "overrides.yaml").read_text()
     assert not (arm / ".hydra.launch").exists() and not (arm / "metrics.jsonl").exists()
+
+
+def test_a_users_own_output_subdir_keeps_hydras_files(tmp_path):
+    """hydra.output_subdir=.hydra (Hydra's default) is not staged: the arm's .hydra/ stays."""
+    arm = tmp_path / "arm"
+    run(arm, "budget.steps=1", "hydra.output_subdir=.hydra")
+    assert (arm / ".hydra" / "overrides.yaml").is_file() and not (arm / ".hydra.launch").exists()
+    error_line(run(arm, "budget.steps=1", "seed=9", "hydra.output_subdir=.hydra", check=False))
+    assert (arm / ".hydra" / "overrides.yaml").is_file()
+
+
+def test_a_summary_of_the_wrong_shape_or_without_a_config_is_handled(tmp_path):
+    arm = tmp_path / "arm"
+    run(arm, "budget.steps=1")
+    summary = json.loads((arm / "summary.json").read_text())
+    for bad in ("[]", '"x"', '{"config": "abc"}'):
+        (arm / "summary.json").write_text(bad)
+        assert "is not an arm's summary" in error_line(run(arm, "budget.steps=1", check=False))
+    # an older arm: no config in its summary, its checkpoint deleted; its .hydra/overrides.yaml decides
+    del summary["config"]
+    (arm / "summary.json").write_text(json.dumps(summary))
+    (arm / "checkpoint.pt").unlink()
+    before = snapshot(arm)
+    assert "finished arm of other overrides" in error_line(run(arm, "budget.steps=1", "seed=7", check=False))
+    assert "already finished" in run(arm, "budget.steps=1").stdout
+    (arm / ".hydra" / "overrides.yaml").unlink()
+    assert "no record of its config" in error_line(run(arm, "budget.steps=1", check=False))
+    before.pop(".hydra/overrides.yaml")
+    assert snapshot(arm) == before
+
+
+def test_every_accepted_input_change_stays_in_the_record(tmp_path):
+    """Two resumes: the first on changed data (accepted), the second plain; the summary still says that
+    the steps before the first resume trained on other rows."""
+    import time
+
+    data = rows(tmp_path / "rows.jsonl", 6)
+    extra = ["budget.steps=30", "budget.checkpoint_every=1", "data=jsonl", f"data.path={data}"]
+    arm = tmp_path / "arm"
+
+    def run_until(lines: int, *more: str) -> None:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "arca_sweep", *ARGS, *extra, *more, f"hydra.run.dir={arm}"],
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            text = (arm / "metrics.jsonl").read_text() if (arm / "metrics.jsonl").exists() else ""
+            if text.count("\n") >= lines:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]  # still running: killed mid-run
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    run_until(3)
+    rows(data, 7)  # another row: other content
+    run_until(9, "accept_changed_inputs=true")
+    run(arm, *extra)  # plain: the inputs are the checkpoint's now
+    summary = json.loads((arm / "summary.json").read_text())
+    (change,) = summary["inputs_changed"]
+    assert change["resumed_after_step"] >= 1 and any("data.path" in c for c in change["changes"])

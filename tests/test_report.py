@@ -325,7 +325,10 @@ DAMAGE = {
     ("metrics", "garbage mid-file"): "metrics.jsonl:2 is not a JSON record",
     ("metrics", "bad bytes"): "is not UTF-8 text",
     ("metrics", "string step"): "has step '2', not a step number",
-    ("metrics", "step twice"): "step 1 is recorded twice",
+    ("metrics", "step twice"): "is step 1, recorded twice",
+    ("metrics", "line deleted"): "record 2 is step 2, after step 0: steps are missing",
+    ("metrics", "accuracy 7.5"): "has impossible values (eval/accuracy = 7.5)",
+    ("metrics", "NaN reward"): "has impossible values (reward/mean)",
     ("eval", "garbage lines"): "step_3.jsonl:3 is not a JSON record",
     ("eval", "duplicate ids"): "appears twice",
     ("eval", "correct yes"): "has correct 'yes', not 0 or 1",
@@ -346,6 +349,13 @@ def damage(arm, where: str, how: str) -> None:
         lines.append(json.dumps({**rows[-1], "step": "2"}))
     elif how == "step twice":
         lines.append(json.dumps(rows[1]))
+    elif how == "line deleted":
+        del lines[1]
+    elif how == "accuracy 7.5":
+        lines[-1] = json.dumps({**rows[-1], "eval/accuracy": 7.5})
+    elif how == "NaN reward":
+        lines[1] = lines[1].replace(json.dumps(rows[1]["reward/mean"]), "NaN", 1)
+        assert "NaN" in lines[1]
     elif how == "garbage lines":
         lines[2:2] = ["garbage"] * 14
     elif how == "duplicate ids":

@@ -117,11 +117,15 @@ class ArmDir:
         if not self.summary_path.exists():
             return None
         try:
-            return json.loads(self.summary_path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            summary = json.loads(self.summary_path.read_text())
+            if not isinstance(summary, dict) or not isinstance(summary.get("config", {}), dict):
+                raise ValueError(f"a JSON {type(summary).__name__} where an arm's summary object belongs")
+            return summary
+        except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
             raise ArmStateError(
-                f"{self.summary_path} is not valid JSON ({exc}): the arm's last write was cut short. Delete "
-                "it and re-run the same command: the arm resumes from its checkpoint and writes it again."
+                f"{self.summary_path} is not an arm's summary ({exc}): the arm's last write was cut short or "
+                "the file was edited. Delete it and re-run the same command: the arm resumes from its "
+                "checkpoint and writes it again."
             ) from None
 
     def write_summary(self, summary: dict) -> None:
@@ -137,9 +141,10 @@ class ArmDir:
         config: dict,
         metrics_lines: list[str],
         fingerprint: dict | None = None,
+        inputs_changed: list | None = None,
     ) -> None:
-        """Adapter, optimizer, RNG states, step, config, the inputs' fingerprints, and the metrics lines of
-        steps 0..``step``."""
+        """Adapter, optimizer, RNG states, step, config, the inputs' fingerprints (and every accepted
+        change of them), and the metrics lines of steps 0..``step``."""
         _checkpoint().save(
             self.path,
             step=step,
@@ -148,11 +153,31 @@ class ArmDir:
             config=config,
             metrics_lines=metrics_lines,
             fingerprint=fingerprint,
+            inputs_changed=inputs_changed,
         )
 
     def load_checkpoint(self) -> dict | None:
         """The checkpoint's state, or None when there is none; :class:`ArmStateError` when unreadable."""
         return _checkpoint().load(self.checkpoint_path)
+
+    def check_same_overrides(self, overrides: list[str]) -> None:
+        """A finished arm whose summary and checkpoint hold no config (an older version's arm whose
+        checkpoint was deleted): this launch may skip it only if its ``.hydra/overrides.yaml`` lists the
+        same result-changing overrides; with no record of either, an :class:`ArmStateError`."""
+        listed = self.path / ".hydra" / "overrides.yaml"
+        before = _listed_overrides(listed)
+        if before is None:
+            raise ArmStateError(
+                f"{self.path} holds a finished arm but no record of its config (no config in summary.json, no "
+                "checkpoint.pt, no readable .hydra/overrides.yaml), so this launch cannot tell whether it is "
+                "the same arm. Use another output dir (hydra.run.dir=...), or delete summary.json to run it "
+                "again."
+            )
+        if _results_key(before) != _results_key(overrides):
+            raise ArmStateError(
+                f"{self.path} holds a finished arm of other overrides ({before!r}, this launch's {overrides!r}); "
+                "refusing to count it as this one. Use another output dir (hydra.run.dir=...)."
+            )
 
     def check_fresh(self, overrides: list[str]) -> None:
         """Before a run starts at step 0 in a dir with no checkpoint and no summary: records already there
@@ -169,13 +194,8 @@ class ArmDir:
                 f"{self.path} already holds {files} but is not an arca-sweep arm dir (no .hydra/overrides.yaml); "
                 "refusing to overwrite them. Use another output dir (hydra.run.dir=...) or move them away."
             )
-        try:
-            import yaml
-
-            before = yaml.safe_load(listed.read_text()) or []
-        except Exception:
-            before = None
-        if not isinstance(before, list) or _results_key(before) != _results_key(overrides):
+        before = _listed_overrides(listed)
+        if before is None or _results_key(before) != _results_key(overrides):
             raise ArmStateError(
                 f"{self.path} holds the partial records of another run ({files}; its overrides "
                 f"{before!r}, this one's {overrides!r}) and no checkpoint to resume; refusing to overwrite "
@@ -228,6 +248,7 @@ def _results_key(overrides: list[str]) -> list[str]:
     def key(o: str) -> str:
         return o.split("=", 1)[0].lstrip("+~")
 
+    overrides = [str(o).replace("'", "").replace('"', "") for o in overrides]  # Hydra's rank='16' is rank=16
     return sorted(
         o
         for o in overrides
@@ -235,3 +256,14 @@ def _results_key(overrides: list[str]) -> list[str]:
         and not key(o).startswith(RESUME_FREE_PREFIXES)
         and key(o) != "logger"
     )
+
+
+def _listed_overrides(path: Path) -> list[str] | None:
+    """The overrides a ``.hydra/overrides.yaml`` lists, or None when it is missing or not a list."""
+    try:
+        import yaml
+
+        listed = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError, Exception):  # yaml's errors, a missing file
+        return None
+    return [str(o) for o in listed] if isinstance(listed, list) else None

@@ -67,12 +67,14 @@ def save(
     config: dict,
     metrics_lines: list[str],
     fingerprint: dict | None = None,
+    inputs_changed: list | None = None,
 ) -> None:
     """Adapter, optimizer, RNG states, step, config, the inputs' fingerprints
     (:mod:`arca_sweep.arm_dir.fingerprint`), and the metrics lines of steps 0..``step``."""
     state = {
         "step": step,
         "fingerprint": fingerprint,
+        "inputs_changed": list(inputs_changed or []),  # every resume on changed inputs, kept to the end
         "adapter": trainable_state(model),
         "optimizer": optimizer.state_dict(),
         "rng": rng_states(),

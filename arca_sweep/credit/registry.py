@@ -314,10 +314,13 @@ def custom_method(fn: Callable, needs: Iterable[str] | None = None, timeout_s: f
 
 
 def _copied(x):
-    """A copy of a TokenStats or GroupContext whose tensors are clones (the generator is shared)."""
-    return replace(
-        x, **{f.name: v.clone() for f in fields(x) if isinstance(v := getattr(x, f.name), torch.Tensor)}
-    )
+    """A copy of a TokenStats or GroupContext whose tensors and generator are clones: a method that changes
+    them, or reseeds or draws from the generator, changes nothing the run uses afterwards."""
+    out = {f.name: v.clone() for f in fields(x) if isinstance(v := getattr(x, f.name), torch.Tensor)}
+    generator = getattr(x, "generator", None)
+    if isinstance(generator, torch.Generator):
+        out["generator"] = torch.Generator(generator.device).set_state(generator.get_state())
+    return replace(x, **out)
 
 
 def check_plugin_credit(out, mask: torch.Tensor, fn: Callable) -> None:

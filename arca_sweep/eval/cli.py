@@ -36,14 +36,43 @@ log = logging.getLogger("arca_sweep.eval")
 def arm_overrides(arm_dir: Path) -> list[str]:
     """The overrides an arm was run with (``.hydra/overrides.yaml``), and the ``hydra.searchpath`` it
     used (``.hydra/hydra.yaml``) so that a user's own config options still compose."""
-    from omegaconf import OmegaConf
+    from omegaconf import ListConfig, OmegaConf
 
     hydra_dir = arm_dir / ".hydra"
-    overrides = list(OmegaConf.load(hydra_dir / "overrides.yaml"))
-    if (hydra_dir / "hydra.yaml").is_file():
-        hydra_overrides = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.overrides.hydra
-        overrides += [o for o in hydra_overrides if o.startswith("hydra.searchpath=")]
+    if not (hydra_dir / "overrides.yaml").is_file():  # labels lost: the summary keeps the overrides too
+        return summary_overrides(arm_dir)
+    try:
+        overrides = OmegaConf.load(hydra_dir / "overrides.yaml")
+        if not isinstance(overrides, ListConfig):
+            raise ValueError("not a list of overrides")
+        overrides = [str(o) for o in overrides]
+        if (hydra_dir / "hydra.yaml").is_file():
+            hydra_overrides = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.overrides.hydra
+            overrides += [o for o in hydra_overrides if o.startswith("hydra.searchpath=")]
+    except Exception as exc:  # yaml's, OmegaConf's and our own: a damaged label file
+        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        raise UserError(
+            f"{hydra_dir}'s overrides.yaml or hydra.yaml is damaged ({cause}): restore it, or pass the arm's "
+            "adapter/ and its overrides yourself (its summary.json lists them)"
+        ) from None
     return overrides
+
+
+def summary_overrides(arm_dir: Path) -> list[str]:
+    """The overrides an arm's ``summary.json`` lists, for an arm whose ``.hydra/`` is gone."""
+    import json
+
+    try:
+        listed = json.loads((arm_dir / "summary.json").read_text())["overrides"]
+        if not isinstance(listed, list):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            f"{arm_dir} has no .hydra/overrides.yaml and no summary.json listing its overrides, so its config "
+            "is unknown: pass its adapter/ dir and the overrides it ran with"
+        ) from None
+    log.warning("%s has no .hydra/: using the overrides its summary.json lists: %s", arm_dir, listed)
+    return [str(o) for o in listed]
 
 
 def locate_adapter(path: str) -> tuple[Path, Path | None]:
@@ -60,7 +89,8 @@ def locate_adapter(path: str) -> tuple[Path, Path | None]:
         raise UserError(f"--adapter {path}: no adapter_config.json in it or in its adapter/{hint}")
     if problems := adapter_errors(p):
         raise UserError(f"--adapter {path}: " + "; ".join(problems))
-    arm = p.parent if (p.parent / ".hydra" / "overrides.yaml").is_file() else None
+    is_arm = any((p.parent / n).exists() for n in (".hydra", "summary.json", "metrics.jsonl"))
+    arm = p.parent if p.name == ADAPTER and is_arm else None
     return p, arm
 
 
@@ -198,6 +228,13 @@ def main(argv: list[str] | None = None) -> dict:
     except Exception as e:  # a bad override: Hydra's or validate's message, without a traceback
         raise UserError(f"arca-sweep-eval: {type(e).__name__}: {e}") from e
     out_dir = Path(args.out or Path("outputs") / "eval" / time.strftime("%Y-%m-%d_%H-%M-%S")).absolute()
+    if taken := [
+        n for n in ("summary.json", "results.jsonl", "metrics.jsonl", ".hydra") if (out_dir / n).exists()
+    ]:
+        raise UserError(
+            f"--out {out_dir} already holds {', '.join(taken)} (an arm or an earlier eval); refusing to overwrite "
+            "them. Pass another --out"
+        )
     summary = evaluate_model(cfg, adapter, out_dir)
     what = f"adapter {adapter}" if adapter else f"base model {summary['model']}"
     log.info(

@@ -5,6 +5,7 @@ the sweep's axes and per-unit results. Every read of an arm's files is in this m
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,16 +98,28 @@ def cell_label(cell: tuple) -> str:
 
 
 def _yaml(path: Path):
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    """A ``.hydra`` YAML file's content, None when absent; an :class:`ArmStateError` naming it when damaged."""
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        cause = str(exc).splitlines()[0][:120]
+        raise ArmStateError(
+            f"{path} is not readable YAML ({type(exc).__name__}: {cause}): the arm's labels are damaged. Restore "
+            "it from the arm's launch (the overrides are also in summary.json), or move the arm out of the sweep dir"
+        ) from None
 
 
 def all_overrides(path: Path) -> dict[str, str]:
     """The arm's overrides: from ``.hydra/overrides.yaml``, else parsed from its dir name."""
     listed = _yaml(path / ".hydra" / "overrides.yaml")
     if not isinstance(listed, list):
-        # the dir name's escapes (arca_sweep.main.run_name) undone: %2F is /, %25 is %
+        # the dir name's escapes (arca_sweep.main.run_name) undone: %2F is /, %27 ', %22 ", %25 %
         listed = [
-            item.replace("%2F", "/").replace("%25", "%") for item in _DIR_ITEM.split(path.name) if "=" in item
+            item.replace("%2F", "/").replace("%27", "'").replace("%22", '"').replace("%25", "%")
+            for item in _DIR_ITEM.split(path.name)
+            if "=" in item
         ]
     return dict(parse_override(o) for o in listed)
 
@@ -251,16 +264,23 @@ def read_metrics(path: Path) -> list[dict]:
     warning; any other bad line, a step that is not a non-negative integer, or a step recorded twice is an
     :class:`ArmStateError` naming the file, the line and what to do (:data:`REPORT_HINT`)."""
     records = read_jsonl(path, bad_lines="torn", hint=REPORT_HINT)
-    seen: set[int] = set()
     for number, r in enumerate(records, 1):
         step = r.get("step")
         if type(step) is not int or step < 0:
             raise ArmStateError(
                 f"{path}: record {number} has step {step!r}, not a step number: {REPORT_HINT}"
             )
-        if step in seen:
-            raise ArmStateError(f"{path}: step {step} is recorded twice (record {number}): {REPORT_HINT}")
-        seen.add(step)
+        if step != number - 1:  # the writer logs steps 0, 1, 2, ... each once
+            what = "recorded twice" if step < number - 1 else f"after step {number - 2}: steps are missing"
+            raise ArmStateError(f"{path}: record {number} is step {step}, {what}: {REPORT_HINT}")
+        bad = [k for k, v in r.items() if isinstance(v, float) and not math.isfinite(v)]
+        acc = r.get("eval/accuracy")
+        if acc is not None and (type(acc) not in (int, float) or not 0 <= acc <= 1):
+            bad.append(f"eval/accuracy = {acc!r}")
+        if bad:  # the writer turns non-finite numbers into null, and an accuracy is a share
+            raise ArmStateError(
+                f"{path}: step {step} has impossible values ({', '.join(map(str, bad))}): {REPORT_HINT}"
+            )
     return records
 
 

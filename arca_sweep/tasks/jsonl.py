@@ -120,7 +120,10 @@ class JsonlTask(RowsTask):
                 f"data.reward {self.name} returned {type(value).__name__} {repr(value)[:60]} {where}; a reward "
                 "must be a real number (float, int or bool)"
             )
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int past float's range
+            value = math.inf
         if not math.isfinite(value):
             raise PluginFailure(
                 f"data.reward {self.name} returned the non-finite reward {value} {where}; a reward must be a "
@@ -134,6 +137,10 @@ class JsonlTask(RowsTask):
         judge = getattr(self.reward_fn, "correct", None)
         if not callable(judge):
             return [r >= self.correct_at for r in rewards]
+        import numbers
+
+        import numpy as np
+
         from arca_sweep.plugins import PluginFailure, call_plugin
 
         out = []
@@ -148,7 +155,11 @@ class JsonlTask(RowsTask):
                 timeout_s=self.timeout_s,
                 limit_key="data.reward_timeout_s",
             )
-            if not isinstance(verdict, bool) and verdict not in (0, 1):
+            if isinstance(verdict, np.bool_):
+                verdict = bool(verdict)
+            if not (
+                isinstance(verdict, bool) or (isinstance(verdict, numbers.Integral) and verdict in (0, 1))
+            ):
                 raise PluginFailure(
                     f"data.reward {self.name}.correct returned {type(verdict).__name__} {repr(verdict)[:60]} "
                     f"{where}; it must return True or False"
