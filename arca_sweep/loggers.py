@@ -87,9 +87,10 @@ class WandbTracker:
         self.run.log({"samples/rollouts": table, "step": step})
 
     def finish(self, summary: dict) -> None:
-        """The arm's summary; its run means under ``run_mean/<key>``, apart from the per-step keys,
+        """The arm's summary (its config is the run's W&B config already); its run means under
+        ``run_mean/<key>``, apart from the per-step keys,
         whose summary stays W&B's default: the last logged value."""
-        self.run.summary.update({k: v for k, v in summary.items() if k != "run_means"})
+        self.run.summary.update({k: v for k, v in summary.items() if k not in ("run_means", "config")})
         self.run.summary.update({f"{RUN_MEAN_PREFIX}{k}": v for k, v in summary.get("run_means", {}).items()})
         self.run.finish()
 
