@@ -43,8 +43,12 @@ def randomize_adapter(model, seed: int = 0, scale: float = 0.05) -> None:
 
 def random_qwen3(path, model: str, layers: int = 2):
     """Save a random-weight Qwen3 of ``model``'s width (a key of :data:`QWEN3`) with ``layers`` layers,
-    the real 151,936-token vocabulary and tied embeddings, to ``path``; returns ``path``."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    the real 151,936-token vocabulary and tied embeddings, to ``path``, with the tiny model's tokenizer
+    (a whole checkpoint folder for ``model.path``; ids beyond the tiny vocabulary decode to ""); returns
+    ``path``."""
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    from arca_sweep.model import TINY_PATH
 
     config = Qwen3Config(
         vocab_size=151_936,
@@ -58,6 +62,7 @@ def random_qwen3(path, model: str, layers: int = 2):
     )
     torch.manual_seed(0)
     Qwen3ForCausalLM(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(TINY_PATH).save_pretrained(path)
     return path
 
 

@@ -506,8 +506,7 @@ def main() -> None:
     if args.worker:
         return worker_main(args)
 
-    from arca_sweep.model import load_tokenizer
-    from arca_sweep.testing import make_config, random_qwen3
+    from arca_sweep.testing import random_qwen3
 
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, load average {os.getloadavg()}, "
@@ -527,10 +526,7 @@ def main() -> None:
             flush=True,
         )
         results["matmul_peak"] = peaks
-        wide = random_qwen3(tmp / "qwen3-1.7b-width-2-layers", "qwen3_1_7b", layers=2)
-        load_tokenizer(make_config().model).save_pretrained(
-            wide
-        )  # ids beyond the tiny vocabulary decode to ""
+        wide = random_qwen3(tmp / "qwen3-1.7b-width-2-layers", "qwen3_1_7b", layers=2)  # tiny tokenizer
         wide_args = ["--model-path", str(wide), "--forced", *threads]
         if "main" in args.only:
             common = [*wide_args, "--new-tokens", str(args.new_tokens), "--steps", str(args.steps)]

@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from arca_sweep import train  # noqa: E402
 from arca_sweep.arm_dir import METRICS, read_jsonl  # noqa: E402
 from arca_sweep.config import validate  # noqa: E402
-from arca_sweep.model import load_tokenizer  # noqa: E402
 from arca_sweep.testing import make_config, random_qwen3  # noqa: E402
 
 REPORTED = [
@@ -41,9 +40,7 @@ REPORTED = [
 
 
 def build_model(out: Path, layers: int) -> Path:
-    path = random_qwen3(out, "qwen3_1_7b", layers=layers)
-    load_tokenizer(make_config().model).save_pretrained(path)
-    return path
+    return random_qwen3(out, "qwen3_1_7b", layers=layers)  # with the tiny tokenizer
 
 
 def overrides(args) -> list[str]:
