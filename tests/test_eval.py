@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -123,8 +124,13 @@ def test_a_damaged_adapter_is_named_before_loading_anything(tmp_path):
         "noweights": "holds no adapter_model.safetensors",
         "cut": "adapter_model.safetensors is damaged (it holds",
     }
+    from arca_sweep.errors import UserError
+    from arca_sweep.eval.cli import locate_adapter
+
     for name, path in cases.items():
-        proc = run_eval("--adapter", str(path), cwd=tmp_path, check=False)
-        errors = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
-        assert proc.returncode == 2 and len(errors) == 1 and want[name] in errors[0], proc.stderr[-2000:]
-        assert "Traceback" not in proc.stderr and "Loading" not in proc.stderr
+        with pytest.raises(UserError, match=re.escape(want[name])):
+            locate_adapter(str(path))
+    proc = run_eval("--adapter", str(cases["cut"]), cwd=tmp_path, check=False)  # and as a command
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and want["cut"] in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Loading" not in proc.stderr

@@ -265,24 +265,35 @@ BAD_ROWS = {
 }
 
 
+@pytest.mark.parametrize("text", list(BAD_ROWS))
+def test_bad_rows_are_one_data_error_naming_the_row(tmp_path, text):
+    from arca_sweep.errors import DataError
+    from arca_sweep.tasks import build_task
+    from arca_sweep.testing import make_config
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(text)
+    with pytest.raises(DataError) as info:
+        build_task(make_config("data=jsonl", f"data.path={rows}").data)
+    assert f"{rows}: {BAD_ROWS[text]}" in str(info.value)
+
+
 @pytest.mark.slow
-def test_bad_rows_are_one_message_before_any_model_loads(tmp_path):
-    for i, (text, message) in enumerate(BAD_ROWS.items()):
-        rows = tmp_path / f"rows{i}.jsonl"
-        rows.write_text(text)
-        proc = cli(
-            *ARGS,
-            "data=jsonl",
-            f"data.path={rows}",
-            f"hydra.run.dir={tmp_path / f'arm{i}'}",
-            cwd=tmp_path,
-            quiet=False,
-            check=False,
-            env=cli_env(),
-        )
-        line = one_error(proc)
-        assert f"{rows}: {message}" in line, line
-        assert "Loading weights" not in proc.stderr and not (tmp_path / f"arm{i}" / "metrics.jsonl").exists()
+def test_a_bad_row_stops_a_run_before_any_model_loads(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "Compute 1 + 1.", "answer": null}\n')
+    proc = cli(
+        *ARGS,
+        "data=jsonl",
+        f"data.path={rows}",
+        f"hydra.run.dir={tmp_path / 'arm'}",
+        cwd=tmp_path,
+        quiet=False,
+        check=False,
+        env=cli_env(),
+    )
+    assert f"{rows}: row 1 has an empty answer (None)" in one_error(proc)
+    assert "Loading weights" not in proc.stderr and not (tmp_path / "arm" / "metrics.jsonl").exists()
 
 
 def test_the_packaged_reward_reads_non_integer_answers():
