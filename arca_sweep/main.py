@@ -14,15 +14,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from arca_sweep.arm_dir.names import unquote
 from arca_sweep.config import register_configs
 from arca_sweep.errors import UserError
 from arca_sweep.launching import name_failed_arm
-
-
-def unquote(override: str) -> str:
-    """``rank='16'`` -> ``rank=16``: undo :func:`quote_numeric_choices` for names shown to people."""
-    return override.replace("'", "").replace('"', "")
-
 
 _NUMERIC_CHOICE = re.compile(r"(^|,)([\w/.+~]+)='(-?\d+)'(?=,|$)")
 MAX_NAME_BYTES = 200  # under every filesystem's 255-byte limit on one name, with room for Hydra's suffixes

@@ -95,11 +95,8 @@ def safetensors_error(path: Path) -> str | None:
     ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
     want = 8 + n + max(ends, default=0)
     if size != want:
-        return (
-            f"it holds {size} bytes where its header describes {want}: it was cut short"
-            if size < want
-            else (f"it holds {size} bytes where its header describes {want}")
-        )
+        cut = ": it was cut short" if size < want else ""
+        return f"it holds {size} bytes where its header describes {want}{cut}"
     return None
 
 

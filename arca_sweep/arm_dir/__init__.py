@@ -51,8 +51,11 @@ from arca_sweep.arm_dir.names import (
     SUMMARY,
     WANDB_RUN_ID,
     results_path,
+    unquote,
 )
 from arca_sweep.arm_dir.records import JsonlLogger, RunLog, json_safe
+
+RECORDS = (METRICS, SAMPLES, EVAL_DIR, ADAPTER)  # what a run writes into its dir before its summary
 
 __all__ = [
     "ADAPTER",
@@ -132,29 +135,10 @@ class ArmDir:
         with writing(self.summary_path):
             atomic_write(self.summary_path, json.dumps(summary, indent=1) + "\n")
 
-    def save_checkpoint(
-        self,
-        *,
-        step: int,
-        model,
-        optimizer,
-        config: dict,
-        metrics_lines: list[str],
-        fingerprint: dict | None = None,
-        inputs_changed: list | None = None,
-    ) -> None:
-        """Adapter, optimizer, RNG states, step, config, the inputs' fingerprints (and every accepted
-        change of them), and the metrics lines of steps 0..``step``."""
-        _checkpoint().save(
-            self.path,
-            step=step,
-            model=model,
-            optimizer=optimizer,
-            config=config,
-            metrics_lines=metrics_lines,
-            fingerprint=fingerprint,
-            inputs_changed=inputs_changed,
-        )
+    def save_checkpoint(self, **state) -> None:
+        """:func:`arca_sweep.arm_dir.checkpoint.save` into this dir (its keyword arguments: step, model,
+        optimizer, config, metrics lines, the inputs' fingerprints and every accepted change of them)."""
+        _checkpoint().save(self.path, **state)
 
     def load_checkpoint(self) -> dict | None:
         """The checkpoint's state, or None when there is none; :class:`ArmStateError` when unreadable."""
@@ -164,8 +148,7 @@ class ArmDir:
         """A finished arm whose summary and checkpoint hold no config (an older version's arm whose
         checkpoint was deleted): this launch may skip it only if its ``.hydra/overrides.yaml`` lists the
         same result-changing overrides; with no record of either, an :class:`ArmStateError`."""
-        listed = self.path / ".hydra" / "overrides.yaml"
-        before = _listed_overrides(listed)
+        before = self.launched_overrides()
         if before is None:
             raise ArmStateError(
                 f"{self.path} holds a finished arm but no record of its config (no config in summary.json, no "
@@ -173,7 +156,7 @@ class ArmDir:
                 "the same arm. Use another output dir (hydra.run.dir=...), or delete summary.json to run it "
                 "again."
             )
-        if _results_key(before) != _results_key(overrides):
+        if not same_results(before, overrides):
             raise ArmStateError(
                 f"{self.path} holds a finished arm of other overrides ({before!r}, this launch's {overrides!r}); "
                 "refusing to count it as this one. Use another output dir (hydra.run.dir=...)."
@@ -184,18 +167,17 @@ class ArmDir:
         (``metrics.jsonl``, ``samples.jsonl``, ``eval/``, ``adapter/``) are replaced only when they are this
         arm's own, i.e. a run of the same overrides killed before its first checkpoint. Otherwise an
         :class:`ArmStateError` naming them: a dir that is not an arm, or another arm's partial records."""
-        present = [n for n in (METRICS, SAMPLES, EVAL_DIR, ADAPTER) if (self.path / n).exists()]
+        present = [n for n in RECORDS if (self.path / n).exists()]
         if not present:
             return
-        listed = self.path / ".hydra" / "overrides.yaml"
         files = ", ".join(str(self.path / n) for n in present)
-        if not listed.is_file():
+        if not (self.path / ".hydra" / "overrides.yaml").is_file():
             raise ArmStateError(
                 f"{self.path} already holds {files} but is not an arca-sweep arm dir (no .hydra/overrides.yaml); "
                 "refusing to overwrite them. Use another output dir (hydra.run.dir=...) or move them away."
             )
-        before = _listed_overrides(listed)
-        if before is None or _results_key(before) != _results_key(overrides):
+        before = self.launched_overrides()
+        if before is None or not same_results(before, overrides):
             raise ArmStateError(
                 f"{self.path} holds the partial records of another run ({files}; its overrides "
                 f"{before!r}, this one's {overrides!r}) and no checkpoint to resume; refusing to overwrite "
@@ -211,8 +193,17 @@ class ArmDir:
 
     def is_empty(self) -> bool:
         """No arm here yet: no ``.hydra/`` and none of an arm's records (Hydra's own log aside)."""
-        names = (".hydra", METRICS, SAMPLES, EVAL_DIR, ADAPTER, SUMMARY, CHECKPOINT)
-        return not any((self.path / n).exists() for n in names)
+        return not any((self.path / n).exists() for n in (".hydra", *RECORDS, SUMMARY, CHECKPOINT))
+
+    def launched_overrides(self) -> list[str] | None:
+        """The overrides ``.hydra/overrides.yaml`` lists, or None when it is missing or not a list."""
+        try:
+            import yaml
+
+            listed = yaml.safe_load((self.path / ".hydra" / "overrides.yaml").read_text())
+        except Exception:  # a missing file, yaml's errors, bad bytes
+            return None
+        return [str(o) for o in listed] if isinstance(listed, list) else None
 
     def adopt_launch_record(self, staged: Path | None) -> None:
         """Make this launch's ``.hydra`` files (written by Hydra to ``staged``) the arm's ``.hydra/``."""
@@ -241,29 +232,17 @@ class ArmDir:
             model.save_pretrained(self.path / ADAPTER)
 
 
-def _results_key(overrides: list[str]) -> list[str]:
-    """The overrides that can change results (those Hydra's dir name also leaves out can differ)."""
+def same_results(a: list[str], b: list[str]) -> bool:
+    """Whether two launches' overrides are the same arm: equal once unquoted, but for the keys that cannot
+    change results (:data:`~arca_sweep.arm_dir.checkpoint.RESUME_FREE_KEYS`, ``logger``/``logger.*``)."""
     from arca_sweep.arm_dir.checkpoint import RESUME_FREE_KEYS, RESUME_FREE_PREFIXES
 
-    def key(o: str) -> str:
-        return o.split("=", 1)[0].lstrip("+~")
+    def kept(overrides: list[str]) -> list[str]:
+        keys = [(o, unquote(o).split("=", 1)[0].lstrip("+~")) for o in overrides]
+        return sorted(
+            unquote(o)
+            for o, k in keys
+            if k not in RESUME_FREE_KEYS and not k.startswith(RESUME_FREE_PREFIXES) and k != "logger"
+        )
 
-    overrides = [str(o).replace("'", "").replace('"', "") for o in overrides]  # Hydra's rank='16' is rank=16
-    return sorted(
-        o
-        for o in overrides
-        if key(o) not in RESUME_FREE_KEYS
-        and not key(o).startswith(RESUME_FREE_PREFIXES)
-        and key(o) != "logger"
-    )
-
-
-def _listed_overrides(path: Path) -> list[str] | None:
-    """The overrides a ``.hydra/overrides.yaml`` lists, or None when it is missing or not a list."""
-    try:
-        import yaml
-
-        listed = yaml.safe_load(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError, Exception):  # yaml's errors, a missing file
-        return None
-    return [str(o) for o in listed] if isinstance(listed, list) else None
+    return kept(a) == kept(b)

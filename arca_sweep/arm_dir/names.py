@@ -14,6 +14,13 @@ WANDB_RUN_ID = "wandb_run_id.txt"
 EVAL_DIR = "eval"
 
 
+def unquote(override: str) -> str:
+    """``rank='16'`` -> ``rank=16``: an override without its quotes (Hydra lists the group choices that
+    :func:`arca_sweep.main.quote_numeric_choices` quoted as ``rank='16'``), for names shown to people and
+    for comparing two launches' overrides."""
+    return str(override).replace("'", "").replace('"', "")
+
+
 def results_path(arm_dir: Path, step: int) -> Path:
     """Where an arm's per-problem results of the eval at ``step`` live: ``eval/step_<step>.jsonl``."""
     return Path(arm_dir) / EVAL_DIR / f"step_{step}.jsonl"

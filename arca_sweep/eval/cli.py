@@ -60,17 +60,17 @@ def arm_overrides(arm_dir: Path) -> list[str]:
 
 def summary_overrides(arm_dir: Path) -> list[str]:
     """The overrides an arm's ``summary.json`` lists, for an arm whose ``.hydra/`` is gone."""
-    import json
+    from arca_sweep.arm_dir import ArmDir, ArmStateError
 
     try:
-        listed = json.loads((arm_dir / "summary.json").read_text())["overrides"]
-        if not isinstance(listed, list):
-            raise TypeError
-    except (OSError, ValueError, KeyError, TypeError):
+        listed = (ArmDir(arm_dir).read_summary() or {}).get("overrides")
+    except ArmStateError:
+        listed = None
+    if not isinstance(listed, list):
         raise UserError(
             f"{arm_dir} has no .hydra/overrides.yaml and no summary.json listing its overrides, so its config "
             "is unknown: pass its adapter/ dir and the overrides it ran with"
-        ) from None
+        )
     log.warning("%s has no .hydra/: using the overrides its summary.json lists: %s", arm_dir, listed)
     return [str(o) for o in listed]
 

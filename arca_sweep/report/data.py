@@ -15,6 +15,7 @@ import yaml
 
 from arca_sweep import heatmap
 from arca_sweep.arm_dir import METRICS, SAMPLES, ArmDir, ArmStateError, read_jsonl, results_path
+from arca_sweep.arm_dir.names import unquote
 from arca_sweep.diagnostics import REGIMES
 from arca_sweep.report.stats import as_number, last_quarter, mean
 
@@ -48,7 +49,7 @@ def is_neutral(key: str) -> bool:
 def parse_override(text: str) -> tuple[str, str]:
     """``rank='16'`` -> ``("rank", "16")``; ``+optim.foo=1`` -> ``("optim.foo", "1")``."""
     key, _, value = str(text).partition("=")
-    return key.lstrip("+~").strip(), value.strip().replace("'", "").replace('"', "")
+    return key.lstrip("+~").strip(), unquote(value.strip())
 
 
 @dataclass

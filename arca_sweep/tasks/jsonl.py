@@ -14,8 +14,12 @@ for a real evaluation. ``reward(response_text, answer) -> float`` must return a 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from arca_sweep.errors import DataError
 from arca_sweep.tasks import Problem
@@ -100,9 +104,6 @@ class JsonlTask(RowsTask):
     def reward(self, response_text: str, problem: Problem) -> float:
         """The plug-in's reward, under its contract: a finite real number (an int or bool counts), returned
         within ``data.reward_timeout_s``; anything else stops the run naming ``data.reward`` and the row."""
-        import math
-        import numbers
-
         from arca_sweep.plugins import PluginFailure, call_plugin
 
         where = f"on problem {problem.index} (answer {problem.answer[:60]!r})"
@@ -137,10 +138,6 @@ class JsonlTask(RowsTask):
         judge = getattr(self.reward_fn, "correct", None)
         if not callable(judge):
             return [r >= self.correct_at for r in rewards]
-        import numbers
-
-        import numpy as np
-
         from arca_sweep.plugins import PluginFailure, call_plugin
 
         out = []
