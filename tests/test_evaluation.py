@@ -129,18 +129,10 @@ def test_accuracy_counts_correct_answers_not_rewards(tmp_path, judge):
 
 
 def test_a_full_disk_during_the_eval_write_names_the_file(tmp_path):
-    import subprocess
-
     from arca_sweep.arm_dir import ArmStateError
+    from tests.helpers import tmpfs
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "size=64k") as disk:
         (disk / "filler").write_bytes(b"\0" * 60_000)
         task = ArithTask()
         problems = task.eval_problems(64)
@@ -149,5 +141,3 @@ def test_a_full_disk_during_the_eval_write_names_the_file(tmp_path):
         with pytest.raises(ArmStateError, match="no space left on device while writing .*step_0.jsonl"):
             evaluate(engine, TemplateTokenizer(), task, problems, 8, output_path=out)
         assert not out.exists() and not list(out.parent.glob("*.tmp"))
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)

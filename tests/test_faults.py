@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import cli, cli_env, records
+from tests.helpers import cli, cli_env, fill, records, tmpfs
 
 STEPS = 8
 ARGS = ["budget=smoke", f"budget.steps={STEPS}", "budget.eval_size=4", "threads=1", "logger.progress=false"]
@@ -142,25 +142,12 @@ def test_torn_then_deleted_metrics_resume_to_the_uninterrupted_record(reference,
 
 
 def test_full_filesystem_stops_cleanly_and_resumes(reference, tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "size=24m") as disk:
         run_dir = disk / "arm"
         proc = launch(run_dir)
         assert wait_for(lambda: line_count(run_dir) >= 3, proc)
         filler = disk / "filler"
-        with filler.open("wb") as f:  # take every free byte, as another job on the disk would
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        fill(filler)  # take every free byte, as another job on the disk would
         code = proc.wait(timeout=600)
         stderr = proc.stderr.read()
         assert code == 2, stderr[-3000:]
@@ -172,8 +159,6 @@ def test_full_filesystem_stops_cleanly_and_resumes(reference, tmp_path):
         filler.unlink()
         run(run_dir)
         assert_same_arm(reference, run_dir)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_non_finite_learning_rate_stops_with_the_cause(tmp_path):

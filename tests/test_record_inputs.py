@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.helpers import cli, cli_env
+from tests.helpers import cli, cli_env, fill, tmpfs
 from tests.test_record_identity import ARGS, error_line, rows, run, snapshot
 
 pytestmark = pytest.mark.slow
@@ -90,14 +90,7 @@ def test_every_accepted_input_change_stays_in_the_record(tmp_path):
 
 
 def test_a_read_only_output_dir_is_one_message_before_hydra_starts(tmp_path):
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as disk:
         for where, extra in (("run", ()), ("sweep", ("-m",))):
             key = "hydra.sweep.dir" if extra else "hydra.run.dir"
             proc = cli(
@@ -107,20 +100,7 @@ def test_a_read_only_output_dir_is_one_message_before_hydra_starts(tmp_path):
             assert f"cannot write the output dir {disk / where}: {disk} is read-only. Pass {key}=" in line
         proc = cli(*ARGS, "--cfg", "job", cwd=disk, quiet=False, check=False, env=cli_env())
         assert proc.returncode == 0 and "credit:" in proc.stdout  # printing the config writes nothing
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
-    full = tmp_path / "full"
-    full.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(full)], check=True)
-    try:
-        with open(full / "filler", "wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-                    f.flush()
-            except OSError:
-                pass
+    with tmpfs(tmp_path / "full", "size=512k") as full:
+        fill(full / "filler")
         line = error_line(run(full / "arm", check=False))
         assert f"cannot write the output dir {full / 'arm'}: {full} has no space left on device" in line
-    finally:
-        subprocess.run(["umount", "-l", str(full)], check=False)
