@@ -52,6 +52,12 @@ TASKS = {
     "arith_small": "arca_sweep.tasks.arith:ArithTask",
     "math": "arca_sweep.tasks.math:MathTask",
     "math500": "arca_sweep.tasks.math:MathTask",
+    # reasoning benchmarks: MATH training rows, the benchmark's eval rows (conf/data/<name>.yaml)
+    "aime24": "arca_sweep.tasks.math:MathTask",
+    "aime25": "arca_sweep.tasks.math:MathTask",
+    "amc23": "arca_sweep.tasks.math:MathTask",
+    "minerva": "arca_sweep.tasks.math:MathTask",
+    "olympiadbench": "arca_sweep.tasks.math:MathTask",
     "jsonl": "arca_sweep.tasks.jsonl:JsonlTask",
 }
 
@@ -61,13 +67,17 @@ def is_arith(name: str) -> bool:
     return TASKS.get(name) == TASKS["arith"]
 
 
-def build_task(data_cfg, prompt_fits: Callable[[str], bool] | None = None) -> Task:
+def build_task(data_cfg, prompt_fits: Callable[[str], bool] | None = None, eval_only: bool = False) -> Task:
     """The task named by ``data.name`` (:data:`TASKS`). ``prompt_fits(question)``: False skips a row whose
-    prompt is too long (counted in the task's stats); arith's prompts are short by construction."""
+    prompt is too long (counted in the task's stats); arith's prompts are short by construction.
+
+    ``eval_only``: the task of an eval set (``eval.sets.<name>``): a row task loads its eval rows only (no
+    training source is read) and its ``train_*`` methods raise. Arith generates its problems from seeds and
+    reads nothing, so it is built as usual."""
     if data_cfg.name not in TASKS:
         raise ValueError(f"data.name={data_cfg.name!r} is not a task; choose one of {sorted(TASKS)}")
     module, name = TASKS[data_cfg.name].split(":")
     task_cls = getattr(importlib.import_module(module), name)
     if is_arith(data_cfg.name):
         return task_cls.from_config(data_cfg)
-    return task_cls.from_config(data_cfg, prompt_fits)
+    return task_cls.from_config(data_cfg, prompt_fits, eval_only=eval_only)

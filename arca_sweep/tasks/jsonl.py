@@ -9,6 +9,8 @@ Training rows come in a ``data.seed`` order shared by every arm (one seeded perm
 training file's first rows in file order (``data.path`` null: the packaged example rows): then the eval set is not held out, so set ``data.eval_path``
 for a real evaluation. ``reward(response_text, answer) -> float`` must return a finite number within
 ``data.reward_timeout_s`` and must not raise or exit; otherwise the run stops naming the function and the row.
+Built eval-only (an eval set), the task reads its eval rows alone: ``data.eval_path``, else the
+``data.path`` file (or the packaged example rows).
 """
 
 from __future__ import annotations
@@ -65,31 +67,42 @@ class JsonlTask(RowsTask):
         prompt_fits: Callable[[str], bool] | None = None,
         timeout_s: float | None = None,
         correct_at: float = 1.0,
+        eval_only: bool = False,
     ):
-        """``timeout_s``: the reward's wall-time limit per call (None: none). ``prompt_fits(question)`` False: the row is skipped and counted (``data/*_skipped_too_long``)."""
+        """``timeout_s``: the reward's wall-time limit per call (None: none). ``prompt_fits(question)`` False: the
+        row is skipped and counted (``data/*_skipped_too_long``). ``eval_only``: ``train`` is ignored (an eval set)."""
         self._data_stats = {}
+        self.eval_only = eval_only
+        splits = {"eval": eval_rows} if eval_only else {"train": train, "eval": eval_rows}
         if prompt_fits is not None:
-            for split, rows in (("train", train), ("eval", eval_rows)):
+            for split, rows in splits.items():
                 kept = [p for p in rows if prompt_fits(p.question)]
                 self._data_stats[f"data/{split}_skipped_too_long"] = len(rows) - len(kept)
                 if not kept:
                     raise ValueError(f"data=jsonl: every {split} row is longer than data.max_prompt_tokens")
-                train, eval_rows = (kept, eval_rows) if split == "train" else (train, kept)
-        self.train, self.eval, self.reward_fn, self.seed = train, eval_rows, reward_fn, seed
+                splits[split] = kept
+        self.train, self.eval = splits.get("train", []), splits["eval"]
+        self.reward_fn, self.seed = reward_fn, seed
         self.timeout_s, self.correct_at = timeout_s, correct_at
         self.name = f"{getattr(reward_fn, '__module__', '?')}:{getattr(reward_fn, '__name__', '?')}"
 
     @classmethod
-    def from_config(cls, cfg, prompt_fits: Callable[[str], bool] | None = None) -> JsonlTask:
+    def from_config(
+        cls, cfg, prompt_fits: Callable[[str], bool] | None = None, eval_only: bool = False
+    ) -> JsonlTask:
         from arca_sweep.plugins import load_callable
 
         path = Path(cfg.path).expanduser() if cfg.path is not None else EXAMPLE_ROWS
-        train = rows_to_problems(read_file(path), str(path))
-        evals = (
-            rows_to_problems(read_file(Path(cfg.eval_path).expanduser()), cfg.eval_path)
-            if cfg.eval_path
-            else train
-        )
+        if eval_only:  # the eval rows alone: data.eval_path, else the training file's rows
+            source = Path(cfg.eval_path).expanduser() if cfg.eval_path else path
+            train, evals = [], rows_to_problems(read_file(source), str(source))
+        else:
+            train = rows_to_problems(read_file(path), str(path))
+            evals = (
+                rows_to_problems(read_file(Path(cfg.eval_path).expanduser()), cfg.eval_path)
+                if cfg.eval_path
+                else train
+            )
         reward = load_callable(cfg.reward, "data.reward")
         return cls(
             train,
@@ -99,6 +112,7 @@ class JsonlTask(RowsTask):
             prompt_fits=prompt_fits,
             timeout_s=cfg.get("reward_timeout_s"),
             correct_at=cfg.get("correct_at", 1.0),
+            eval_only=eval_only,
         )
 
     def reward(self, response_text: str, problem: Problem) -> float:

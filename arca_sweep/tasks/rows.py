@@ -72,16 +72,29 @@ def prompt_order(seed: int, step: int, num_prompts: int, size: int) -> list[int]
 
 class RowsTask:
     """A task over loaded rows: ``self.train`` in a ``self.seed`` order shared by every arm
-    (:func:`prompt_order`), ``self.eval`` in file order. ``MathTask`` and ``JsonlTask``."""
+    (:func:`prompt_order`), ``self.eval`` in file order. ``MathTask`` and ``JsonlTask``.
+
+    ``eval_only`` (an eval set, ``build_task(..., eval_only=True)``): only the eval rows were loaded, and the
+    ``train_*`` methods raise :class:`RuntimeError`."""
 
     train: list[Problem]
     eval: list[Problem]
     seed: int
+    eval_only: bool = False
+
+    def _check_training(self) -> None:
+        if self.eval_only:
+            raise RuntimeError(
+                f"{type(self).__name__} was built eval-only (an eval set, build_task(..., eval_only=True)): "
+                "it loaded no training rows, so it has no train_indices or train_problem"
+            )
 
     def train_indices(self, step: int, num_prompts: int) -> list[int]:
+        self._check_training()
         return prompt_order(self.seed, step, num_prompts, len(self.train))
 
     def train_problem(self, index: int) -> Problem:
+        self._check_training()
         return self.train[index]
 
     def eval_problems(self, num: int) -> list[Problem]:
