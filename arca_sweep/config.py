@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,6 +126,25 @@ class DataConfig:
     # jsonl: an eval problem counts as correct when its reward is at least this, unless the reward function
     # has a ``correct(response_text, answer) -> bool`` attribute, which then decides (eval/accuracy)
     correct_at: float = 1.0
+    # how many of its eval rows are evaluated, as the run's data or as an eval.sets entry; null: budget.eval_size
+    eval_size: int | None = None
+    # math rows: the row's column of each of problem, answer, solution, id, level, subject, where a dataset
+    # names it otherwise (e.g. {problem: question, answer: final_answer}); unnamed ones keep their defaults
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    """How each eval scores the policy (:mod:`arca_sweep.eval`): on the run's own eval rows (``data``) and on
+    every data config in ``sets``, greedy pass@1 always and, with ``n`` > 0, n sampled answers per problem."""
+
+    # more eval sets, by name: data configs, e.g. +data@eval.sets.aime24=aime24 (conf/eval/benchmarks.yaml)
+    sets: dict[str, DataConfig] = field(default_factory=dict)
+    n: int = 0  # sampled answers per problem besides the greedy one (0: greedy only)
+    temperature: float = 1.0  # of the sampled answers
+    top_p: float = 1.0
+    k: list[int] | None = None  # pass@k and maj@k for each k (1 <= k <= n); null: 2, 4, 8, ... below n, and n
+    max_new_tokens: int | None = None  # null: budget.max_new_tokens
 
 
 @dataclass
@@ -226,6 +246,7 @@ class Config:
     data: DataConfig = MISSING
     rollout: RolloutConfig = MISSING
     logger: LoggerConfig = MISSING
+    eval: EvalConfig = MISSING
     loss: LossConfig = field(default_factory=LossConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -339,6 +360,56 @@ def unknown_keys(node, schema=None, prefix: str = "") -> list[str]:
     return out
 
 
+def data_errors(d, key: str = "data") -> list[str]:
+    """Every bad value of one data config ``d`` (the run's ``data`` or an ``eval.sets`` entry, named ``key``
+    in the messages): its choices, ranges, arith shape, levels and seeds."""
+    from arca_sweep.tasks import is_arith
+
+    errors = []
+    for name, choices in CHOICES.items():
+        if name.startswith("data."):
+            valid = choices() if callable(choices) else choices
+            if d[name[5:]] not in valid:
+                errors.append(
+                    f"data.{name[5:]}={d[name[5:]]!r} is not valid; choose one of: {', '.join(valid)}"
+                )
+    errors += [
+        f"{k}={d[k[5:]]!r} must be > 0" for k in POSITIVE if k.startswith("data.") and not d[k[5:]] > 0
+    ]
+    errors += [
+        f"{k}={d[k[5:]]!r} must be >= 0" for k in NON_NEGATIVE if k.startswith("data.") and not d[k[5:]] >= 0
+    ]
+    if is_arith(d.name):
+        if not d.ops or set(d.ops) - set("+-*"):
+            errors.append(f"data.ops={d.ops!r} must be a non-empty string of '+', '-', '*'")
+        if not 2 <= d.min_operands <= d.max_operands:
+            errors.append(
+                f"data.min_operands={d.min_operands}, data.max_operands={d.max_operands}: "
+                "need 2 <= min_operands <= max_operands"
+            )
+        if not 0 <= d.min_operand <= d.max_operand:
+            errors.append(
+                f"data.min_operand={d.min_operand} must be in [0, data.max_operand={d.max_operand}]"
+            )
+        from arca_sweep.tasks.arith import size_problem
+
+        if (problem := size_problem(d.max_operands, d.max_operand, d.ops)) is not None:
+            errors.append(problem)
+    if d.levels is not None and not set(d.levels) <= {1, 2, 3, 4, 5}:
+        errors.append(f"data.levels={list(d.levels)} must be MATH levels within 1-5 (or null for all)")
+    for name in ("seed", "eval_seed"):
+        if not 0 <= d[name] < 2**32:
+            errors.append(f"data.{name}={d[name]} must be in [0, 2**32) (numpy and torch seeds)")
+    if d.max_prompt_tokens is not None and d.max_prompt_tokens < 1:
+        errors.append(f"data.max_prompt_tokens={d.max_prompt_tokens} must be >= 1, or null")
+    from arca_sweep.tasks.math import field_errors
+
+    errors += field_errors(d, "data")
+    if key == "data":
+        return errors
+    return [re.sub(r"\bdata\.", key + ".", e) for e in errors]
+
+
 def validate(cfg, model_checks: bool = True) -> None:
     """Raise :class:`ConfigError` naming every bad key, its value and what is valid. ``model_checks``:
     also check against the model's config.json and the task (:mod:`arca_sweep.preflight`)."""
@@ -346,13 +417,19 @@ def validate(cfg, model_checks: bool = True) -> None:
     if errors:  # the rest may read a key that a typo in the group's file left out
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     for key, choices in CHOICES.items():
+        if key.startswith("data."):
+            continue  # data_errors checks them, for data and for every eval set
         valid = choices() if callable(choices) else choices
         if _get(cfg, key) not in valid:
             errors.append(f"{key}={_get(cfg, key)!r} is not valid; choose one of: {', '.join(valid)}")
     for key in POSITIVE:
+        if key.startswith("data."):
+            continue
         if not _get(cfg, key) > 0:
             errors.append(f"{key}={_get(cfg, key)!r} must be > 0")
     for key in NON_NEGATIVE:
+        if key.startswith("data."):
+            continue
         if not _get(cfg, key) >= 0:
             errors.append(f"{key}={_get(cfg, key)!r} must be >= 0")
     if cfg.budget.group_size < 2:
@@ -385,26 +462,12 @@ def validate(cfg, model_checks: bool = True) -> None:
             "diagnostics: need 0 <= concentrated_at < uniform_at <= 1, got "
             f"{cfg.diagnostics.concentrated_at} and {cfg.diagnostics.uniform_at}"
         )
-    from arca_sweep.tasks import is_arith
+    errors += data_errors(cfg.data)
+    for name, set_cfg in cfg.eval.sets.items():
+        errors += data_errors(set_cfg, f"eval.sets.{name}")
+    from arca_sweep.eval.sets import eval_errors
 
-    if is_arith(cfg.data.name):
-        if not cfg.data.ops or set(cfg.data.ops) - set("+-*"):
-            errors.append(f"data.ops={cfg.data.ops!r} must be a non-empty string of '+', '-', '*'")
-        if not 2 <= cfg.data.min_operands <= cfg.data.max_operands:
-            errors.append(
-                f"data.min_operands={cfg.data.min_operands}, data.max_operands={cfg.data.max_operands}: "
-                "need 2 <= min_operands <= max_operands"
-            )
-        if not 0 <= cfg.data.min_operand <= cfg.data.max_operand:
-            errors.append(
-                f"data.min_operand={cfg.data.min_operand} must be in [0, data.max_operand={cfg.data.max_operand}]"
-            )
-        from arca_sweep.tasks.arith import size_problem
-
-        if (problem := size_problem(cfg.data.max_operands, cfg.data.max_operand, cfg.data.ops)) is not None:
-            errors.append(problem)
-    if cfg.data.levels is not None and not set(cfg.data.levels) <= {1, 2, 3, 4, 5}:
-        errors.append(f"data.levels={list(cfg.data.levels)} must be MATH levels within 1-5 (or null for all)")
+    errors += eval_errors(cfg)
     if (
         cfg.model.name != "tiny"
         and cfg.model.path is None
@@ -416,9 +479,11 @@ def validate(cfg, model_checks: bool = True) -> None:
         errors.append(f"model.source=package: model {cfg.model.name!r} has no model.package; use auto or hub")
     if cfg.model.source == "hub" and not cfg.model.hub_id:
         errors.append(f"model.source=hub: model {cfg.model.name!r} has no model.hub_id; set one or use auto")
-    from arca_sweep.plugins import plugin_errors
+    from arca_sweep.plugins import data_plugin_errors, plugin_errors
 
     errors += plugin_errors(cfg.credit, cfg.data)
+    for name, set_cfg in cfg.eval.sets.items():
+        errors += [re.sub(r"\bdata\.", f"eval.sets.{name}.", e) for e in data_plugin_errors(set_cfg, True)]
     batch = cfg.budget.prompts_per_step * cfg.budget.group_size
     if isinstance(batch, int) and cfg.learner.mini_batches > batch:
         errors.append(
@@ -428,12 +493,10 @@ def validate(cfg, model_checks: bool = True) -> None:
     betas = list(cfg.optim.betas)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         errors.append(f"optim.betas={betas} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
-    for key in ("seed", "rank.init_seed", "data.seed", "data.eval_seed"):
+    for key in ("seed", "rank.init_seed"):
         value = _get(cfg, key)
         if value is not None and not 0 <= value < 2**32:
             errors.append(f"{key}={value} must be in [0, 2**32) (numpy and torch seeds)")
-    if cfg.data.max_prompt_tokens is not None and cfg.data.max_prompt_tokens < 1:
-        errors.append(f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} must be >= 1, or null")
     if not cfg.rank.target_modules:
         errors.append("rank.target_modules is empty: name the modules that take a LoRA, e.g. [q_proj,v_proj]")
     if model_checks and not errors:

@@ -157,9 +157,21 @@ def plugin_errors(credit_cfg, data) -> list[str]:
         if unknown := sorted(set(options) - set(valid)):
             choices = ", ".join(valid) if valid else "none (this method takes no options)"
             errors.append(f"credit.options {unknown} not options of {c.name!r}; valid: {choices}")
+    return errors + data_plugin_errors(data)
+
+
+def data_plugin_errors(data, eval_only: bool = False) -> list[str]:
+    """Every problem with a ``data=jsonl`` config's files and ``data.reward`` (``eval_only``: an eval set,
+    whose training file is never read)."""
+    errors: list[str] = []
     if data.name == "jsonl":
         d = data
-        for key, path in (("data.path", d.path), ("data.eval_path", d.eval_path)):
+        keys = (
+            (("data.eval_path", d.eval_path),)
+            if eval_only
+            else (("data.path", d.path), ("data.eval_path", d.eval_path))
+        )
+        for key, path in keys:
             if path is not None and not Path(path).expanduser().is_file():
                 errors.append(
                     f"{key}={path!r}: no such file (absolute: {Path(path).expanduser().absolute()})"

@@ -161,30 +161,40 @@ def model_errors(cfg) -> list[str]:
 
 
 def task_errors(cfg) -> list[str]:
-    """What the task can give: local data files exist; arith's eval partition holds a finite number of
-    distinct problems."""
+    """What the tasks can give (the run's ``data`` and every ``eval.sets`` entry): local data files exist;
+    arith's eval partition holds a finite number of distinct problems."""
+    errors = data_source_errors(cfg.data, "data", cfg.budget)
+    for name, set_cfg in cfg.eval.sets.items():
+        errors += data_source_errors(set_cfg, f"eval.sets.{name}", cfg.budget, eval_only=True)
+    return errors
+
+
+def data_source_errors(d, key: str, budget, eval_only: bool = False) -> list[str]:
+    """One data config's (named ``key``): its local files exist (``eval_only``: only its eval file is read),
+    and an arith shape can give its eval size."""
     from arca_sweep.tasks import is_arith
 
-    d = cfg.data
     if not is_arith(d.name):
-        missing = [
-            f"{key}={value!r}: no such file (absolute: {Path(value).expanduser().absolute()})"
-            for key, value in (("data.path", d.path), ("data.eval_path", d.eval_path))
+        files = [("eval_path", d.eval_path)] if eval_only else [("path", d.path), ("eval_path", d.eval_path)]
+        return [
+            f"{key}.{name}={value!r}: no such file (absolute: {Path(value).expanduser().absolute()})"
+            for name, value in files
             if value is not None and not Path(value).expanduser().is_file()
         ]
-        if missing:
-            return missing
     shape_ok = 2 <= d.min_operands <= d.max_operands and 0 <= d.min_operand <= d.max_operand and d.ops
-    if not is_arith(d.name) or not shape_ok:
+    if not shape_ok:
         return []
     from arca_sweep.tasks.arith import eval_capacity
 
     capacity = eval_capacity(d.min_operands, d.max_operands, d.max_operand, d.ops, d.min_operand)
-    if cfg.budget.eval_size > capacity:
+    size, size_key = (
+        (budget.eval_size, "budget.eval_size") if d.eval_size is None else (d.eval_size, f"{key}.eval_size")
+    )
+    if size > capacity:
         return [
-            f"budget.eval_size={cfg.budget.eval_size} is more than this arith shape can give: its eval partition "
+            f"{size_key}={size} is more than this arith shape ({key}) can give: its eval partition "
             f"holds about {2 * capacity} distinct problems and drawing more than {capacity} of them takes too "
-            "long; lower budget.eval_size, or widen data.max_operand / data.max_operands / data.ops"
+            f"long; lower {size_key}, or widen {key}.max_operand / {key}.max_operands / {key}.ops"
         ]
     return []
 

@@ -26,7 +26,8 @@ from arca_sweep.arm_dir.fingerprint import check_same_inputs, fingerprint
 from arca_sweep.config import validate
 from arca_sweep.diagnostics.fidelity import fidelity_probe
 from arca_sweep.diagnostics.step import FormatTokens, credit_metrics
-from arca_sweep.eval import encode_prompts, evaluate
+from arca_sweep.eval import encode_prompts
+from arca_sweep.eval.sets import build_eval_sets, close_sets, evaluate_sets
 from arca_sweep.learner import Learner, LearnerSettings, group_advantages
 from arca_sweep.learner.rollout_correction import rollout_is_metrics
 from arca_sweep.loggers import build_tracker
@@ -136,7 +137,7 @@ def train(
     learner = Learner(model, LearnerSettings.from_config(cfg), temperature=cfg.rollout.temperature)
     max_logp_diff = guard_bound(cfg.rollout, next(model.parameters()).dtype)
     format_tokens = FormatTokens(tokenizer)
-    eval_problems = task.eval_problems(b.eval_size)
+    eval_sets = build_eval_sets(cfg, task, tokenizer)  # the run's eval rows and every eval.sets entry
     log = RunLog(
         out_dir, build_tracker(cfg.logger, out_dir, resolved, overrides or [], sweep_dir, choices or {})
     )
@@ -150,8 +151,8 @@ def train(
     else:
         log.start()
         with at_step("0 (the initial eval)"):
-            acc = evaluate(
-                engine, tokenizer, task, eval_problems, b.max_new_tokens, think, results_path(out_dir, 0)
+            acc = evaluate_sets(
+                engine, tokenizer, eval_sets, cfg, 0, lambda s: results_path(out_dir, 0, s.name)
             )
         log.log({"step": 0, **acc})
 
@@ -203,9 +204,9 @@ def train(
         # ---- guard: the batch must have been sampled from the weights the learner just scored
         check_engine_weights(metrics["rollout/logp_diff_max"], max_logp_diff, step)
         if step == b.steps or (b.eval_every and step % b.eval_every == 0):
-            out = results_path(out_dir, step)
             with at_step(f"{step} (eval)"):
-                metrics.update(evaluate(engine, tokenizer, task, eval_problems, b.max_new_tokens, think, out))
+                out = lambda s, step=step: results_path(out_dir, step, s.name)  # noqa: E731
+                metrics.update(evaluate_sets(engine, tokenizer, eval_sets, cfg, step, out))
         metrics.update(task.stats)
         log.log(metrics)
         if cfg.logger.samples_every and (step == 1 or step % cfg.logger.samples_every == 0):
@@ -238,6 +239,7 @@ def train(
     progress.close()
 
     task.close()
+    close_sets(eval_sets)
     arm.save_adapter(model)
     summary = summarize(log.metrics.records(), overrides or [], time.time() - t_start, start)
     summary.update(weights)
@@ -370,6 +372,10 @@ def summarize(records: list[dict], overrides: list[str], wall_s: float, resumed_
         "eval/accuracy_final": evals[-1]["eval/accuracy"] if evals else None,
         "eval/final_breakdown": {
             k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("eval/accuracy/")
+        },
+        # every metric of the last eval, each eval set's included (eval/<set>/...)
+        "eval/final_metrics": {
+            k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("eval/")
         },
         "run_means": means,
     }

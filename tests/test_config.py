@@ -24,7 +24,7 @@ CONF = Path(CONF_DIR)
 # only configures Hydra itself).
 GROUPS = sorted(d.name for d in CONF.iterdir() if d.is_dir() and d.name != "hydra" and any(d.glob("*.yaml")))
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
-EXPECTED_GROUPS = {"model", "rank", "credit", "budget", "data", "rollout", "logger", "experiment"}
+EXPECTED_GROUPS = {"model", "rank", "credit", "budget", "data", "rollout", "logger", "eval", "experiment"}
 
 
 def options(group: str) -> list[str]:

@@ -52,7 +52,7 @@ def test_results_file_matches_metrics(tmp_path):
     out = results_path(tmp_path / "arm", 20)
     metrics = evaluate(engine, TemplateTokenizer(), task, problems, 40, output_path=out)
     assert out == tmp_path / "arm" / "eval" / "step_20.jsonl"
-    assert metrics == {"eval/accuracy": 0.5, "eval/reward": 0.5}
+    assert metrics == {"eval/accuracy": 0.5, "eval/reward": 0.5, "eval/length": (5 + 7 + 40 + 3) / 4}
     rows = read_results(out)
     assert [r["correct"] for r in rows] == [1, 0, 0, 1]
     assert [r["id"] for r in rows] == [p.index for p in problems]

@@ -60,10 +60,16 @@ def fingerprint(cfg) -> dict[str, str]:
     """``{input: id}`` for every input of the config ``cfg`` that is a local file (see the module docstring)."""
     out: dict[str, str] = {}
     data = cfg.data
-    for key in ("path", "eval_path"):
-        value = data.get(key)
-        if value and Path(value).expanduser().is_file():
-            out[f"data.{key} ({value})"] = file_id(Path(value).expanduser())
+    sources = [("data", data, ("path", "eval_path"))]
+    sets = (cfg.get("eval") or {}).get("sets") or {}
+    sources += [(f"eval.sets.{name}", d, ("eval_path",)) for name, d in sets.items()]
+    for prefix, d, keys in sources:
+        for key in keys:
+            value = d.get(key)
+            if value and Path(value).expanduser().is_file():
+                out[f"{prefix}.{key} ({value})"] = file_id(Path(value).expanduser())
+        if prefix != "data" and (source := _module_file(d.get("reward"))) is not None:
+            out[f"{prefix}.reward ({source})"] = file_id(source)
     for key, spec in (("credit.target", cfg.credit.get("target")), ("data.reward", data.get("reward"))):
         if (source := _module_file(spec)) is not None:
             out[f"{key} ({source})"] = file_id(source)

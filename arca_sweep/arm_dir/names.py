@@ -21,6 +21,8 @@ def unquote(override: str) -> str:
     return str(override).replace("'", "").replace('"', "")
 
 
-def results_path(arm_dir: Path, step: int) -> Path:
-    """Where an arm's per-problem results of the eval at ``step`` live: ``eval/step_<step>.jsonl``."""
-    return Path(arm_dir) / EVAL_DIR / f"step_{step}.jsonl"
+def results_path(arm_dir: Path, step: int, eval_set: str | None = None) -> Path:
+    """Where an arm's per-problem results of the eval at ``step`` live: ``eval/step_<step>.jsonl`` for the run's
+    own eval rows, ``eval/<eval_set>/step_<step>.jsonl`` for an ``eval.sets`` entry."""
+    folder = Path(arm_dir) / EVAL_DIR
+    return (folder if eval_set is None else folder / eval_set) / f"step_{step}.jsonl"

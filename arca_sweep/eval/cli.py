@@ -1,9 +1,12 @@
-"""``arca-sweep-eval`` (``python -m arca_sweep.eval``): greedy pass@1 of the base model or a saved adapter.
+"""``arca-sweep-eval`` (``python -m arca_sweep.eval``): greedy pass@1, and with ``eval.n`` > 0 mean@n,
+pass@k and maj@k, of the base model or a saved adapter, on its eval rows and every ``eval.sets`` entry.
 
     arca-sweep-eval experiment=demo                          # the base tiny model, the demo's 200 eval problems
     arca-sweep-eval --adapter outputs/multirun/<date>_<time>/credit=arca,experiment=demo
     arca-sweep-eval --adapter /runs/arm/adapter model=qwen3_1_7b data=math500 budget.eval_size=500 \\
         budget.max_new_tokens=1024 --out outputs/eval/arca-r16-math500
+    arca-sweep-eval --adapter ARM eval=benchmarks eval.n=16 eval.temperature=0.6 eval.top_p=0.95 \\
+        eval.sets.aime24.eval_path=aime24.jsonl ...                  # the reasoning benchmarks, sampled
 
 The config is the training config (any ``key=value`` or ``group=option`` of ``arca-sweep``): ``model``,
 ``data`` (arith, math, math500, local files through ``data.path``/``data.eval_path``), ``rollout``,
@@ -12,8 +15,8 @@ peft adapter dir or an arm dir (its ``adapter/``); an arm's own overrides (``.hy
 so the arm's eval set and generation length are reproduced, and the command line's come on top.
 
 Writes into ``--out`` (default ``outputs/eval/<date>_<time>``): ``results.jsonl``, one line per problem in
-the format of a run's ``eval/step_<n>.jsonl`` (:mod:`arca_sweep.eval`), and ``summary.json``
-(accuracy overall and per level/subject, what was evaluated). Prints one line per breakdown.
+the format of a run's ``eval/step_<n>.jsonl`` (:mod:`arca_sweep.eval`), ``<set>/results.jsonl`` for each
+eval set, and ``summary.json`` (every metric of every set, what was evaluated). Prints one line per metric.
 """
 
 from __future__ import annotations
@@ -145,12 +148,14 @@ def load_model(cfg, adapter: Path | None, device):
 
 
 def evaluate_model(cfg, adapter: Path | None, out_dir: Path) -> dict:
-    """Greedy pass@1 of the base model or ``adapter`` on ``cfg``'s eval set; writes ``out_dir``."""
+    """Greedy pass@1 (and with ``eval.n`` > 0 the sampled metrics) of the base model or ``adapter`` on
+    ``cfg``'s eval rows and every ``eval.sets`` entry; writes ``out_dir``."""
     import numpy as np
     import torch
 
     from arca_sweep.config import validate
-    from arca_sweep.eval import evaluate, read_results
+    from arca_sweep.eval import read_results
+    from arca_sweep.eval.sets import build_eval_sets, close_sets, evaluate_sets, max_new_tokens
     from arca_sweep.model import load_tokenizer, resolve_device
     from arca_sweep.rollout import build_engine
     from arca_sweep.tasks import build_task
@@ -164,36 +169,37 @@ def evaluate_model(cfg, adapter: Path | None, out_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg, adapter, device)
-    task = build_task(cfg.data)
+    task = build_task(cfg.data, eval_only=True)
+    sets = []
     try:
+        sets = build_eval_sets(cfg, task, tokenizer)
         engine = build_engine(cfg.rollout, model, tokenizer)
-        problems = task.eval_problems(cfg.budget.eval_size)
         out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = evaluate(
-            engine,
-            tokenizer,
-            task,
-            problems,
-            cfg.budget.max_new_tokens,
-            cfg.data.enable_thinking,
-            out_dir / "results.jsonl",
-        )
+        metrics = evaluate_sets(engine, tokenizer, sets, cfg, 0, lambda s: results_file(out_dir, s.name))
     finally:
+        close_sets(sets)
         task.close()
     from arca_sweep.model import model_source
 
     summary = {
-        "correct": sum(r["correct"] for r in read_results(out_dir / "results.jsonl")),
+        "correct": sum(r["correct"] for r in read_results(results_file(out_dir, None))),
         "model": model_source(cfg.model),
         "adapter": None if adapter is None else str(adapter),
         "data": cfg.data.name,
-        "problems": len(problems),
-        "max_new_tokens": cfg.budget.max_new_tokens,
+        "problems": len(sets[0].problems),
+        "sets": {s.name: {"data": cfg.eval.sets[s.name].name, "problems": len(s.problems)} for s in sets[1:]},
+        "max_new_tokens": max_new_tokens(cfg.eval, cfg.budget),
+        "eval": {k: v for k, v in dict(cfg.eval).items() if k != "sets"},
         "wall_s": round(time.time() - t0, 2),
         **metrics,
     }
-    atomic_write(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write(out_dir / "summary.json", json.dumps(summary, indent=1, default=list) + "\n")
     return summary
+
+
+def results_file(out_dir: Path, eval_set: str | None) -> Path:
+    """``results.jsonl`` for the config's own eval rows, ``<set>/results.jsonl`` for an ``eval.sets`` entry."""
+    return out_dir / "results.jsonl" if eval_set is None else out_dir / eval_set / "results.jsonl"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -229,7 +235,15 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"arca-sweep-eval: {type(e).__name__}: {e}") from e
     out_dir = Path(args.out or Path("outputs") / "eval" / time.strftime("%Y-%m-%d_%H-%M-%S")).absolute()
     if taken := [
-        n for n in ("summary.json", "results.jsonl", "metrics.jsonl", ".hydra") if (out_dir / n).exists()
+        n
+        for n in (
+            "summary.json",
+            "results.jsonl",
+            "metrics.jsonl",
+            ".hydra",
+            *(f"{x}/results.jsonl" for x in cfg.eval.sets),
+        )
+        if (out_dir / n).exists()
     ]:
         raise UserError(
             f"--out {out_dir} already holds {', '.join(taken)} (an arm or an earlier eval); refusing to overwrite "
@@ -248,8 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
         out_dir,
     )
     for key, value in summary.items():
-        if key.startswith("eval/accuracy/"):
-            log.info("  %s: %.3f", key.removeprefix("eval/accuracy/"), value)
+        if key.startswith("eval/") and key != "eval/accuracy" and isinstance(value, float):
+            log.info("  %s: %.3f", key.removeprefix("eval/"), value)
     return summary
 
 

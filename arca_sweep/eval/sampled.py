@@ -1,5 +1,6 @@
-"""Metrics of n sampled answers to one problem: mean@n, unbiased pass@k and maj@k (issue 21's first part;
-not yet wired into a run's eval).
+"""Metrics of n sampled answers to one problem: mean@n, unbiased pass@k and maj@k, and the per-problem
+values every eval metric is the mean of (:func:`problem_metrics`: the run's metrics, ``arca-sweep-eval``
+and the report all compute them from an eval file's records with it).
 
 Each problem's n samples are given as their correctness (the grader's verdict) and, for the vote, their
 answer's equivalence class (equal keys: answers the grader counts as the same; None: no answer). Every
@@ -15,11 +16,16 @@ same samples always give the same number.
   votes, each wins with weight 1/t (the expectation of a uniformly random tie-break), so the value does
   not depend on the samples' order. Exact by a polynomial count over the answer classes.
 - **mean@n**: c / n, the sampled accuracy at the eval's temperature.
+
+**Answer classes** (:func:`vote_classes`): samples are grouped by their extracted answer string; every
+string graded correct joins one class (each is the gold answer, by the grader); the incorrect strings are
+merged where the task's ``equivalent`` says two are the same answer (math-verify for the math tasks; the
+transitive closure of its verdicts), else only when equal. A sample without an answer has no class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from math import comb
 
 import numpy as np
@@ -91,3 +97,69 @@ def _wins(m: int, others: list[int], silent: int, k: int) -> float:
             if fill:
                 won += comb(m, j) * fill * sum(ways[r, t] / (1 + t) for t in range(len(others) + 1))
     return won
+
+
+def default_ks(n: int) -> list[int]:
+    """``eval.k`` when null: 2, 4, 8, ... below n, and n (just [1] for n = 1; none for n = 0)."""
+    if n <= 1:
+        return [1] if n == 1 else []
+    return sorted({2**i for i in range(1, n.bit_length()) if 2**i < n} | {n})
+
+
+def vote_classes(
+    answers: Sequence[str | None],
+    correct: Sequence[bool],
+    equivalent: Callable[[list[tuple[str, str]]], list[bool]] | None = None,
+) -> list[int | None]:
+    """Each sample's answer class (0, 1, ... in first-seen order; None: no answer), by the rule in the module
+    docstring. ``equivalent(pairs)``: whether each pair of distinct incorrect answers is the same answer
+    (None: only equal strings are)."""
+    groups: dict[str, bool] = {}  # answer string -> graded correct (any of its samples)
+    for a, c in zip(answers, correct, strict=True):
+        if a is not None:
+            groups[a] = groups.get(a, False) or bool(c)
+    wrong = [a for a, ok in groups.items() if not ok]
+    parent = {a: a for a in wrong}
+
+    def root(a: str) -> str:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    if equivalent is not None and len(wrong) > 1:
+        pairs = [(a, b) for i, a in enumerate(wrong) for b in wrong[i + 1 :]]
+        for (a, b), same in zip(pairs, equivalent(pairs), strict=True):
+            if same:
+                parent[root(b)] = root(a)
+    ids: dict[tuple, int] = {}
+    out: list[int | None] = []
+    for a in answers:
+        if a is None:
+            out.append(None)
+            continue
+        key = ("correct",) if groups[a] else ("incorrect", root(a))  # no answer string can be either
+        out.append(ids.setdefault(key, len(ids)))
+    return out
+
+
+def problem_metrics(record: dict, ks: Sequence[int]) -> dict[str, float]:
+    """The per-problem values of one eval record (:mod:`arca_sweep.eval`'s format): ``accuracy`` (greedy
+    0/1) and ``length`` (greedy response tokens); with ``samples``, ``mean@n``, ``pass@k`` and ``maj@k`` for
+    each k <= n, and ``sampled_length`` (mean tokens of the samples). A set's metric is their mean."""
+    out = {"accuracy": float(record["correct"]), "length": float(record["response_tokens"])}
+    samples = record.get("samples")
+    if samples:
+        n = len(samples)
+        verdicts = [bool(s["correct"]) for s in samples]
+        c = sum(verdicts)
+        out[f"mean@{n}"] = c / n
+        for k in ks:
+            if k <= n:
+                out[f"pass@{k}"] = pass_at_k(n, c, k)
+        classes = [s.get("class") for s in samples]
+        for k in ks:
+            if k <= n:
+                out[f"maj@{k}"] = maj_at_k(classes, verdicts, k)
+        out["sampled_length"] = sum(float(s["response_tokens"]) for s in samples) / n
+    return out

@@ -42,8 +42,17 @@ class RolloutBatch:
 
 class RolloutEngine(Protocol):
     def generate(
-        self, prompts: list[list[int]], num_samples: int, max_new_tokens: int, greedy: bool = False
-    ) -> RolloutBatch: ...
+        self,
+        prompts: list[list[int]],
+        num_samples: int,
+        max_new_tokens: int,
+        greedy: bool = False,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> RolloutBatch:
+        """``num_samples`` responses per prompt; ``temperature``/``top_p`` override ``rollout``'s for this
+        call; ``seed`` draws from a generator of its own (an eval's samples), not the training RNG."""
 
     def sync(self, model) -> None:
         """Make the engine sample from ``model``'s current weights (after each learner update)."""

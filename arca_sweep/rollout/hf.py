@@ -122,13 +122,13 @@ class TokenChooser(LogitsProcessor):
     :func:`draw`; greedy takes ``scores.argmax`` as transformers would.
     """
 
-    def __init__(self, sample: bool):
-        self.sample = sample
+    def __init__(self, sample: bool, generator: torch.Generator | None = None):
+        self.sample, self.generator = sample, generator
         self.logprobs: list[torch.Tensor] = []
 
     def __call__(self, input_ids, scores):
         logp = scores.float().log_softmax(-1)
-        token = draw(logp.exp()) if self.sample else scores.argmax(-1)
+        token = draw(logp.exp(), self.generator) if self.sample else scores.argmax(-1)
         self.logprobs.append(logp.gather(1, token[:, None])[:, 0])
         forced = torch.full_like(scores, -torch.inf)
         return forced.scatter_(1, token[:, None], 0.0)
@@ -143,10 +143,21 @@ class HFEngine:
         self.model = model  # generate runs on the live peft model: nothing to copy
 
     @torch.no_grad()
-    def generate(self, prompts, num_samples, max_new_tokens, greedy=False) -> RolloutBatch:
+    def generate(
+        self, prompts, num_samples, max_new_tokens, greedy=False, temperature=None, top_p=None, seed=None
+    ) -> RolloutBatch:
+        """``temperature``/``top_p``: this call's (None: ``rollout``'s); ``seed``: draw from a generator of
+        this seed instead of torch's global one (an eval's samples leave the training RNG as it was)."""
         rows = [p for p in prompts for _ in range(num_samples)]
+        sampling = (
+            self.cfg.temperature if temperature is None else temperature,
+            self.cfg.top_p if top_p is None else top_p,
+        )
+        generator = None
+        if seed is not None and not greedy:
+            generator = torch.Generator(self.model.device).manual_seed(seed)
         parts = [
-            self._generate(rows[s : s + self.cfg.batch_size], max_new_tokens, greedy)
+            self._generate(rows[s : s + self.cfg.batch_size], max_new_tokens, greedy, sampling, generator)
             for s in range(0, len(rows), self.cfg.batch_size)
         ]
         return _concat(parts, self.tokenizer.pad_token_id)
@@ -183,7 +194,7 @@ class HFEngine:
         cache.reorder_cache(inverse)
         return cache
 
-    def _generate(self, rows, max_new_tokens, greedy) -> RolloutBatch:
+    def _generate(self, rows, max_new_tokens, greedy, sampling, generator) -> RolloutBatch:
         tok, device = self.tokenizer, self.model.device
         enc = tok.pad({"input_ids": rows}, return_tensors="pt", padding_side="left")
         input_ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
@@ -191,12 +202,13 @@ class HFEngine:
             max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=self.eos_ids
         )
         processors = LogitsProcessorList()
+        temperature, top_p = sampling
         if not greedy:
-            if self.cfg.temperature != 1.0:
-                processors.append(TemperatureLogitsWarper(self.cfg.temperature))
-            if self.cfg.top_p < 1.0:
-                processors.append(TopPLogitsWarper(self.cfg.top_p))
-        chooser = TokenChooser(sample=not greedy)
+            if temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(temperature))
+            if top_p < 1.0:
+                processors.append(TopPLogitsWarper(top_p))
+        chooser = TokenChooser(sample=not greedy, generator=generator)
         processors.append(chooser)
         with checkpoint_defaults_hidden(self.model):
             out = self.model.generate(

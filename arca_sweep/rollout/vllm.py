@@ -188,17 +188,29 @@ class VLLMEngine:
             self.llm.wake_up()
             self.sleeping = False
 
-    def generate(self, prompts, num_samples, max_new_tokens, greedy=False) -> RolloutBatch:
+    def generate(
+        self, prompts, num_samples, max_new_tokens, greedy=False, temperature=None, top_p=None, seed=None
+    ) -> RolloutBatch:
+        """``temperature``/``top_p``: this call's (None: ``rollout``'s). ``seed`` (an eval's samples): one
+        request per prompt with vLLM's ``n`` (its samples share the prompt's prefill), seeded ``seed + i``
+        without touching the project's RNG; else one request per row, seeded from the project's RNG stream."""
         from vllm import SamplingParams
 
+        temperature = self.cfg.temperature if temperature is None else temperature
+        top_p = self.cfg.top_p if top_p is None else top_p
+        by_prompt = seed is not None and not greedy
         rows = [p for p in prompts for _ in range(num_samples)]
-        first_seed = int(torch.randint(0, 2**31 - len(rows), ()))  # from the project's RNG stream
+        requests = prompts if by_prompt else rows
+        if by_prompt:
+            first_seed = seed % (2**31 - len(requests))
+        else:
+            first_seed = int(torch.randint(0, 2**31 - len(rows), ()))  # from the project's RNG stream
         params = [
             SamplingParams(
-                n=1,
+                n=num_samples if by_prompt else 1,
                 max_tokens=max_new_tokens,
-                temperature=0.0 if greedy else self.cfg.temperature,
-                top_p=1.0 if greedy else self.cfg.top_p,
+                temperature=0.0 if greedy else temperature,
+                top_p=1.0 if greedy else top_p,
                 top_k=0,  # the rest pinned too: with generation_config="vllm" no checkpoint default
                 min_p=0.0,  # reaches the engine, and these stay exact if vLLM's own defaults change
                 presence_penalty=0.0,
@@ -206,15 +218,15 @@ class VLLMEngine:
                 repetition_penalty=1.0,
                 seed=first_seed + i,
                 stop_token_ids=self.eos_ids,
-                logprobs=None if greedy else 0,
+                logprobs=None if greedy or by_prompt else 0,
                 detokenize=False,
             )
-            for i in range(len(rows))
+            for i in range(len(requests))
         ]
         self._wake()
         with project_state_kept():
             outputs = self.llm.generate(
-                [{"prompt_token_ids": list(r)} for r in rows],
+                [{"prompt_token_ids": list(r)} for r in requests],
                 params,
                 use_tqdm=False,
                 lora_request=self.lora_request,
@@ -222,9 +234,10 @@ class VLLMEngine:
         if self.cfg.enable_sleep_mode:
             self.llm.sleep(level=1)
             self.sleeping = True
-        return self._batch(rows, [o.outputs[0] for o in outputs], greedy)
+        completions = [c for o in outputs for c in (o.outputs if by_prompt else o.outputs[:1])]
+        return self._batch(rows, completions, logprobs=not (greedy or by_prompt))
 
-    def _batch(self, rows, completions, greedy) -> RolloutBatch:
+    def _batch(self, rows, completions, logprobs: bool) -> RolloutBatch:
         """vLLM stops at (and keeps) the first EOS: a row's response is exactly its token_ids."""
         tok, pad = self.tokenizer, self.tokenizer.pad_token_id
         enc = tok.pad({"input_ids": rows}, return_tensors="pt", padding_side="left")
@@ -232,12 +245,12 @@ class VLLMEngine:
         width = max(1, int(lengths.max()))
         mask = torch.arange(width)[None] < lengths[:, None]
         response = torch.full((len(rows), width), pad, dtype=torch.long)
-        logprobs = torch.zeros((len(rows), width))
+        sampled = torch.zeros((len(rows), width))
         for i, c in enumerate(completions):
             ids = list(c.token_ids)
             response[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            if not greedy:
-                logprobs[i, : len(ids)] = torch.tensor(
+            if logprobs:
+                sampled[i, : len(ids)] = torch.tensor(
                     [step[t].logprob for t, step in zip(ids, c.logprobs, strict=True)]
                 )
         return RolloutBatch(
@@ -247,5 +260,5 @@ class VLLMEngine:
             response_mask=mask,
             finish_reasons=["stop" if c.finish_reason == "stop" else "length" for c in completions],
             texts=tok.batch_decode(response, skip_special_tokens=True),
-            sampling_logprobs=None if greedy else logprobs,
+            sampling_logprobs=sampled if logprobs else None,
         )

@@ -1,0 +1,237 @@
+"""Sampled eval (issue 21): answer classes for the vote, the per-problem values every eval metric is the mean
+of (against slow enumerations), an eval's records and metrics with samples, seeded sampling that leaves the
+training RNG alone, and the ``eval`` section's checks."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+from arca_sweep.config import ConfigError, validate
+from arca_sweep.eval import Sampling, evaluate, read_results
+from arca_sweep.eval.sampled import default_ks, problem_metrics, vote_classes
+from arca_sweep.rollout import RolloutBatch
+from arca_sweep.tasks.arith import ArithTask
+from arca_sweep.testing import make_config
+
+# ---------------------------------------------------------------- answer classes
+
+
+def test_vote_classes_merge_correct_answers_and_equivalent_wrong_ones():
+    answers = ["1", "2", None, "1/2", "0.5", "3", "one", "2"]
+    correct = [1, 0, 0, 0, 0, 1, 1, 0]
+    asked = []
+
+    def equivalent(pairs):
+        asked.extend(pairs)
+        return [{a, b} == {"1/2", "0.5"} for a, b in pairs]
+
+    classes = vote_classes(answers, correct, equivalent)
+    # "1", "3" and "one" were each graded correct: one class (each is the gold answer); "2" twice is one
+    # class; "1/2" and "0.5" are the same wrong answer by the grader; no answer has no class
+    assert classes == [0, 1, None, 2, 2, 0, 0, 1]
+    assert {frozenset(p) for p in asked} == {
+        frozenset(p) for p in itertools.combinations(["2", "1/2", "0.5"], 2)
+    }
+
+
+def test_vote_classes_without_equivalence_and_hostile_strings():
+    # answer strings that look like the class keys stay ordinary answers
+    answers = ["('correct',)", "correct", "('correct',)", None]
+    assert vote_classes(answers, [0, 0, 0, 0]) == [0, 1, 0, None]
+    assert vote_classes(answers, [0, 1, 0, 0]) == [0, 1, 0, None]
+    assert vote_classes([], []) == []
+
+
+def test_a_timed_out_duplicate_of_a_correct_answer_stays_correct():
+    # the same string graded once correct and once 0 (a grader timeout): the class is the correct one
+    assert vote_classes(["7", "7", "8"], [1, 0, 0]) == [0, 0, 1]
+
+
+def test_default_ks():
+    assert default_ks(0) == [] and default_ks(1) == [1] and default_ks(2) == [2]
+    assert default_ks(4) == [2, 4] and default_ks(10) == [2, 4, 8, 10] and default_ks(16) == [2, 4, 8, 16]
+
+
+# ---------------------------------------------------------------- per-problem values against enumeration
+
+
+def brute(record: dict, k: int) -> tuple[float, float]:
+    """pass@k and maj@k by enumerating every k-subset of the samples (ties split evenly)."""
+    samples = record["samples"]
+    subsets = list(itertools.combinations(samples, k))
+    passed = sum(any(s["correct"] for s in sub) for sub in subsets) / len(subsets)
+    won = 0.0
+    for sub in subsets:
+        votes = Counter(s["class"] for s in sub if s["class"] is not None)
+        if votes:
+            top = max(votes.values())
+            winners = [c for c, v in votes.items() if v == top]
+            verdict = {s["class"]: s["correct"] for s in samples}
+            won += sum(verdict[c] for c in winners) / len(winners)
+    return passed, won / len(subsets)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_problem_metrics_are_the_enumeration(seed):
+    rng = random.Random(seed)
+    for _ in range(40):
+        n = rng.randint(1, 8)
+        answers = [rng.choice([None, "a", "b", "c"]) for _ in range(n)]
+        gold = rng.choice(["a", "b", "z"])
+        correct = [a == gold for a in answers]
+        classes = vote_classes(answers, correct)
+        samples = [
+            {
+                "answer": a,
+                "class": c,
+                "correct": int(ok),
+                "response_tokens": rng.randint(0, 50),
+                "finish": "stop",
+            }
+            for a, c, ok in zip(answers, classes, correct, strict=True)
+        ]
+        record = {"correct": rng.randint(0, 1), "response_tokens": 9, "samples": samples}
+        ks = sorted({rng.randint(1, n), n})
+        got = problem_metrics(record, ks)
+        assert got["accuracy"] == record["correct"] and got["length"] == 9
+        assert got[f"mean@{n}"] == pytest.approx(sum(correct) / n)
+        assert got["sampled_length"] == pytest.approx(sum(s["response_tokens"] for s in samples) / n)
+        for k in ks:
+            passed, won = brute(record, k)
+            assert got[f"pass@{k}"] == pytest.approx(passed, abs=1e-12)
+            assert got[f"maj@{k}"] == pytest.approx(won, abs=1e-12)
+
+
+def test_an_old_record_has_greedy_values_only():
+    assert problem_metrics({"correct": 1, "response_tokens": 4}, [2, 4]) == {"accuracy": 1.0, "length": 4.0}
+
+
+# ---------------------------------------------------------------- an eval with samples
+
+
+class SamplingEngine:
+    """Greedy: ``greedy[i]`` for prompt i; sampled: ``sampled[i][j]`` for its j-th sample; records each call."""
+
+    def __init__(self, greedy, sampled):
+        self.greedy, self.sampled, self.calls = greedy, sampled, []
+
+    def generate(
+        self, prompts, num_samples, max_new_tokens, greedy=False, temperature=None, top_p=None, seed=None
+    ):
+        self.calls.append((num_samples, greedy, temperature, top_p, seed))
+        texts = self.greedy if greedy else [t for row in self.sampled for t in row]
+        assert len(texts) == len(prompts) * num_samples
+        lengths = [len(t) for t in texts]
+        width = max(lengths)
+        return RolloutBatch(
+            prompt_ids=torch.zeros(len(texts), 1, dtype=torch.long),
+            prompt_mask=torch.ones(len(texts), 1, dtype=torch.bool),
+            response_ids=torch.zeros(len(texts), width, dtype=torch.long),
+            response_mask=torch.tensor([[j < n for j in range(width)] for n in lengths]),
+            finish_reasons=["stop"] * len(texts),
+            texts=texts,
+        )
+
+
+class Tokenizer:
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt, enable_thinking):
+        return messages[0]["content"]
+
+    def __call__(self, text, add_special_tokens):
+        return {"input_ids": [ord(c) for c in text[:8]]}
+
+
+def test_evaluate_writes_every_sample_and_its_metrics_are_the_records_means(tmp_path):
+    task = ArithTask()
+    problems = task.eval_problems(3)
+    a = [p.answer for p in problems]
+    box = "\\boxed{{{}}}".format
+    greedy = [box(a[0]), "none", box(a[2])]
+    sampled = [
+        [box(a[0]), box(a[0]), box(999), "none"],
+        [box(998), box(998), box(a[1]), box(a[1])],  # a tie between a wrong and the right answer
+        ["none", "none", "none", "none"],
+    ]
+    engine = SamplingEngine(greedy, sampled)
+    out = tmp_path / "r.jsonl"
+    metrics = evaluate(
+        engine,
+        Tokenizer(),
+        task,
+        problems,
+        40,
+        output_path=out,
+        sampling=Sampling(4, 0.6, 0.9, (2, 4), 123),
+        prefix="eval/small/",
+    )
+    assert engine.calls == [(1, True, None, None, None), (4, False, 0.6, 0.9, 123)]
+    rows = read_results(out)
+    assert [r["correct"] for r in rows] == [1, 0, 1]
+    assert [[s["correct"] for s in r["samples"]] for r in rows] == [[1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]
+    assert [s["class"] for s in rows[1]["samples"]] == [0, 0, 1, 1]
+    assert [s["answer"] for s in rows[2]["samples"]] == [None] * 4
+    assert metrics["eval/small/accuracy"] == pytest.approx(2 / 3)
+    assert metrics["eval/small/mean@4"] == pytest.approx((2 / 4 + 2 / 4 + 0) / 3)
+    assert metrics["eval/small/maj@4"] == pytest.approx((1 + 0.5 + 0) / 3)  # the tie splits evenly
+    assert metrics["eval/small/pass@2"] == pytest.approx((5 / 6 + 5 / 6 + 0) / 3)
+    for key in ("pass@4", "maj@2", "length", "sampled_length"):
+        assert metrics[f"eval/small/{key}"] == pytest.approx(
+            sum(problem_metrics(r, (2, 4))[key] for r in rows) / 3
+        )
+    assert not any(k.startswith("eval/accuracy") for k in metrics), "a set's metrics stay under its prefix"
+
+
+# ---------------------------------------------------------------- seeded sampling on the real engine
+
+
+def test_seeded_hf_sampling_is_reproducible_and_leaves_the_training_rng_alone(tiny_tokenizer):
+    from arca_sweep.eval import encode_prompts
+    from arca_sweep.model import load_policy
+    from arca_sweep.rollout.hf import HFEngine
+
+    cfg = make_config("rollout=hf")
+    model = load_policy(cfg.model, cfg.rank, torch.device("cpu"), seed=0)
+    engine = HFEngine(cfg.rollout, model, tiny_tokenizer)
+    prompts = encode_prompts(tiny_tokenizer, ArithTask().eval_problems(3))
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    first = engine.generate(prompts, 4, 12, temperature=1.3, seed=11)
+    assert torch.equal(torch.get_rng_state(), state), "an eval's draws must not move the training RNG"
+    again = engine.generate(prompts, 4, 12, temperature=1.3, seed=11)
+    other = engine.generate(prompts, 4, 12, temperature=1.3, seed=12)
+    assert first.texts == again.texts and len(first.texts) == 12
+    assert first.texts != other.texts
+
+
+# ---------------------------------------------------------------- the eval section's checks
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["eval.n=2", "eval.k=[1,4]"], "eval.k=[1, 4]: each k must be in [1, eval.n=2]"),
+        (["eval.k=[1]"], "eval.k=[1]: each k must be in [1, eval.n=0]"),
+        (["eval.n=-1"], "eval.n=-1 must be >= 0"),
+        (["eval.n=2", "eval.temperature=0"], "eval.temperature=0.0 must be > 0"),
+        (["eval.n=2", "eval.top_p=1.5"], "eval.top_p=1.5 must be in (0, 1]"),
+        (["+data@eval.sets.accuracy=arith"], "eval.sets.accuracy: a set's name must be"),
+        (["+data@eval.sets.small=arith", "eval.sets.small.ops=/"], "eval.sets.small.ops='/' must be"),
+        (
+            ["+data@eval.sets.small=arith", "eval.sets.small.eval_size=0"],
+            "eval.sets.small.eval_size=0 must be >= 1",
+        ),
+        (
+            ["+data@eval.sets.rows=jsonl", "eval.sets.rows.eval_path=/nonexistent/rows.jsonl"],
+            "eval.sets.rows.eval_path='/nonexistent/rows.jsonl': no such file",
+        ),
+    ],
+)
+def test_bad_eval_settings_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        validate(make_config(*overrides))
+    assert message in str(err.value), str(err.value)
