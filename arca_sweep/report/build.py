@@ -9,7 +9,7 @@ from pathlib import Path
 from arca_sweep import heatmap
 from arca_sweep.report.data import Arm, groups, load_arms
 from arca_sweep.report.figures import gini_etr_figure, regime_figure, reward_accuracy_figure
-from arca_sweep.report.markdown import report_markdown
+from arca_sweep.report.markdown import DEFAULT_DELTA, report_markdown
 
 MAX_HEATMAP_SECTIONS = 30
 SMOOTH_STEPS = 5
@@ -39,10 +39,16 @@ def heatmap_page(sweep_dir: Path, arms: list[Arm]) -> str:
     return heatmap.page_html(f"Token credit heatmaps: {sweep_dir}", sections[:MAX_HEATMAP_SECTIONS])
 
 
-def build_report(sweep_dir: Path, baseline: dict[str, str] | None = None, smooth: int = SMOOTH_STEPS) -> Path:
+def build_report(
+    sweep_dir: Path,
+    baseline: dict[str, str] | None = None,
+    smooth: int = SMOOTH_STEPS,
+    delta: float = DEFAULT_DELTA,
+) -> Path:
     """Write ``report.md``, the figures and ``heatmaps.html`` into ``sweep_dir``; return report.md's
     path. ``baseline`` (default ``credit=uniform``) names the reference cell of the paired comparisons;
-    ``smooth`` the trailing window of the curves. Raises :class:`NotASweepError` if ``sweep_dir`` holds
+    ``smooth`` the trailing window of the curves; ``delta`` the difference the power section sizes seeds and
+    problems for. Raises :class:`NotASweepError` if ``sweep_dir`` holds
     no arm."""
     sweep_dir = Path(sweep_dir)
     baseline = dict(DEFAULT_BASELINE if baseline is None else baseline)
@@ -55,5 +61,5 @@ def build_report(sweep_dir: Path, baseline: dict[str, str] | None = None, smooth
     (sweep_dir / "heatmaps.html").write_text(heatmap_page(sweep_dir, arms), encoding="utf-8")
     figures = ["regime_shares.png", "gini_etr.png", "reward_accuracy.png"]
     report = sweep_dir / "report.md"
-    report.write_text(report_markdown(sweep_dir, arms, figures, baseline, smooth), encoding="utf-8")
+    report.write_text(report_markdown(sweep_dir, arms, figures, baseline, smooth, delta), encoding="utf-8")
     return report

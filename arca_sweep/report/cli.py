@@ -1,5 +1,5 @@
 """The report's command line: ``python -m arca_sweep.report SWEEP_DIR [--baseline KEY=VALUE ...]
-[--smooth STEPS]`` writes the report into ``SWEEP_DIR`` and prints ``report.md``'s path; a bad argument
+[--smooth STEPS] [--delta D]`` writes the report into ``SWEEP_DIR`` and prints ``report.md``'s path; a bad argument
 or a dir without arms exits with status 2 and the reason."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from arca_sweep.errors import UserError
 from arca_sweep.report.build import SMOOTH_STEPS, build_report
 from arca_sweep.report.data import NotASweepError, parse_override
+from arca_sweep.report.markdown import DEFAULT_DELTA
 
 
 def parse_baseline(items: list[str]) -> dict[str, str]:
@@ -41,7 +42,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--smooth", type=int, default=SMOOTH_STEPS, help="trailing window of the curves, in steps (default 5)"
     )
+    parser.add_argument(
+        "--delta",
+        type=float,
+        default=DEFAULT_DELTA,
+        help="the difference the power section asks seeds and problems for (default 0.02: 2 points)",
+    )
     args = parser.parse_args(argv)
+    if not 0 < args.delta < float("inf"):
+        parser.error(f"--delta {args.delta}: need a positive difference, e.g. 0.02")
     if args.smooth < 1:
         parser.error(f"--smooth {args.smooth}: need a window of at least 1 step")
     try:
@@ -49,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         parser.error(str(e))
     try:
-        report = build_report(args.sweep_dir, baseline, args.smooth)
+        report = build_report(args.sweep_dir, baseline, args.smooth, args.delta)
     except NotASweepError as e:
         parser.error(str(e))  # exit status 2
     except UserError as e:  # a damaged record: named, with what to do

@@ -1,6 +1,7 @@
 """The arms of a sweep dir as the report reads them: each arm's config, ``metrics.jsonl``,
-``samples.jsonl``, ``eval/step_<n>.jsonl`` and whether it finished (``summary.json``); their cells over
-the sweep's axes and per-unit results. Every read of an arm's files is in this module."""
+``samples.jsonl``, its per-problem eval files (``eval/step_<n>.jsonl`` and ``eval/<set>/step_<n>.jsonl``)
+and whether it finished (``summary.json``); their cells over the sweep's axes and per-unit results. Every
+read of an arm's files is in this module."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import yaml
@@ -17,6 +19,8 @@ from arca_sweep import heatmap
 from arca_sweep.arm_dir import METRICS, SAMPLES, ArmDir, ArmStateError, read_jsonl, results_path
 from arca_sweep.arm_dir.names import unquote
 from arca_sweep.diagnostics import REGIMES
+from arca_sweep.eval.sampled import problem_metrics
+from arca_sweep.eval.sets import resolved_ks
 from arca_sweep.report.stats import as_number, last_quarter, mean
 
 
@@ -65,6 +69,8 @@ class Arm:
     samples: list[dict] = field(default_factory=list)  # samples.jsonl
     finished: bool = False  # summary.json is there and whole
     cell: tuple = ()  # ((axis, value), ...) over the sweep's axes; set by load_arms
+    # {eval set: {problem id key: {metric: value}} | None} of the final evals read so far (final_eval)
+    final_evals: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -235,22 +241,129 @@ def shadow_means(arms: list[Arm], signal: str) -> dict[str, float | None]:
 # ------------------------------------------------------------------------------------------------
 
 
-def final_eval_step(arm: Arm) -> int | None:
-    """The step of the arm's last eval (the last ``metrics.jsonl`` record with an accuracy)."""
-    steps = [r["step"] for r in arm.records if as_number(r.get("eval/accuracy")) is not None]
+def final_eval_step(arm: Arm, eval_set: str | None = None) -> int | None:
+    """The step of the arm's last eval of ``eval_set`` (None: its own eval rows): the last ``metrics.jsonl``
+    record with that set's accuracy (``eval/accuracy``, ``eval/<set>/accuracy``)."""
+    key = f"{eval_prefix(eval_set)}accuracy"
+    steps = [r["step"] for r in arm.records if as_number(r.get(key)) is not None]
     return steps[-1] if steps else None
 
 
-def eval_correct(arm: Arm, step: int | None = None) -> dict | None:
-    """``{problem id: 0/1}`` of the eval at ``step`` (default: the last) from ``eval/step_<n>.jsonl``;
-    None when the arm has no such file (an older run, or a run without per-problem results)."""
-    step = final_eval_step(arm) if step is None else step
-    if step is None:
+def eval_correct(arm: Arm) -> dict | None:
+    """``{problem id: 0/1}`` of the arm's last eval on its own eval rows (``eval/step_<n>.jsonl``); None
+    when the arm has no such file (an older run, or a run without per-problem results)."""
+    values = problem_values(arm, None, "accuracy")
+    return None if values is None else {pid: int(v) for pid, v in values.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Eval sets: the run's own eval rows (None) and each eval.sets entry, per-problem metrics of the final eval
+# ------------------------------------------------------------------------------------------------
+
+_EVAL_METRIC = re.compile(r"accuracy|length|sampled_length|(?:mean|pass|maj)@[1-9][0-9]*")
+
+
+def eval_prefix(eval_set: str | None) -> str:
+    """The metrics' prefix of an eval set: ``eval/`` for the run's own rows, ``eval/<set>/`` for a set."""
+    return "eval/" if eval_set is None else f"eval/{eval_set}/"
+
+
+def eval_config(arm: Arm) -> dict:
+    """The arm's ``eval`` section (empty for arms of versions before eval sets)."""
+    section = arm.config.get("eval")
+    return section if isinstance(section, dict) else {}
+
+
+def eval_set_names(arm: Arm) -> list[str | None]:
+    """The arm's eval sets: None (its own eval rows), then its ``eval.sets`` names in config order."""
+    sets = eval_config(arm).get("sets")
+    return [None, *(str(name) for name in (sets if isinstance(sets, dict) else {}))]
+
+
+def eval_data_name(arm: Arm, eval_set: str | None) -> str:
+    """The data config name of an eval set: ``data.name``, or ``eval.sets.<set>.name``."""
+    data = arm.config.get("data") if eval_set is None else (eval_config(arm).get("sets") or {}).get(eval_set)
+    return str((data or {}).get("name", "?")) if isinstance(data, dict) else "?"
+
+
+def eval_ks(arm: Arm) -> tuple[int, ...]:
+    """The k of the arm's pass@k and maj@k (:func:`arca_sweep.eval.sets.resolved_ks` of its ``eval``)."""
+    section = eval_config(arm)
+    n, k = section.get("n", 0), section.get("k")
+    if type(n) is not int or not (k is None or isinstance(k, list) and all(type(x) is int for x in k)):
+        return ()  # no sampled eval, or a config this version cannot read: greedy metrics only
+    return resolved_ks(SimpleNamespace(n=n, k=k))
+
+
+def metric_order(metric: str) -> tuple:
+    """accuracy, mean@n, pass@k, maj@k (k ascending), length, sampled_length."""
+    name, _, k = metric.partition("@")
+    rank = ["accuracy", "mean", "pass", "maj", "length", "sampled_length"]
+    return (rank.index(name) if name in rank else len(rank), int(k) if k.isdigit() else 0, metric)
+
+
+def final_eval(arm: Arm, eval_set: str | None) -> dict | None:
+    """``{problem id key: {metric: value}}`` of the arm's final eval of ``eval_set`` (its eval file read
+    by :func:`read_eval_results`, each record's values by :func:`arca_sweep.eval.sampled.problem_metrics`
+    with the arm's ks; records without ``response_tokens`` have no ``length``); None without the file."""
+    if eval_set not in arm.final_evals:
+        step = final_eval_step(arm, eval_set)
+        path = None if step is None else results_path(arm.path, step, eval_set)
+        out = None
+        if path is not None and path.is_file():
+            ks = eval_ks(arm)
+            out = {json.dumps(r["id"]): _problem_values(r, ks) for r in read_eval_results(path)} or None
+        arm.final_evals[eval_set] = out
+    return arm.final_evals[eval_set]
+
+
+def _problem_values(record: dict, ks: tuple[int, ...]) -> dict[str, float]:
+    if "response_tokens" in record:
+        return problem_metrics(record, ks)
+    values = problem_metrics({**record, "response_tokens": 0}, ks)  # a file of an earlier version
+    del values["length"]
+    return values
+
+
+def problem_values(arm: Arm, eval_set: str | None, metric: str) -> dict | None:
+    """``{problem id key: value}`` of ``metric`` at the arm's final eval of ``eval_set``; None without
+    the eval file or when a problem lacks the metric."""
+    rows = final_eval(arm, eval_set)
+    if rows is None or any(metric not in v for v in rows.values()):
         return None
-    path = results_path(arm.path, step)
-    if not path.is_file():
+    return {pid: v[metric] for pid, v in rows.items()}
+
+
+def eval_metrics(arm: Arm, eval_set: str | None) -> list[str]:
+    """The metrics the arm has for ``eval_set`` (:func:`metric_order`): those every problem of its final
+    eval file has; without the file, those its final eval record in ``metrics.jsonl`` logged."""
+    rows = final_eval(arm, eval_set)
+    if rows is not None:
+        names = set.intersection(*(set(v) for v in rows.values()))
+    else:
+        names = {
+            key.removeprefix(eval_prefix(eval_set))
+            for key, value in _final_eval_record(arm, eval_set).items()
+            if key.startswith(eval_prefix(eval_set)) and as_number(value) is not None
+        }
+        names = {m for m in names if _EVAL_METRIC.fullmatch(m)}
+    return sorted(names, key=metric_order)
+
+
+def eval_value(arm: Arm, eval_set: str | None, metric: str) -> float | None:
+    """The arm's final ``metric`` on ``eval_set``: the mean over its eval file's problems, else (no file)
+    the value its final eval record in ``metrics.jsonl`` logged, else None."""
+    values = problem_values(arm, eval_set, metric)
+    if values is not None:
+        return mean(values.values())
+    if final_eval(arm, eval_set) is not None:
         return None
-    return {json.dumps(r["id"]): int(r["correct"]) for r in read_eval_results(path)} or None
+    return as_number(_final_eval_record(arm, eval_set).get(eval_prefix(eval_set) + metric))
+
+
+def _final_eval_record(arm: Arm, eval_set: str | None) -> dict:
+    step = final_eval_step(arm, eval_set)
+    return next((r for r in arm.records if r["step"] == step), {})
 
 
 REPORT_HINT = (
@@ -258,6 +371,9 @@ REPORT_HINT = (
     "arm: delete summary.json first; metrics.jsonl is restored from the checkpoint, an eval file by its eval), "
     "or move the arm out of the sweep dir"
 )
+
+
+_SET_ACCURACY = re.compile(r"eval/(?:[^/]+/)?accuracy")  # eval/accuracy, eval/<set>/accuracy
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -275,9 +391,10 @@ def read_metrics(path: Path) -> list[dict]:
             what = "recorded twice" if step < number - 1 else f"after step {number - 2}: steps are missing"
             raise ArmStateError(f"{path}: record {number} is step {step}, {what}: {REPORT_HINT}")
         bad = [k for k, v in r.items() if isinstance(v, float) and not math.isfinite(v)]
-        acc = r.get("eval/accuracy")
-        if acc is not None and (type(acc) not in (int, float) or not 0 <= acc <= 1):
-            bad.append(f"eval/accuracy = {acc!r}")
+        for key, acc in r.items():
+            if _SET_ACCURACY.fullmatch(key) and acc is not None:
+                if type(acc) not in (int, float) or not 0 <= acc <= 1:
+                    bad.append(f"{key} = {acc!r}")
         if bad:  # the writer turns non-finite numbers into null, and an accuracy is a share
             raise ArmStateError(
                 f"{path}: step {step} has impossible values ({', '.join(map(str, bad))}): {REPORT_HINT}"
@@ -285,19 +402,34 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
+def _is_01(value) -> bool:
+    return type(value) in (int, bool) and value in (0, 1)
+
+
+def _is_length(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and value >= 0
+
+
 def read_eval_results(path: Path) -> list[dict]:
-    """An ``eval/step_<n>.jsonl`` file, refusing damage as :func:`read_metrics` does: every record has an
-    ``id`` (a string or an integer) seen once in the file and a ``correct`` of 0 or 1."""
+    """An eval file (``eval/step_<n>.jsonl``, ``eval/<set>/step_<n>.jsonl``), refusing damage as
+    :func:`read_metrics` does: every record has an ``id`` (a string or an integer) seen once in the file, a
+    ``correct`` of 0 or 1 and, where present, a non-negative ``response_tokens``; its ``samples`` (absent in
+    files of earlier versions) are a list of objects, each with a ``correct`` of 0 or 1, a ``class`` that is
+    an integer or null and a non-negative ``response_tokens``, as many in every record as in the first."""
     rows = read_jsonl(path, bad_lines="torn", hint=REPORT_HINT)
     seen: dict[str, int] = {}
     for number, r in enumerate(rows, 1):
         pid, correct = r.get("id"), r.get("correct")
         if type(pid) not in (int, str):
             raise ArmStateError(f"{path}: record {number} has id {pid!r}, not a problem id: {REPORT_HINT}")
-        if type(correct) not in (int, bool) or correct not in (0, 1):
+        where = f"{path}: record {number} (id {pid!r})"
+        if not _is_01(correct):
+            raise ArmStateError(f"{where} has correct {correct!r}, not 0 or 1: {REPORT_HINT}")
+        if "response_tokens" in r and not _is_length(r["response_tokens"]):
             raise ArmStateError(
-                f"{path}: record {number} (id {pid!r}) has correct {correct!r}, not 0 or 1: {REPORT_HINT}"
+                f"{where} has response_tokens {r['response_tokens']!r}, not a token count: {REPORT_HINT}"
             )
+        _check_samples(r, where, _sample_count(rows[0]))
         key = json.dumps(pid)
         if key in seen:
             raise ArmStateError(
@@ -305,6 +437,43 @@ def read_eval_results(path: Path) -> list[dict]:
             )
         seen[key] = number
     return rows
+
+
+def _sample_count(record: dict) -> int | None:
+    samples = record.get("samples")
+    return len(samples) if isinstance(samples, list) else None
+
+
+def _check_samples(record: dict, where: str, count: int | None) -> None:
+    """A record's ``samples`` as :func:`read_eval_results` requires them (``count``: the first record's)."""
+    if "samples" not in record:
+        if count is not None:
+            raise ArmStateError(f"{where} has no samples, record 1 has {count}: {REPORT_HINT}")
+        return
+    samples = record["samples"]
+    if not isinstance(samples, list):
+        raise ArmStateError(f"{where} has samples {samples!r:.60}, not a list: {REPORT_HINT}")
+    if len(samples) != count:
+        first = "none" if count is None else count
+        raise ArmStateError(f"{where} has {len(samples)} samples, record 1 has {first}: {REPORT_HINT}")
+    for i, sample in enumerate(samples):
+        problem = _sample_problem(sample)
+        if problem:
+            raise ArmStateError(f"{where}: sample {i} has {problem}: {REPORT_HINT}")
+
+
+def _sample_problem(sample) -> str | None:
+    """What is wrong with one entry of a record's ``samples``, None if nothing."""
+    if not isinstance(sample, dict):
+        return f"{sample!r:.60}, not an object"
+    if not _is_01(sample.get("correct")):
+        return f"correct {sample.get('correct')!r}, not 0 or 1"
+    cls = sample.get("class")
+    if cls is not None and type(cls) is not int:
+        return f"class {cls!r}, not an integer or null"
+    if not _is_length(sample.get("response_tokens")):
+        return f"response_tokens {sample.get('response_tokens')!r}, not a token count"
+    return None
 
 
 def last_quarter_rewards(arm: Arm, key: str = "reward/mean") -> dict | None:

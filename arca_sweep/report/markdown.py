@@ -1,6 +1,7 @@
 """The report's markdown: ``report.md`` of a sweep's arms (finished and unfinished arms, the final table,
-per-seed accuracy, the paired comparisons against a baseline cell, the regime shares per signal, links to
-the figures), and the table formatting it uses. Numbers from :mod:`arca_sweep.report.data` (the arms)
+per-seed accuracy, the paired comparisons against a baseline cell, every eval set's metrics and the power
+of the comparisons (:mod:`arca_sweep.report.eval_sets`), the regime shares per signal, links to the
+figures), and the table formatting it uses. Numbers from :mod:`arca_sweep.report.data` (the arms)
 and :mod:`arca_sweep.report.stats` (intervals, paired tests); strings out, no files written.
 """
 
@@ -42,6 +43,7 @@ RUN_MEAN_COLUMNS = [
     ("tokens/s", "perf/tokens_per_s"),
 ]
 NO_DIFFERENCE = "no difference shown"
+DEFAULT_DELTA = 0.02  # the power section's target difference: 2 points of accuracy
 
 
 def fmt(value: float | None) -> str:
@@ -160,18 +162,21 @@ def baseline_of(cell: tuple, baseline: dict[str, str]) -> tuple:
     return tuple((k, baseline.get(k, v)) for k, v in cell)
 
 
-def paired(group: list[Arm], base: list[Arm], per_unit, binary: bool) -> PairedDifference | None:
-    """The paired difference of two cells over their common seeds and units (None if nothing pairs)."""
+def paired_matrices(group: list[Arm], base: list[Arm], per_unit) -> tuple[np.ndarray, np.ndarray] | None:
+    """``per_unit`` of two cells as ``[seeds, units]`` matrices ``(x, b)`` over their common seeds and units,
+    row i of both the same seed (None if nothing pairs)."""
     by_seed = {str(a.seed): a for a in base}
     pairs = [(a, by_seed[str(a.seed)]) for a in group if str(a.seed) in by_seed]
     if not pairs:
         return None
-    rows = [per_unit(a) for a, _ in pairs] + [per_unit(b) for _, b in pairs]
-    m = unit_matrix(rows)
-    if m is None:
-        return None
-    values = m[1]
-    return paired_difference(values[: len(pairs)], values[len(pairs) :], binary=binary)
+    m = unit_matrix([per_unit(a) for a, _ in pairs] + [per_unit(b) for _, b in pairs])
+    return None if m is None else (m[1][: len(pairs)], m[1][len(pairs) :])
+
+
+def paired(group: list[Arm], base: list[Arm], per_unit, binary: bool) -> PairedDifference | None:
+    """The paired difference of two cells over their common seeds and units (None if nothing pairs)."""
+    m = paired_matrices(group, base, per_unit)
+    return None if m is None else paired_difference(*m, binary=binary)
 
 
 def verdict(d: PairedDifference) -> str:
@@ -258,8 +263,16 @@ def regime_table(arms: list[Arm]) -> str:
 
 
 def report_markdown(
-    sweep_dir: Path, arms: list[Arm], figures: list[str], baseline: dict[str, str], smooth: int
+    sweep_dir: Path,
+    arms: list[Arm],
+    figures: list[str],
+    baseline: dict[str, str],
+    smooth: int,
+    delta: float = DEFAULT_DELTA,
 ) -> str:
+    """The report; ``delta``: the difference the power section sizes the sweep for (seeds, problems needed)."""
+    from arca_sweep.report.eval_sets import eval_sections  # it uses this module's tables
+
     finished = [a for a in arms if a.finished]
     unfinished = [a for a in arms if not a.finished]
     axes = axes_of(arms)
@@ -300,6 +313,7 @@ def report_markdown(
             "Wilson 95%: the Wilson score interval of the arm's correct answers on the eval set.",
             "",
             *comparison_section(finished, baseline),
+            *eval_sections(finished, baseline, delta),
             "## Regime shares per signal (shadow diagnostics, finished arms)",
             "",
             regime_table(finished),
