@@ -134,3 +134,25 @@ def test_a_damaged_adapter_is_named_before_loading_anything(tmp_path):
     errors = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
     assert proc.returncode == 2 and len(errors) == 1 and want["cut"] in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "Loading" not in proc.stderr
+
+
+def test_sampled_eval_of_several_sets_writes_each_sets_samples_and_their_means(tmp_path):
+    """arca-sweep-eval with eval.n and an eval set: results.jsonl and small/results.jsonl hold every sample,
+    and the summary's metrics are the means of each file's per-problem values."""
+    from arca_sweep.eval.sampled import problem_metrics
+
+    out = tmp_path / "out"
+    run = ["budget.eval_size=8", "eval.n=3", "eval.k=[1,3]", "+data@eval.sets.small=arith_small"]
+    run_eval(*run, "eval.sets.small.eval_size=6", "--out", str(out), cwd=tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sets"] == {"small": {"data": "arith_small", "problems": 6}}
+    for prefix, path, size in (
+        ("eval/", out / "results.jsonl", 8),
+        ("eval/small/", out / "small" / "results.jsonl", 6),
+    ):
+        rows = read_results(path)
+        assert len(rows) == size and all(len(r["samples"]) == 3 for r in rows)
+        values = [problem_metrics(r, (1, 3)) for r in rows]
+        for key in ("accuracy", "mean@3", "pass@1", "pass@3", "maj@1", "maj@3", "length", "sampled_length"):
+            assert summary[prefix + key] == pytest.approx(sum(v[key] for v in values) / size), key
+    assert summary["perf/eval_s"] > 0

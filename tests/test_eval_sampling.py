@@ -235,3 +235,33 @@ def test_bad_eval_settings_are_named(overrides, message):
     with pytest.raises(ConfigError, match=None) as err:
         validate(make_config(*overrides))
     assert message in str(err.value), str(err.value)
+
+
+@pytest.mark.slow
+def test_an_arms_training_does_not_depend_on_its_eval_settings(tmp_path):
+    """The same arm with greedy eval only and with sampled evals of two sets trains identically: every
+    training step's numbers and the final adapter are equal (the samples draw from their own generator)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from tests.helpers import cli
+
+    base = ["budget=smoke", "budget.steps=2", "budget.eval_size=4", "budget.eval_every=1", "threads=1"]
+    sampled = ["eval.n=3", "+data@eval.sets.small=arith_small", "eval.sets.small.eval_size=3"]
+    for name, extra in (("greedy", []), ("sampled", sampled)):
+        cli(*base, *extra, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+    runs = {}
+    for name in ("greedy", "sampled"):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        runs[name] = [json.loads(x) for x in lines]
+    assert "eval/small/maj@3" in runs["sampled"][1] and "eval/mean@3" in runs["sampled"][0]
+    assert len(runs["greedy"]) == len(runs["sampled"]) == 3
+    for a, b in zip(runs["greedy"][1:], runs["sampled"][1:], strict=True):  # step 0 is the eval alone
+        training = [k for k in a if not k.startswith(("eval/", "perf/")) and isinstance(a[k], float)]
+        assert training and {k: a[k] for k in training} == {k: b[k] for k in training}
+    weights = [
+        load_file(tmp_path / n / "adapter" / "adapter_model.safetensors") for n in ("greedy", "sampled")
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -561,9 +561,13 @@ def assert_close(cell: str, want: float) -> None:
     assert abs(float(cell) - want) <= 5e-4 + 1e-9, (cell, want)
 
 
+REAL_EVAL = ["eval.n=4", "eval.k=[2,4]", "+data@eval.sets.small=arith_small", "eval.sets.small.eval_size=8"]
+
+
 @pytest.fixture(scope="module")
 def real_sweep(tmp_path_factory) -> Path:
-    """The issue's sweep over a non-default axis: credit.normalize x credit, two seeds, 2 steps."""
+    """The issue's sweep over a non-default axis: credit.normalize x credit, two seeds, 2 steps; every eval
+    samples 4 answers per problem and scores a second set (issue 21)."""
     root = tmp_path_factory.mktemp("real")
     sweep_dir = root / "sweep"
     cmd = [sys.executable, "-m", "arca_sweep", "credit.normalize=mean,softmax", "credit=arca,uniform"]
@@ -571,6 +575,7 @@ def real_sweep(tmp_path_factory) -> Path:
         "budget=smoke",
         "budget.steps=2",
         "seed=0,1",
+        *REAL_EVAL,
         f"hydra.sweep.dir={sweep_dir}",
         "logger.progress=false",
     ]
@@ -653,6 +658,61 @@ def test_real_sweep_intervals_and_p_values_recomputed_from_per_problem_files(rea
         last.write_text("".join(json.dumps(r) + "\n" for r in rows))
     diffs = check_against_files(flipped)
     assert any(abs(d) > 0 for d in diffs), "the flipped answers show in the paired difference"
+
+
+@pytest.mark.slow
+def test_real_sweep_eval_set_tables_recomputed_from_per_problem_files(real_sweep):
+    """Issue 21's tables on a real sweep (two eval sets, n = 4): every value, interval and paired difference
+    recomputed from the arms' eval files with slow references (every k-subset enumerated)."""
+    import statistics
+
+    from arca_sweep.report.stats import bootstrap_interval, paired_difference
+    from tests.test_report_eval_sets import reference_values
+
+    out = run_report_cli(real_sweep)
+    assert out.returncode == 0, out.stderr
+    text = (real_sweep / "report.md").read_text()
+    arms: dict = {}
+    for arm in real_sweep.iterdir():
+        if (arm / "summary.json").exists():
+            config = yaml.safe_load((arm / ".hydra" / "config.yaml").read_text())
+            arms.setdefault((config["credit"]["name"], config["credit"]["normalize"]), {})[config["seed"]] = (
+                arm
+            )
+
+    def values(arm: Path, eval_set: str | None) -> list[tuple]:
+        path = arm / "eval" / (eval_set or "") / "step_2.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert all(len(r["samples"]) == 4 for r in rows)
+        return [(r["id"], reference_values(r)) for r in rows]
+
+    def matrix(cell, eval_set, metric) -> np.ndarray:
+        return np.array([[v[metric] for _, v in values(arms[cell][seed], eval_set)] for seed in (0, 1)])
+
+    metrics = ["accuracy", "mean@4", "pass@2", "pass@4", "maj@2", "maj@4", "length", "sampled_length"]
+    for eval_set, heading in (
+        (None, "### arith (the run's eval rows)"),
+        ("small", "### small (data: arith_small)"),
+    ):
+        rows = parse_table(text, heading)
+        assert len(rows) == 4 * len(metrics), [r["metric"] for r in rows]
+        for row in rows:
+            cell, metric = (row["credit"], row["credit.normalize"]), row["metric"]
+            m = matrix(cell, eval_set, metric)
+            assert m.shape == (2, 16 if eval_set is None else 8)
+            means = m.mean(axis=1)
+            want = [means.mean(), statistics.stdev(means)]
+            assert np.allclose(parse_cell(row["value"]), want, atol=5e-4 + 1e-9), (row, want)
+            e = bootstrap_interval(m)
+            assert np.allclose(parse_cell(row["95% CI"]), [e.low, e.high], atol=5e-4 + 1e-9)
+            if cell[0] == "uniform":
+                continue
+            base = matrix(("uniform", cell[1]), eval_set, metric)
+            d = paired_difference(m, base, binary=metric == "accuracy")
+            assert_close(row["difference"], d.diff)
+            assert np.allclose(parse_cell(row["diff 95% CI"]), [d.low, d.high], atol=5e-4 + 1e-9)
+    power = parse_table(text, "## Power")
+    assert {r["metric"] for r in power} >= {"accuracy", "mean@4"} and all(r["verdict"] for r in power)
 
 
 def check_against_files(sweep_dir: Path) -> list[float]:
