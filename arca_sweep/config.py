@@ -357,6 +357,11 @@ def unknown_keys(node, schema=None, prefix: str = "") -> list[str]:
             )
         elif dataclasses.is_dataclass(hints[key]) and isinstance(node._get_node(key), DictConfig):
             out += unknown_keys(node[key], hints[key], f"{prefix}{key}.")
+        elif typing.get_origin(hints[key]) is dict and isinstance(node._get_node(key), DictConfig):
+            value_type = typing.get_args(hints[key])[1]  # eval.sets: a data config per name
+            if dataclasses.is_dataclass(value_type):
+                for name in node[key]:
+                    out += unknown_keys(node[key][name], value_type, f"{prefix}{key}.{name}.")
     return out
 
 
@@ -483,7 +488,7 @@ def validate(cfg, model_checks: bool = True) -> None:
 
     errors += plugin_errors(cfg.credit, cfg.data)
     for name, set_cfg in cfg.eval.sets.items():
-        errors += [re.sub(r"\bdata\.", f"eval.sets.{name}.", e) for e in data_plugin_errors(set_cfg, True)]
+        errors += [re.sub(r"\bdata\.", f"eval.sets.{name}.", e) for e in data_plugin_errors(set_cfg)]
     batch = cfg.budget.prompts_per_step * cfg.budget.group_size
     if isinstance(batch, int) and cfg.learner.mini_batches > batch:
         errors.append(

@@ -160,18 +160,12 @@ def plugin_errors(credit_cfg, data) -> list[str]:
     return errors + data_plugin_errors(data)
 
 
-def data_plugin_errors(data, eval_only: bool = False) -> list[str]:
-    """Every problem with a ``data=jsonl`` config's files and ``data.reward`` (``eval_only``: an eval set,
-    whose training file is never read)."""
+def data_plugin_errors(data) -> list[str]:
+    """Every problem with a ``data=jsonl`` config's files and ``data.reward``."""
     errors: list[str] = []
     if data.name == "jsonl":
         d = data
-        keys = (
-            (("data.eval_path", d.eval_path),)
-            if eval_only
-            else (("data.path", d.path), ("data.eval_path", d.eval_path))
-        )
-        for key, path in keys:
+        for key, path in (("data.path", d.path), ("data.eval_path", d.eval_path)):  # eval-only reads either
             if path is not None and not Path(path).expanduser().is_file():
                 errors.append(
                     f"{key}={path!r}: no such file (absolute: {Path(path).expanduser().absolute()})"

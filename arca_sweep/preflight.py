@@ -170,17 +170,24 @@ def task_errors(cfg) -> list[str]:
 
 
 def data_source_errors(d, key: str, budget, eval_only: bool = False) -> list[str]:
-    """One data config's (named ``key``): its local files exist (``eval_only``: only its eval file is read),
-    and an arith shape can give its eval size."""
+    """One data config's (named ``key``): its local files exist, a rows task names its eval rows (``eval_only``:
+    an eval set, whose hint is how to add one), and an arith shape can give its eval size."""
     from arca_sweep.tasks import is_arith
 
     if not is_arith(d.name):
-        files = [("eval_path", d.eval_path)] if eval_only else [("path", d.path), ("eval_path", d.eval_path)]
-        return [
+        errors = [
             f"{key}.{name}={value!r}: no such file (absolute: {Path(value).expanduser().absolute()})"
-            for name, value in files
+            for name, value in (("path", d.path), ("eval_path", d.eval_path))
             if value is not None and not Path(value).expanduser().is_file()
         ]
+        if d.name != "jsonl" and d.eval_path is None and not d.eval_hub_id:
+            how = "add a set from its data config: +data@eval.sets.<name>=<config> (conf/data/), or set "
+            errors.append(
+                f"{key} names no eval rows: neither {key}.eval_path nor {key}.eval_hub_id is set; "
+                + (how if eval_only else "set ")
+                + f"{key}.eval_path=/path/to/rows.jsonl"
+            )
+        return errors
     shape_ok = 2 <= d.min_operands <= d.max_operands and 0 <= d.min_operand <= d.max_operand and d.ops
     if not shape_ok:
         return []

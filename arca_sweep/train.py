@@ -127,6 +127,7 @@ def train(
     tokenizer = load_tokenizer(cfg.model)
     fits = prompt_fitter(tokenizer, prompt_token_limit(cfg.data, cfg.model, b), think)
     task = build_task(cfg.data, fits)  # data before model
+    eval_sets = build_eval_sets(cfg, task, tokenizer)  # the run's eval rows and every eval.sets entry
     model = load_policy(cfg.model, cfg.rank, device, cfg.seed)
     weights = model_weights(cfg.model)
     if weights:
@@ -137,7 +138,6 @@ def train(
     learner = Learner(model, LearnerSettings.from_config(cfg), temperature=cfg.rollout.temperature)
     max_logp_diff = guard_bound(cfg.rollout, next(model.parameters()).dtype)
     format_tokens = FormatTokens(tokenizer)
-    eval_sets = build_eval_sets(cfg, task, tokenizer)  # the run's eval rows and every eval.sets entry
     log = RunLog(
         out_dir, build_tracker(cfg.logger, out_dir, resolved, overrides or [], sweep_dir, choices or {})
     )

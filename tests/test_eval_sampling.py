@@ -217,7 +217,7 @@ def test_seeded_hf_sampling_is_reproducible_and_leaves_the_training_rng_alone(ti
         (["eval.n=2", "eval.k=[1,4]"], "eval.k=[1, 4]: each k must be in [1, eval.n=2]"),
         (["eval.k=[1]"], "eval.k=[1]: each k must be in [1, eval.n=0]"),
         (["eval.n=-1"], "eval.n=-1 must be >= 0"),
-        (["eval.n=2", "eval.temperature=0"], "eval.temperature=0.0 must be > 0"),
+        (["eval.n=2", "eval.temperature=0"], "eval.temperature=0.0 must be in [0.01, 100]"),
         (["eval.n=2", "eval.top_p=1.5"], "eval.top_p=1.5 must be in (0, 1]"),
         (["+data@eval.sets.accuracy=arith"], "eval.sets.accuracy: a set's name must be"),
         (["+data@eval.sets.small=arith", "eval.sets.small.ops=/"], "eval.sets.small.ops='/' must be"),
@@ -229,6 +229,19 @@ def test_seeded_hf_sampling_is_reproducible_and_leaves_the_training_rng_alone(ti
             ["+data@eval.sets.rows=jsonl", "eval.sets.rows.eval_path=/nonexistent/rows.jsonl"],
             "eval.sets.rows.eval_path='/nonexistent/rows.jsonl': no such file",
         ),
+        (  # an eval-only jsonl set reads data.path when it has no eval_path
+            ["+data@eval.sets.rows=jsonl", "eval.sets.rows.path=/nonexistent/rows.jsonl"],
+            "eval.sets.rows.path='/nonexistent/rows.jsonl': no such file",
+        ),
+        (
+            ["+data@eval.sets.s=arith_small", "+eval.sets.s.evalsize=3"],
+            "eval.sets.s.evalsize is not a config key",
+        ),
+        (
+            ["+eval.sets={foo:{name:aime24}}"],
+            "eval.sets.foo names no eval rows: neither eval.sets.foo.eval_path",
+        ),
+        (["+data@eval.sets.b=aime24", "+eval.sets.b.fields.prob=question"], "eval.sets.b.fields"),
     ],
 )
 def test_bad_eval_settings_are_named(overrides, message):
@@ -265,3 +278,53 @@ def test_an_arms_training_does_not_depend_on_its_eval_settings(tmp_path):
     ]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_vote_is_order_free_and_counts_correct_samples_without_a_box():
+    from arca_sweep.eval.sampled import maj_at_k
+
+    # one string graded once correct and once not (a timeout): the same maj@k in either order
+    for order in (["5", "5", "7"], ["5", "7", "5"]):
+        verdicts = [1, 0, 0] if order[0] == "5" else [0, 0, 1]
+        classes = vote_classes(order, verdicts)
+        assert [maj_at_k(classes, verdicts, k) for k in (1, 2, 3)] == pytest.approx([2 / 3, 2 / 3, 1.0])
+    # a correct sample with no extracted answer (a reward that reads more than the box) votes correct;
+    # empty boxes say nothing
+    assert vote_classes([None, None, "3", ""], [1, 0, 0, 0]) == [0, None, 1, None]
+    classes = vote_classes(["", "", "", "7", "7"], [0, 0, 0, 1, 1])
+    assert classes == [None, None, None, 0, 0] and maj_at_k(classes, [0, 0, 0, 1, 1], 5) == 1.0
+
+
+def test_a_sets_samples_are_seeded_by_its_name_not_its_place():
+    from arca_sweep.eval.sets import sampling_seed
+
+    seeds = {(step, name): sampling_seed(0, step, name) for step in (0, 1) for name in (None, "a", "b")}
+    assert len(set(seeds.values())) == 6 and sampling_seed(0, 1, "a") == seeds[(1, "a")]
+    assert sampling_seed(1, 1, "a") != seeds[(1, "a")]
+
+
+def test_eval_rows_with_the_same_id_are_refused_before_any_compute():
+    from arca_sweep.errors import DataError
+    from arca_sweep.eval.sets import check_unique_ids
+    from arca_sweep.tasks import Problem
+
+    rows = [Problem(i, f"q{i}", "1", {"unique_id": 2024 if i else 7}) for i in range(3)]
+    with pytest.raises(
+        DataError, match=r"eval.sets.b: eval rows 1 and 2 have the same id 2024.*eval.sets.b.fields.id"
+    ):
+        check_unique_ids(rows, "eval.sets.b")
+    assert check_unique_ids(rows[:2], "data") == rows[:2]
+
+
+def test_power_says_when_arms_that_agree_everywhere_cannot_be_sized():
+    import numpy as np
+
+    from arca_sweep.report.eval_sets import NOT_ESTIMABLE, power_verdict
+    from arca_sweep.report.power import power_analysis
+    from arca_sweep.report.stats import paired_difference
+
+    same = np.ones((2, 6))
+    assert (
+        power_verdict(paired_difference(same, same, binary=True), power_analysis(same - same))
+        == NOT_ESTIMABLE
+    )

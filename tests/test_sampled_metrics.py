@@ -21,9 +21,9 @@ def brute_pass(correct: list[bool], k: int) -> float:
 
 def brute_maj(answers: list, correct: list[bool], k: int) -> float:
     """Every k-subset votes: no-answer samples abstain, the t answers tied for most votes win 1/t each."""
-    verdict = {}
+    verdict: dict = {}  # a class is correct when any of its samples is
     for a, c in zip(answers, correct, strict=True):
-        verdict.setdefault(a, c)
+        verdict[a] = verdict.get(a, False) or c
     subsets = list(itertools.combinations(range(len(answers)), k))
     total = 0.0
     for s in subsets:
@@ -90,3 +90,41 @@ def test_a_with_replacement_bootstrap_is_biased_low_and_ours_is_not():
     correct = [True] + [False] * 7  # n = 8, c = 1, k = 4: 1/2 exactly, the bootstrap says 0.414
     assert pass_at_k(8, 1, 4) == pytest.approx(0.5) == pytest.approx(brute_pass(correct, 4))
     assert bootstrap_best_at_k(correct, 4) == pytest.approx(1 - (7 / 8) ** 4)
+
+
+@pytest.mark.parametrize(
+    ("answers", "k"),
+    [
+        ([0, 1, 0, 0, 1, 0, 1, 1], 6),  # once crashed: a class larger than the room the subset leaves
+        ([0] * 8 + [1] * 8, 8),
+        ([0] * 5 + [1] * 11, 8),
+        ([0] * 6 + [1] * 5 + [2] * 5, 12),
+        ([None] * 3 + [0] * 7 + [1] * 6, 9),
+    ],
+)
+def test_maj_at_k_with_large_classes_is_the_brute_force_vote(answers, k):
+    correct = [a == 0 for a in answers]
+    assert maj_at_k(answers, correct, k) == pytest.approx(brute_maj(answers, correct, k), abs=1e-12)
+
+
+def test_every_split_of_sixteen_samples_into_two_classes_and_silence():
+    """n = 16, k = 8 (conf/eval/benchmarks.yaml's largest): every (correct, wrong, silent) count, in closed form:
+    the subset's correct count c' against its wrong count w' (c' > w' wins, c' = w' > 0 splits)."""
+    from math import comb
+
+    n, k = 16, 8
+    for c in range(n + 1):
+        for w in range(n - c + 1):
+            s = n - c - w
+            answers = [0] * c + [1] * w + [None] * s
+            want = sum(
+                comb(c, i) * comb(w, j) * comb(s, k - i - j) * (1.0 if i > j else 0.5 if i == j > 0 else 0.0)
+                for i in range(c + 1)
+                for j in range(w + 1)
+                if 0 <= k - i - j <= s
+            ) / comb(n, k)
+            assert maj_at_k(answers, [a == 0 for a in answers], k) == pytest.approx(want, abs=1e-12), (
+                c,
+                w,
+                s,
+            )

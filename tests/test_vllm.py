@@ -206,6 +206,8 @@ def test_eval_samples_go_by_prompt_with_their_own_seed(engines, tiny_tokenizer):
     again = engine.generate(prompts, 3, 8, temperature=1.2, top_p=0.9, seed=77)
     assert first.texts == again.texts and len(first.texts) == 3 * len(prompts)
     assert first.sampling_logprobs is None
+    engine.generate(prompts, 1, 8, greedy=True)  # an eval's greedy pass draws nothing either
+    assert torch.equal(torch.random.get_rng_state(), state)
     for row, ids in enumerate(first.prompt_ids):
         want = prompts[row // 3]
         assert ids[first.prompt_mask[row]].tolist() == list(want)

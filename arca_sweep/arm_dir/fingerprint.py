@@ -62,7 +62,7 @@ def fingerprint(cfg) -> dict[str, str]:
     data = cfg.data
     sources = [("data", data, ("path", "eval_path"))]
     sets = (cfg.get("eval") or {}).get("sets") or {}
-    sources += [(f"eval.sets.{name}", d, ("eval_path",)) for name, d in sets.items()]
+    sources += [(f"eval.sets.{name}", d, ("path", "eval_path")) for name, d in sets.items()]
     for prefix, d, keys in sources:
         for key in keys:
             value = d.get(key)

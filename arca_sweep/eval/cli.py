@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
             *(f"{x}/results.jsonl" for x in cfg.eval.sets),
         )
         if (out_dir / n).exists()
-    ]:
+    ] + [x for x in cfg.eval.sets if (out_dir / x).exists() and not (out_dir / x).is_dir()]:
         raise UserError(
             f"--out {out_dir} already holds {', '.join(taken)} (an arm or an earlier eval); refusing to overwrite "
             "them. Pass another --out"

@@ -18,9 +18,10 @@ same samples always give the same number.
 - **mean@n**: c / n, the sampled accuracy at the eval's temperature.
 
 **Answer classes** (:func:`vote_classes`): samples are grouped by their extracted answer string; every
-string graded correct joins one class (each is the gold answer, by the grader); the incorrect strings are
-merged where the task's ``equivalent`` says two are the same answer (math-verify for the math tasks; the
-transitive closure of its verdicts), else only when equal. A sample without an answer has no class.
+string graded correct joins one class (each is the gold answer, by the grader), and so does a sample
+graded correct without an extracted answer; the incorrect strings are merged where the task's
+``equivalent`` says two are the same answer (math-verify for the math tasks; the transitive closure of its
+verdicts), else only when equal. An incorrect sample without an answer (or with an empty one) has no class.
 """
 
 from __future__ import annotations
@@ -48,15 +49,16 @@ def mean_at_n(correct: Sequence[bool]) -> float:
 
 
 def answer_classes(answers: Sequence[Hashable | None], correct: Sequence[bool]) -> list[tuple[int, bool]]:
-    """``(size, correct)`` of each answer class (None: no answer, not a class), in first-seen order. A class's
-    correctness is its first sample's verdict (the grader gives equal answers equal verdicts)."""
+    """``(size, correct)`` of each answer class (None: no answer, not a class), in first-seen order. A class is
+    correct when any of its samples was graded correct (equal answers may get unequal verdicts when the
+    grader timed out on one), so the value does not depend on the samples' order."""
     if len(answers) != len(correct):
         raise ValueError(f"{len(answers)} answers but {len(correct)} verdicts")
     sizes: dict = {}
     for a, c in zip(answers, correct, strict=True):
         if a is not None:
-            size, verdict = sizes.get(a, (0, bool(c)))
-            sizes[a] = (size + 1, verdict)
+            size, verdict = sizes.get(a, (0, False))
+            sizes[a] = (size + 1, verdict or bool(c))
     return list(sizes.values())
 
 
@@ -87,7 +89,7 @@ def _wins(m: int, others: list[int], silent: int, k: int) -> float:
         ways[0, 0] = 1.0
         for size in others:
             nxt = np.zeros_like(ways)
-            for take in range(0, min(size, j) + 1):
+            for take in range(0, min(size, j, k - j) + 1):  # the subset holds k - j others at most
                 w = comb(size, take)
                 tied = 1 if take == j else 0
                 nxt[take:, tied:] += w * ways[: k - j + 1 - take, : len(others) + 1 - tied]
@@ -114,6 +116,7 @@ def vote_classes(
     """Each sample's answer class (0, 1, ... in first-seen order; None: no answer), by the rule in the module
     docstring. ``equivalent(pairs)``: whether each pair of distinct incorrect answers is the same answer
     (None: only equal strings are)."""
+    answers = [None if a is not None and not a.strip() else a for a in answers]  # an empty box says nothing
     groups: dict[str, bool] = {}  # answer string -> graded correct (any of its samples)
     for a, c in zip(answers, correct, strict=True):
         if a is not None:
@@ -134,11 +137,13 @@ def vote_classes(
                 parent[root(b)] = root(a)
     ids: dict[tuple, int] = {}
     out: list[int | None] = []
-    for a in answers:
-        if a is None:
+    for a, c in zip(answers, correct, strict=True):
+        if a is None and not c:
             out.append(None)
             continue
-        key = ("correct",) if groups[a] else ("incorrect", root(a))  # no answer string can be either
+        # a sample graded correct holds the gold answer even when no answer was extracted from it (a reward
+        # that reads more than the box): it votes with the correct class
+        key = ("correct",) if c or groups[a] else ("incorrect", root(a))  # no answer string can be either
         out.append(ids.setdefault(key, len(ids)))
     return out
 

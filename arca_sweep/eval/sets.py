@@ -9,6 +9,7 @@ training rows are never read.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from arca_sweep.errors import DataError, UserError
 from arca_sweep.eval.sampled import default_ks
 
 SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -47,10 +49,12 @@ def max_new_tokens(eval_cfg, budget) -> int:
     return budget.max_new_tokens if eval_cfg.max_new_tokens is None else eval_cfg.max_new_tokens
 
 
-def sampling_seed(seed: int, step: int, set_index: int) -> int:
-    """The seed of the sampled answers of one eval: a pure function of the run seed, the step and the set,
+def sampling_seed(seed: int, step: int, set_name: str | None) -> int:
+    """The seed of the sampled answers of one eval: a pure function of the run seed, the step and the set's
+    name (not its place in ``eval.sets``: adding or reordering sets leaves each set's samples as they were),
     drawn apart from the training RNG (an arm's training does not depend on its eval settings)."""
-    return int(np.random.SeedSequence([seed, step, set_index, 0xE7A1]).generate_state(1)[0] & 0x7FFFFFFF)
+    name = int.from_bytes(hashlib.sha256((set_name or "").encode()).digest()[:4], "big")
+    return int(np.random.SeedSequence([seed, step, name, 0xE7A1]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def eval_errors(cfg) -> list[str]:
@@ -58,8 +62,11 @@ def eval_errors(cfg) -> list[str]:
     e, errors = cfg.eval, []
     if e.n < 0:
         errors.append(f"eval.n={e.n} must be >= 0 (0: greedy only)")
-    if not e.temperature > 0:
-        errors.append(f"eval.temperature={e.temperature} must be > 0")
+    if not 0.01 <= e.temperature <= 100:
+        errors.append(
+            f"eval.temperature={e.temperature} must be in [0.01, 100] (below 0.01 vLLM clamps it and HF's "
+            "logits overflow; for argmax answers the greedy pass is always there)"
+        )
     if not 0.0 < e.top_p <= 1.0:
         errors.append(f"eval.top_p={e.top_p} must be in (0, 1]")
     if e.k is not None:
@@ -95,30 +102,44 @@ def build_eval_sets(cfg, task, tokenizer) -> list[EvalSet]:
     from arca_sweep.tasks import build_task
     from arca_sweep.train import prompt_fitter
 
-    sets = [
-        EvalSet(
-            None, task, task.eval_problems(set_size(cfg.data, cfg.budget)), cfg.data.enable_thinking, False
-        )
-    ]
+    own = task.eval_problems(set_size(cfg.data, cfg.budget))
+    sets = [EvalSet(None, task, check_unique_ids(own, "data"), cfg.data.enable_thinking, False)]
     room = SimpleNamespace(max_new_tokens=max_new_tokens(cfg.eval, cfg.budget))
     try:
         for name, data_cfg in cfg.eval.sets.items():
-            limit = prompt_token_limit(data_cfg, cfg.model, room)
-            fits = prompt_fitter(tokenizer, limit, data_cfg.enable_thinking)
-            set_task = build_task(data_cfg, fits, eval_only=True)
-            sets.append(
-                EvalSet(
-                    name,
-                    set_task,
-                    set_task.eval_problems(set_size(data_cfg, cfg.budget)),
-                    data_cfg.enable_thinking,
-                    True,
-                )
-            )
+            key = f"eval.sets.{name}"
+            try:
+                limit = prompt_token_limit(data_cfg, cfg.model, room)
+                fits = prompt_fitter(tokenizer, limit, data_cfg.enable_thinking)
+                set_task = build_task(data_cfg, fits, eval_only=True)
+            except (UserError, ValueError) as exc:  # the task's own words name data.*: say which set
+                raise DataError(
+                    f"eval set {name!r} (its keys: {key}.eval_path, {key}.path, ...): {exc}"
+                ) from None
+            problems = set_task.eval_problems(set_size(data_cfg, cfg.budget))
+            sets.append(EvalSet(name, set_task, problems, data_cfg.enable_thinking, True))
+            check_unique_ids(problems, key)
     except BaseException:
         close_sets(sets)
         raise
     return sets
+
+
+def check_unique_ids(problems: list, key: str) -> list:
+    """``problems``, refused with a :class:`DataError` when two share an id (the eval files pair arms by id)."""
+    from arca_sweep.eval import problem_id
+
+    seen: dict = {}
+    for p in problems:
+        pid = problem_id(p)
+        if pid in seen:
+            raise DataError(
+                f"{key}: eval rows {seen[pid]} and {p.index} have the same id {pid!r}; the eval files pair arms "
+                f"by id, so ids must be unique: point {key}.fields.id at a unique column (or drop it: rows are "
+                "then numbered)"
+            )
+        seen[pid] = p.index
+    return problems
 
 
 def close_sets(sets: list[EvalSet]) -> None:
@@ -135,10 +156,10 @@ def evaluate_sets(engine, tokenizer, sets: list[EvalSet], cfg, step: int, path_o
 
     t0 = time.time()
     ks, metrics = resolved_ks(cfg.eval), {}
-    for index, s in enumerate(sets):
+    for s in sets:
         sampling = None
         if cfg.eval.n > 0:
-            seed = sampling_seed(cfg.seed, step, index)
+            seed = sampling_seed(cfg.seed, step, s.name)
             sampling = Sampling(cfg.eval.n, cfg.eval.temperature, cfg.eval.top_p, ks, seed)
         metrics.update(
             evaluate(

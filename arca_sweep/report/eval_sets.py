@@ -233,6 +233,8 @@ def eval_sections(arms: list[Arm], baseline: dict[str, str], delta: float = DEFA
 def power_verdict(d: PairedDifference, p: Power) -> str:
     """``difference shown`` (the interval excludes 0); ``underpowered`` (it holds 0 and |difference| < MDE);
     else ``no difference shown, though powered for one this size``; with one seed, :data:`ONE_SEED` added."""
+    if p.mde == 0:  # the arms agree on every problem and seed: no variance to size anything with
+        return NOT_ESTIMABLE
     if d.shown:
         text = "difference shown"
     elif abs(d.diff) < p.mde:
@@ -242,7 +244,12 @@ def power_verdict(d: PairedDifference, p: Power) -> str:
     return text if p.seed_variance_known else f"{text}; {ONE_SEED}"
 
 
-def _needed(value: int | None, known: bool) -> str:
+NOT_ESTIMABLE = "not estimable: no variance observed"
+
+
+def _needed(value: int | None, known: bool, mde: float = 1.0) -> str:
+    if mde == 0:
+        return "-"
     if not known:
         return "unknown (one seed)"
     return "unreachable" if value is None else str(value)
@@ -263,9 +270,9 @@ def power_rows(arms: list[Arm], comparisons: list[Comparison], delta: float) -> 
             f"{c.diff.diff:+.3f}",
             fmt_interval(c.diff.low, c.diff.high),
             f"{p.n_seeds} × {p.n_units}",
-            fmt(p.mde),
-            _needed(p.seeds_needed, p.seed_variance_known),
-            "unknown (one problem)" if p.n_units < 2 else _needed(p.units_needed, True),
+            "-" if p.mde == 0 else fmt(p.mde),
+            _needed(p.seeds_needed, p.seed_variance_known, p.mde),
+            "unknown (one problem)" if p.n_units < 2 else _needed(p.units_needed, True, p.mde),
             power_verdict(c.diff, p),
         ]
         out.append((row, p))
@@ -315,6 +322,14 @@ def power_legend(delta: float) -> str:
 
 def power_summary(rows: list[tuple[list[str], Power]], delta: float) -> str:
     """One paragraph: whether the sweep is underpowered for the differences it reports."""
+    blind = sum(r[-1] == NOT_ESTIMABLE for r, _ in rows)
+    rows = [(r, p) for r, p in rows if r[-1] != NOT_ESTIMABLE]
+    if not rows:
+        return (
+            f"None of the {blind} comparisons can be sized: the compared arms gave the same results on every "
+            "problem and seed (identical arms, or every answer right or wrong in both), so this sweep says nothing "
+            "about the differences it could detect."
+        )
     verdicts = [r[-1] for r, _ in rows]
     under = [p.mde for (r, p) in rows if r[-1].startswith(UNDERPOWERED)]
     shown = sum(v.startswith("difference shown") for v in verdicts)
@@ -331,6 +346,8 @@ def power_summary(rows: list[tuple[list[str], Power]], delta: float) -> str:
             f"shows its difference or would detect one of its size with {POWER:.0%} chance."
         )
     text += f" {shown} of {len(rows)} show a difference."
+    if blind:
+        text += f" {blind} more cannot be sized: their arms agreed on every problem and seed (no variance)."
     seeds = [p.seeds_needed for _, p in rows if p.seed_variance_known]
     if any(not p.seed_variance_known for _, p in rows):
         text += (

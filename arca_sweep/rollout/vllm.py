@@ -193,7 +193,8 @@ class VLLMEngine:
     ) -> RolloutBatch:
         """``temperature``/``top_p``: this call's (None: ``rollout``'s). ``seed`` (an eval's samples): one
         request per prompt with vLLM's ``n`` (its samples share the prompt's prefill), seeded ``seed + i``
-        without touching the project's RNG; else one request per row, seeded from the project's RNG stream."""
+        without touching the project's RNG; else one request per row, seeded from the project's RNG stream
+        (greedy requests draw nothing from it)."""
         from vllm import SamplingParams
 
         temperature = self.cfg.temperature if temperature is None else temperature
@@ -203,6 +204,8 @@ class VLLMEngine:
         requests = prompts if by_prompt else rows
         if by_prompt:
             first_seed = seed % (2**31 - len(requests))
+        elif greedy:
+            first_seed = 0  # argmax decoding draws nothing: the project's RNG is left alone
         else:
             first_seed = int(torch.randint(0, 2**31 - len(rows), ()))  # from the project's RNG stream
         params = [
