@@ -22,8 +22,13 @@ def run_eval(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedP
 
 
 def test_base_model_reproduces_the_readmes_accuracy(tmp_path):
+    """The README's greedy base accuracy, with a sampled eval of a second set on top (issue 21): each set's
+    file holds every sample, and the summary's metrics are the means of each file's per-problem values."""
+    from arca_sweep.eval.sampled import problem_metrics
+
     assert f"base accuracy is {README_BASE_ACCURACY}" in (REPO / "README.md").read_text()
-    proc = run_eval("experiment=demo", cwd=tmp_path)
+    sampled = ["eval.n=3", "eval.k=[1,3]", "+data@eval.sets.small=arith_small", "eval.sets.small.eval_size=6"]
+    proc = run_eval("experiment=demo", *sampled, cwd=tmp_path)
     (out,) = (tmp_path / "outputs" / "eval").iterdir()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval/accuracy"] == README_BASE_ACCURACY and summary["problems"] == 200
@@ -31,6 +36,16 @@ def test_base_model_reproduces_the_readmes_accuracy(tmp_path):
     assert [r["position"] for r in rows] == list(range(200)) and sum(r["correct"] for r in rows) == 127
     assert summary["adapter"] is None and "eval accuracy 0.635 (127/200)" in proc.stderr
     assert f"results in {out}" in proc.stderr
+    assert summary["sets"] == {"small": {"data": "arith_small", "problems": 6}} and summary["perf/eval_s"] > 0
+    for prefix, path, size in (
+        ("eval/", out / "results.jsonl", 200),
+        ("eval/small/", out / "small" / "results.jsonl", 6),
+    ):
+        rows = read_results(path)
+        assert len(rows) == size and all(len(r["samples"]) == 3 for r in rows)
+        values = [problem_metrics(r, (1, 3)) for r in rows]
+        for key in ("accuracy", "mean@3", "pass@1", "pass@3", "maj@1", "maj@3", "length", "sampled_length"):
+            assert summary[prefix + key] == pytest.approx(sum(v[key] for v in values) / size), key
 
 
 @pytest.mark.slow
@@ -134,25 +149,3 @@ def test_a_damaged_adapter_is_named_before_loading_anything(tmp_path):
     errors = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
     assert proc.returncode == 2 and len(errors) == 1 and want["cut"] in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "Loading" not in proc.stderr
-
-
-def test_sampled_eval_of_several_sets_writes_each_sets_samples_and_their_means(tmp_path):
-    """arca-sweep-eval with eval.n and an eval set: results.jsonl and small/results.jsonl hold every sample,
-    and the summary's metrics are the means of each file's per-problem values."""
-    from arca_sweep.eval.sampled import problem_metrics
-
-    out = tmp_path / "out"
-    run = ["budget.eval_size=8", "eval.n=3", "eval.k=[1,3]", "+data@eval.sets.small=arith_small"]
-    run_eval(*run, "eval.sets.small.eval_size=6", "--out", str(out), cwd=tmp_path)
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["sets"] == {"small": {"data": "arith_small", "problems": 6}}
-    for prefix, path, size in (
-        ("eval/", out / "results.jsonl", 8),
-        ("eval/small/", out / "small" / "results.jsonl", 6),
-    ):
-        rows = read_results(path)
-        assert len(rows) == size and all(len(r["samples"]) == 3 for r in rows)
-        values = [problem_metrics(r, (1, 3)) for r in rows]
-        for key in ("accuracy", "mean@3", "pass@1", "pass@3", "maj@1", "maj@3", "length", "sampled_length"):
-            assert summary[prefix + key] == pytest.approx(sum(v[key] for v in values) / size), key
-    assert summary["perf/eval_s"] > 0
