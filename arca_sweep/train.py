@@ -27,7 +27,7 @@ from arca_sweep.config import validate
 from arca_sweep.diagnostics.fidelity import fidelity_probe
 from arca_sweep.diagnostics.step import FormatTokens, credit_metrics
 from arca_sweep.eval import encode_prompts
-from arca_sweep.eval.sets import build_eval_sets, close_sets, evaluate_sets
+from arca_sweep.eval.sets import build_eval_sets, close_sets, eval_tokens, evaluate_sets
 from arca_sweep.learner import Learner, LearnerSettings, group_advantages
 from arca_sweep.learner.rollout_correction import rollout_is_metrics
 from arca_sweep.loggers import build_tracker
@@ -134,7 +134,7 @@ def train(
         console.info(
             f"model {cfg.model.name}: {weights['model/source']} weights from {weights['model/weights']}"
         )
-    engine = build_engine(cfg.rollout, model, tokenizer, budget=b)
+    engine = build_engine(cfg.rollout, model, tokenizer, budget=b, eval_tokens=eval_tokens(eval_sets, cfg))
     learner = Learner(model, LearnerSettings.from_config(cfg), temperature=cfg.rollout.temperature)
     max_logp_diff = guard_bound(cfg.rollout, next(model.parameters()).dtype)
     format_tokens = FormatTokens(tokenizer)

@@ -22,6 +22,8 @@ class Params:
 def test_run_tokens_counts_training_and_eval_generation():
     b = make_config("budget=demo").budget  # 60 steps x 8 x 8 x 48, evals at 0, 20, 40, 60 (+ the last)
     assert run_tokens(b) == 60 * 8 * 8 * 48 + (1 + 3 + 1) * 200 * 48
+    # sampled evals of two sets: (200 + 100) problems x (1 + 4) answers x 48 tokens per eval
+    assert run_tokens(b, (200 + 100) * 5 * 48) == 60 * 8 * 8 * 48 + (1 + 3 + 1) * 300 * 5 * 48
 
 
 def test_estimate_matches_the_measured_rates_at_the_measured_model():

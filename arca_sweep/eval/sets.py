@@ -178,3 +178,9 @@ def evaluate_sets(engine, tokenizer, sets: list[EvalSet], cfg, step: int, path_o
             metrics.update({s.prefix + k: v for k, v in s.task.stats.items()})
     metrics["perf/eval_s"] = time.time() - t0
     return metrics
+
+
+def eval_tokens(sets: list[EvalSet], cfg) -> int:
+    """The most tokens one eval generates: every set's problems, a greedy answer and ``eval.n`` samples each,
+    at the eval's new tokens (for rollout=auto's estimate of a run)."""
+    return sum(len(s.problems) for s in sets) * (1 + cfg.eval.n) * max_new_tokens(cfg.eval, cfg.budget)

@@ -70,14 +70,17 @@ CPU_MEASURED = {
 AUTO_MARGIN = 1.25
 
 
-def run_tokens(budget) -> int:
-    """Tokens a run generates at most: training rollouts plus greedy evals (step 0, every eval_every, last)."""
+def run_tokens(budget, eval_tokens: int | None = None) -> int:
+    """Tokens a run generates at most: training rollouts plus its evals (step 0, every eval_every, last), each
+    ``eval_tokens`` (every set's problems x (1 + eval.n) answers x the eval's new tokens; None: the greedy
+    pass on ``budget.eval_size`` problems)."""
     train = budget.steps * budget.prompts_per_step * budget.group_size * budget.max_new_tokens
     evals = 1 + (budget.steps // budget.eval_every if budget.eval_every else 0) + 1
-    return train + evals * budget.eval_size * budget.max_new_tokens
+    per_eval = budget.eval_size * budget.max_new_tokens if eval_tokens is None else eval_tokens
+    return train + evals * per_eval
 
 
-def cpu_rollout_seconds(n_params: int, budget) -> dict[str, float]:
+def cpu_rollout_seconds(n_params: int, budget, eval_tokens: int | None = None) -> dict[str, float]:
     """Estimated rollout seconds of a run on CPU per engine, from :data:`CPU_MEASURED`.
 
     Tokens/s scale as 1 / parameters from the nearest measured model (generation is bound by
@@ -87,14 +90,14 @@ def cpu_rollout_seconds(n_params: int, budget) -> dict[str, float]:
     ref = min(CPU_MEASURED.values(), key=lambda m: abs(math.log(n_params / m[0])))
     n_ref, hf_rate, vllm_rate, start_s, sync_s = ref
     scale = n_params / n_ref
-    tokens = run_tokens(budget)
+    tokens = run_tokens(budget, eval_tokens)
     return {
         "hf": tokens * scale / hf_rate,
         "vllm": start_s * max(1.0, scale) + tokens * scale / vllm_rate + budget.steps * sync_s * scale,
     }
 
 
-def resolve_engine_name(name: str, model=None, budget=None) -> str:
+def resolve_engine_name(name: str, model=None, budget=None, eval_tokens: int | None = None) -> str:
     """``auto``: vllm on a CUDA device with vLLM installed. On CPU with vLLM installed: vllm when its
     estimated rollout time for the whole run (start-up and syncs included, :func:`cpu_rollout_seconds`)
     beats HF's by :data:`AUTO_MARGIN`, otherwise hf (also without ``model`` and ``budget``)."""
@@ -105,16 +108,17 @@ def resolve_engine_name(name: str, model=None, budget=None) -> str:
     why = f"CUDA: {torch.cuda.is_available()}, vLLM installed: {vllm_available()}"
     chosen = "vllm" if torch.cuda.is_available() and vllm_available() else "hf"
     if not torch.cuda.is_available() and vllm_available() and model is not None and budget is not None:
-        est = cpu_rollout_seconds(sum(p.numel() for p in model.parameters()), budget)
+        est = cpu_rollout_seconds(sum(p.numel() for p in model.parameters()), budget, eval_tokens)
         chosen = "vllm" if est["vllm"] * AUTO_MARGIN < est["hf"] else "hf"
         why += f", estimated rollout s for the run: hf {est['hf']:.0f}, vllm {est['vllm']:.0f}"
     log.info("rollout=auto: using rollout=%s (%s)", chosen, why)
     return chosen
 
 
-def build_engine(rollout_cfg, model, tokenizer, budget=None) -> RolloutEngine:
-    """``budget``: the run's (steps, prompts, group size, tokens), for rollout=auto's choice on CPU."""
-    name = resolve_engine_name(rollout_cfg.name, model, budget)
+def build_engine(rollout_cfg, model, tokenizer, budget=None, eval_tokens: int | None = None) -> RolloutEngine:
+    """``budget``: the run's (steps, prompts, group size, tokens) and ``eval_tokens`` (the tokens of one eval,
+    :func:`run_tokens`), for rollout=auto's choice on CPU."""
+    name = resolve_engine_name(rollout_cfg.name, model, budget, eval_tokens)
     if name == "hf":
         from arca_sweep.rollout.hf import HFEngine
 
