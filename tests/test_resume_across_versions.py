@@ -69,7 +69,9 @@ EXACT = (
 )
 ROUNDING_DOMINATED = ("shadow/entropy/", "shadow/divergence/", "shadow/entropy_mask/")
 ABS, REL = 1e-4, 1e-2
-NEW_KEYS = {"eval/reward"}  # records the code writes since de630b0 (issue 20: the mean eval reward apart)
+# records the code writes since de630b0: the mean eval reward apart (issue 20), the greedy answers' mean
+# length (issue 21)
+NEW_KEYS = {"eval/reward", "eval/length"}
 ADAPTER_ATOL = 1e-3
 
 

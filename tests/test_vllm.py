@@ -144,6 +144,26 @@ def test_engine_leaves_the_learners_threads_and_rng_alone(engines, tiny_tokenize
     assert torch.get_num_threads() == 2  # the real setter, not vLLM's no-op
 
 
+@pytest.mark.slow
+def test_eval_samples_go_by_prompt_with_their_own_seed(engines, tiny_tokenizer):
+    """An eval's samples (seed given): vLLM's n per prompt, prompt-major like a rollout, reproducible by their
+    seed, and the project's RNG untouched (a rollout draws its first seed from it; an eval must not)."""
+    engine, _ = engines["merged"]
+    prompts = prompt_ids(tiny_tokenizer)
+    torch.manual_seed(5)
+    state = torch.random.get_rng_state()
+    first = engine.generate(prompts, 3, 8, temperature=1.2, top_p=0.9, seed=77)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    again = engine.generate(prompts, 3, 8, temperature=1.2, top_p=0.9, seed=77)
+    assert first.texts == again.texts and len(first.texts) == 3 * len(prompts)
+    assert first.sampling_logprobs is None
+    engine.generate(prompts, 1, 8, greedy=True)  # an eval's greedy pass draws nothing either
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for row, ids in enumerate(first.prompt_ids):
+        want = prompts[row // 3]
+        assert ids[first.prompt_mask[row]].tolist() == list(want)
+
+
 def test_explicit_vllm_without_vllm_names_the_extra(monkeypatch):
     import arca_sweep.rollout.vllm as v
 
@@ -192,22 +212,3 @@ def test_a_run_whose_engine_misses_a_sync_stops_with_the_guard_error(tmp_path, m
     with pytest.raises(EngineWeightsMismatch, match="step 2: .* do not match the learner"):
         train.run(cfg, tmp_path / "arm")
 
-
-@pytest.mark.slow
-def test_eval_samples_go_by_prompt_with_their_own_seed(engines, tiny_tokenizer):
-    """An eval's samples (seed given): vLLM's n per prompt, prompt-major like a rollout, reproducible by their
-    seed, and the project's RNG untouched (a rollout draws its first seed from it; an eval must not)."""
-    engine, _ = engines["merged"]
-    prompts = prompt_ids(tiny_tokenizer)
-    torch.manual_seed(5)
-    state = torch.random.get_rng_state()
-    first = engine.generate(prompts, 3, 8, temperature=1.2, top_p=0.9, seed=77)
-    assert torch.equal(torch.random.get_rng_state(), state)
-    again = engine.generate(prompts, 3, 8, temperature=1.2, top_p=0.9, seed=77)
-    assert first.texts == again.texts and len(first.texts) == 3 * len(prompts)
-    assert first.sampling_logprobs is None
-    engine.generate(prompts, 1, 8, greedy=True)  # an eval's greedy pass draws nothing either
-    assert torch.equal(torch.random.get_rng_state(), state)
-    for row, ids in enumerate(first.prompt_ids):
-        want = prompts[row // 3]
-        assert ids[first.prompt_mask[row]].tolist() == list(want)

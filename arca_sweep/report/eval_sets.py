@@ -177,9 +177,10 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
 
 
 def sampling_settings(arms: list[Arm]) -> str:
-    """``n = 4, temperature = 0.6, top_p = 0.95`` of the arms' ``eval`` sections (values that differ
-    between arms joined with "or")."""
+    """``n = 4, temperature = 0.6, top_p = 0.95`` of the ``eval`` sections of the arms that sample (values that
+    differ between arms joined with "or")."""
     parts = []
+    arms = [arm for arm in arms if (eval_config(arm).get("n") or 0) > 0] or arms  # greedy-only arms draw none
     for key in ("n", "temperature", "top_p"):
         values = dict.fromkeys(str(eval_config(arm).get(key, "-")) for arm in arms)
         parts.append(f"{key} = {' or '.join(values)}")
