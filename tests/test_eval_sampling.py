@@ -17,6 +17,7 @@ from arca_sweep.eval.sampled import default_ks, problem_metrics, vote_classes
 from arca_sweep.rollout import RolloutBatch
 from arca_sweep.tasks.arith import ArithTask
 from arca_sweep.testing import make_config
+from tests.test_evaluation import TemplateTokenizer
 
 # ---------------------------------------------------------------- answer classes
 
@@ -138,14 +139,6 @@ class SamplingEngine:
         )
 
 
-class Tokenizer:
-    def apply_chat_template(self, messages, tokenize, add_generation_prompt, enable_thinking):
-        return messages[0]["content"]
-
-    def __call__(self, text, add_special_tokens):
-        return {"input_ids": [ord(c) for c in text[:8]]}
-
-
 def test_evaluate_writes_every_sample_and_its_metrics_are_the_records_means(tmp_path):
     task = ArithTask()
     problems = task.eval_problems(3)
@@ -161,7 +154,7 @@ def test_evaluate_writes_every_sample_and_its_metrics_are_the_records_means(tmp_
     out = tmp_path / "r.jsonl"
     metrics = evaluate(
         engine,
-        Tokenizer(),
+        TemplateTokenizer(),
         task,
         problems,
         40,

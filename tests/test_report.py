@@ -674,13 +674,7 @@ def test_real_sweep_eval_set_tables_recomputed_from_per_problem_files(real_sweep
     out = run_report_cli(real_sweep)
     assert out.returncode == 0, out.stderr
     text = (real_sweep / "report.md").read_text()
-    arms: dict = {}
-    for arm in real_sweep.iterdir():
-        if (arm / "summary.json").exists():
-            config = yaml.safe_load((arm / ".hydra" / "config.yaml").read_text())
-            arms.setdefault((config["credit"]["name"], config["credit"]["normalize"]), {})[config["seed"]] = (
-                arm
-            )
+    arms = arms_by_cell(real_sweep)
 
     def values(arm: Path, eval_set: str | None) -> list[tuple]:
         path = arm / "eval" / (eval_set or "") / "step_2.jsonl"
@@ -717,18 +711,24 @@ def test_real_sweep_eval_set_tables_recomputed_from_per_problem_files(real_sweep
     assert {r["metric"] for r in power} >= {"accuracy", "mean@4"} and all(r["verdict"] for r in power)
 
 
-def check_against_files(sweep_dir: Path) -> list[float]:
-    """Run the report CLI on ``sweep_dir`` and recompute its intervals and p-values; return the paired
-    accuracy differences it printed."""
-    out = run_report_cli(sweep_dir)
-    assert out.returncode == 0, out.stderr
-    text = (sweep_dir / "report.md").read_text()
+def arms_by_cell(sweep_dir: Path) -> dict:
+    """``{(credit, credit.normalize): {seed: arm dir}}`` of the sweep's finished arms, from their configs."""
     arms: dict = {}
     for arm in sweep_dir.iterdir():
         if (arm / "summary.json").exists():
             config = yaml.safe_load((arm / ".hydra" / "config.yaml").read_text())
             key = (config["credit"]["name"], config["credit"]["normalize"])
             arms.setdefault(key, {})[config["seed"]] = arm
+    return arms
+
+
+def check_against_files(sweep_dir: Path) -> list[float]:
+    """Run the report CLI on ``sweep_dir`` and recompute its intervals and p-values; return the paired
+    accuracy differences it printed."""
+    out = run_report_cli(sweep_dir)
+    assert out.returncode == 0, out.stderr
+    text = (sweep_dir / "report.md").read_text()
+    arms = arms_by_cell(sweep_dir)
     ids = list(per_problem(arms[("arca", "mean")][0]))
 
     def matrix(cell) -> np.ndarray:
