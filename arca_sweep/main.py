@@ -110,7 +110,8 @@ def user_errors():
     except UserError as exc:
         if os.environ.get("ARCA_TRACEBACK"):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # an arm of several processes: rank 0 says it once
+            print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -185,7 +186,33 @@ def check_output_dir(args: list[str]) -> None:
         )
 
 
+def share_launch_stamp() -> None:
+    """Under torchrun: every rank's Hydra names the same sweep dir (``hydra.sweep.dir`` holds the launch's
+    time, which the ranks would each read a moment apart: hydra#2070). Rank 0 posts its time to torchrun's
+    store and every rank sets ``ARCA_LAUNCH_STAMP`` to it (conf/config.yaml)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or "ARCA_LAUNCH_STAMP" in os.environ:
+        return
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # not torchrun: nothing to share through
+        return
+    import datetime
+    import time
+
+    from torch.distributed import TCPStore
+
+    store = TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=datetime.timedelta(seconds=300),
+    )
+    key = f"arca_sweep/stamp/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if os.environ.get("RANK", "0") == "0":
+        store.set(key, time.strftime("%Y-%m-%d_%H-%M-%S"))
+    os.environ["ARCA_LAUNCH_STAMP"] = store.get(key).decode()
+
+
 def cli() -> None:
+    share_launch_stamp()
     args = quote_numeric_choices(sys.argv[1:])
     check_output_dir(args)
     check_config(args)

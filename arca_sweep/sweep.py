@@ -4,6 +4,7 @@ sweep report (``report.md``, plots, ``heatmaps.html``; :mod:`arca_sweep.report`)
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -61,7 +62,7 @@ def sweep_table(sweep_dir: Path) -> str:
 class SweepSummaryCallback(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
+        if not sweep_dir.is_dir() or os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 writes it
             return
         table = sweep_table(sweep_dir)
         (sweep_dir / "sweep_summary.md").write_text(table)

@@ -12,8 +12,10 @@ Re-running the same command resumes from the checkpoint; a finished arm is skipp
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +28,10 @@ from arca_sweep.arm_dir.fingerprint import check_same_inputs, fingerprint
 from arca_sweep.config import validate
 from arca_sweep.diagnostics.fidelity import fidelity_probe
 from arca_sweep.diagnostics.step import FormatTokens, credit_metrics
+from arca_sweep.distributed import SINGLE, World, start_world, stop_world
+from arca_sweep.distributed.engine import ShardedEngine
+from arca_sweep.distributed.fsdp import full_adapter, full_optimizer_state, restore_sharded, shard_model
+from arca_sweep.errors import UserError
 from arca_sweep.eval import encode_prompts
 from arca_sweep.eval.sets import build_eval_sets, close_sets, eval_tokens, evaluate_sets
 from arca_sweep.learner import Learner, LearnerSettings, group_advantages
@@ -68,31 +74,64 @@ def run(
     ``staged``: where Hydra wrote this launch's ``.hydra`` files (``hydra.output_subdir``); they become the
     arm's ``.hydra/`` only once the arm runs here, so a refused launch (another config, another run holding
     the lock, files that are not this arm's) and a skip leave the arm's labels as they were.
+
+    An arm of several processes (:mod:`arca_sweep.distributed`): rank 0 does all of this and tells the
+    others whether to train, skip or stop (:func:`follow`); only rank 0 writes to the arm dir.
     """
-    arm = ArmDir(out_dir)
+    arm, world = ArmDir(out_dir), SINGLE
     try:
         validate(cfg)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        arm.create()
-        with arm.lock():  # one run per arm dir, held to the end (arca_sweep/arm_dir/)
-            summary = arm.read_summary()
-            state = arm.load_checkpoint()  # before any model loads: a damaged one fails fast
-            ran = (summary or {}).get("config") or (state or {}).get("config")
-            if ran:
-                check_same_config(ran, resolved, out_dir, finished=summary is not None)
-            elif summary is not None:
-                arm.check_same_overrides(overrides or [])
-            else:
-                arm.check_fresh(overrides or [])
-            if summary is not None:
-                console.info(skip_line(out_dir, summary))
-                return summary
-            arm.adopt_launch_record(staged)
-            return train(cfg, arm, overrides, sweep_dir, choices, state, resolved)
+        world = start_world(cfg.dist, resolve_device(cfg.device))
+        if not world.is_main:
+            return follow(cfg, arm, overrides, sweep_dir, choices, world)
+        told = False
+        try:
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            arm.create()
+            with arm.lock():  # one run per arm dir, held to the end (arca_sweep/arm_dir/)
+                summary = arm.read_summary()
+                state = arm.load_checkpoint()  # before any model loads: a damaged one fails fast
+                ran = (summary or {}).get("config") or (state or {}).get("config")
+                if ran:
+                    check_same_config(ran, resolved, out_dir, finished=summary is not None)
+                elif summary is not None:
+                    arm.check_same_overrides(overrides or [])
+                else:
+                    arm.check_fresh(overrides or [])
+                if summary is not None:
+                    told = world.broadcast_object(("skip", summary)) is not None
+                    console.info(skip_line(out_dir, summary))
+                    return summary
+                told = world.broadcast_object(("train", None)) is not None
+                arm.adopt_launch_record(staged)
+                return train(cfg, arm, overrides, sweep_dir, choices, state, resolved, world)
+        except BaseException:
+            if not told:  # the other ranks wait for rank 0's word: tell them to stop
+                world.broadcast_object(("refused", None))
+            raise
     finally:
-        if arm.is_empty():  # a launch refused in a dir with no arm yet (a bad config): label it as launched
+        if world.is_main and arm.is_empty():  # a launch refused in a dir with no arm yet: label it launched
             arm.adopt_launch_record(staged)
         arm.discard_launch_record(staged)
+        if sys.exc_info()[0] is None:  # (after a failure the ranks do not meet again: the job ends)
+            stop_world(world)
+
+
+class RankZeroRefused(UserError):
+    """Rank 0 of a multi-process arm refused or skipped the launch (its own message says why)."""
+
+
+def follow(cfg, arm: ArmDir, overrides, sweep_dir, choices, world: World) -> dict:
+    """A rank other than 0: train when rank 0 does (from the same checkpoint), return its summary when it
+    skips a finished arm, stop when it refuses."""
+    what, summary = world.broadcast_object(None)
+    if what == "skip":
+        return summary
+    if what != "train":
+        raise RankZeroRefused(f"rank {world.rank}: rank 0 refused the launch of {arm.path}; see its message")
+    state = arm.load_checkpoint()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return train(cfg, arm, overrides, sweep_dir, choices, state, resolved, world)
 
 
 def train(
@@ -103,60 +142,85 @@ def train(
     choices: dict | None,
     state: dict | None,
     resolved: dict,
+    world: World = SINGLE,
 ) -> dict:
-    """The arm's run, from its checkpoint ``state`` if it has one, under the arm dir's lock."""
-    out_dir = arm.path
+    """The arm's run, from its checkpoint ``state`` if it has one, under the arm dir's lock (held by rank 0:
+    the other ranks of a multi-process arm write nothing)."""
+    out_dir, main = arm.path, world.is_main
+    if not main:  # rank 0 tells the arm's progress; the others speak only to warn
+        logging.getLogger("arca_sweep").setLevel(logging.WARNING)
     inputs = fingerprint(cfg)  # the data files, plug-ins and model files this run reads
     changed = check_same_inputs(
         state.get("fingerprint") if state else None, inputs, out_dir, cfg.accept_changed_inputs
     )
     inputs_changed = list(state.get("inputs_changed") or []) if state else []  # every accepted change
-    if changed:
+    if changed and main:
         console.warning(
             f"{out_dir}: resuming on changed inputs (accept_changed_inputs=true): {'; '.join(changed)}"
         )
         inputs_changed.append({"resumed_after_step": state["step"], "changes": changed})
     t_start = time.time()
-    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))  # the job's CPUs, not the node's
+    # the job's CPUs, not the node's, shared by the arm's processes on this node
+    torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) // world.local_size))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     b, think = cfg.budget, cfg.data.enable_thinking
 
+    rollout_cfg = rollout_for(
+        cfg.rollout, world
+    )  # (before the model loads: vLLM across processes is refused)
     tokenizer = load_tokenizer(cfg.model)
     fits = prompt_fitter(tokenizer, prompt_token_limit(cfg.data, cfg.model, b), think)
     task = build_task(cfg.data, fits)  # data before model
     eval_sets = build_eval_sets(cfg, task, tokenizer)  # the run's eval rows and every eval.sets entry
     model = load_policy(cfg.model, cfg.rank, device, cfg.seed)
+    sharded = cfg.dist.shard and world.size > 1
+    if sharded:  # FSDP2, a unit per decoder layer (arca_sweep/distributed/fsdp.py)
+        shard_model(model, world, device)
     weights = model_weights(cfg.model)
-    if weights:
+    if weights and main:
         console.info(
             f"model {cfg.model.name}: {weights['model/source']} weights from {weights['model/weights']}"
         )
-    engine = build_engine(cfg.rollout, model, tokenizer, budget=b, eval_tokens=eval_tokens(eval_sets, cfg))
-    learner = Learner(model, LearnerSettings.from_config(cfg), temperature=cfg.rollout.temperature)
+    engine = build_engine(rollout_cfg, model, tokenizer, budget=b, eval_tokens=eval_tokens(eval_sets, cfg))
+    if state is not None:  # an arm keeps its sampler's draws (a checkpoint of before issue 22: "stream")
+        engine.draws = state.get("draws", "stream")
+        if engine.draws != "row" and world.size > 1:
+            raise UserError(
+                f"{out_dir}: its checkpoint was written by a version whose rollouts drew from one RNG stream; "
+                "resume it in one process (without torchrun or tasks_per_node), or start the arm afresh"
+            )
+    if world.size > 1:  # each rank generates its share of the prompts; every rank holds the whole batch
+        engine = ShardedEngine(engine, world, tokenizer.pad_token_id, lockstep=sharded)
+    learner = Learner(model, LearnerSettings.from_config(cfg), cfg.rollout.temperature, world)
     max_logp_diff = guard_bound(cfg.rollout, next(model.parameters()).dtype)
     format_tokens = FormatTokens(tokenizer)
-    log = RunLog(
-        out_dir, build_tracker(cfg.logger, out_dir, resolved, overrides or [], sweep_dir, choices or {})
-    )
+    log = None
+    if main:
+        tracker = build_tracker(cfg.logger, out_dir, resolved, overrides or [], sweep_dir, choices or {})
+        log = RunLog(out_dir, tracker)
+
+    def results(step):  # where rank 0 writes an eval's per-problem results (the other ranks: nowhere)
+        return (lambda s: results_path(out_dir, step, s.name)) if main else None
 
     start = 0
     if state is not None:
-        start = restore(state, model, learner.optimizer)
+        start = (restore_sharded if sharded else restore)(state, model, learner.optimizer)
         engine.sync(model)
-        log.resume(start, state.get("metrics_lines"))
-        print(f"resuming {out_dir} after step {start}")
+        if main:
+            log.resume(start, state.get("metrics_lines"))
+            print(f"resuming {out_dir} after step {start}")
     else:
-        log.start()
+        if main:
+            log.start()
         with at_step("0 (the initial eval)"):
-            acc = evaluate_sets(
-                engine, tokenizer, eval_sets, cfg, 0, lambda s: results_path(out_dir, 0, s.name)
-            )
-        log.log({"step": 0, **acc})
+            acc = evaluate_sets(engine, tokenizer, eval_sets, cfg, 0, results(0))
+        if main:
+            log.log({"step": 0, **acc})
 
-    live = cfg.logger.progress and is_terminal()
+    live = cfg.logger.progress and is_terminal() and main
     progress = Progress(out_dir, start, b.steps, live, cfg.logger.progress_every, cfg.logger.progress_every_s)
     for step in range(start + 1, b.steps + 1):
         # ---- rollout: G samples for each of this step's prompts (the order is data.seed's, shared by all arms)
@@ -205,9 +269,17 @@ def train(
         check_engine_weights(metrics["rollout/logp_diff_max"], max_logp_diff, step)
         if step == b.steps or (b.eval_every and step % b.eval_every == 0):
             with at_step(f"{step} (eval)"):
-                out = lambda s, step=step: results_path(out_dir, step, s.name)  # noqa: E731
-                metrics.update(evaluate_sets(engine, tokenizer, eval_sets, cfg, step, out))
+                metrics.update(evaluate_sets(engine, tokenizer, eval_sets, cfg, step, results(step)))
         metrics.update(task.stats)
+        save_now = step % b.checkpoint_every == 0 or step == b.steps
+        whole = {}  # a sharded model's adapter and optimizer state, gathered whole by every rank
+        if save_now and sharded:
+            whole = {
+                "adapter": full_adapter(model),
+                "optimizer_state": full_optimizer_state(learner.optimizer),
+            }
+        if not main:
+            continue  # the rest writes the arm's records: rank 0's
         log.log(metrics)
         if cfg.logger.samples_every and (step == 1 or step % cfg.logger.samples_every == 0):
             log.log_samples(
@@ -225,7 +297,7 @@ def train(
                     cfg.logger.samples_per_step,
                 ),
             )
-        if step % b.checkpoint_every == 0 or step == b.steps:
+        if save_now:
             arm.save_checkpoint(
                 step=step,
                 model=model,
@@ -234,23 +306,46 @@ def train(
                 metrics_lines=log.metrics.lines,
                 fingerprint=inputs,
                 inputs_changed=inputs_changed,
+                draws=engine.draws,
+                **whole,
             )
         progress.update(step, metrics)
     progress.close()
 
     task.close()
     close_sets(eval_sets)
-    arm.save_adapter(model)
+    adapter = full_adapter(model) if sharded else None  # every rank takes part in gathering it
+    if not main:
+        return world.broadcast_object(None)  # rank 0's summary, once it is written
+    arm.save_adapter(model, adapter)
     summary = summarize(log.metrics.records(), overrides or [], time.time() - t_start, start)
     summary.update(weights)
     summary["config"] = resolved  # what ran: a later launch in this dir is checked against it
     summary["inputs"] = inputs
     if inputs_changed:
         summary["inputs_changed"] = inputs_changed
+    if world.size > 1:
+        summary["dist"] = {"world_size": world.size, "backend": world.backend, "shard": cfg.dist.shard}
     arm.write_summary(summary)
     log.finish(summary)
+    world.broadcast_object(summary)
     console.info(closing_line(out_dir, summary))
     return summary
+
+
+def rollout_for(rollout_cfg, world: World):
+    """The rollout section an arm of ``world`` runs: ``rollout=auto`` is hf across processes, and vLLM (one
+    engine per rank needs vLLM's external launcher, not wired yet) is refused there, before any model loads."""
+    if world.size == 1:
+        return rollout_cfg
+    if rollout_cfg.name == "vllm":
+        raise UserError(
+            f"rollout=vllm with {world.size} processes is not supported yet (each rank would need its own "
+            "vLLM engine on vLLM's external launcher); use rollout=hf, or run the arm in one process"
+        )
+    if rollout_cfg.name == "auto":
+        rollout_cfg = OmegaConf.merge(rollout_cfg, {"name": "hf"})
+    return rollout_cfg
 
 
 def check_rewards(rewards: torch.Tensor, advantages: torch.Tensor, data) -> None:

@@ -18,6 +18,11 @@ first steps of a LoRA run are 1e-9 to 1e-7 nats, the size of the old path's roun
 0.03 at step 1), and the entropy mask, whose top-20% cut flips with the last bit of a tied entropy (on
 CI's CPU its Gini at step 1 was 0.782 against 0.797 here).
 
+Since issue 22 a fresh arm's rollouts draw each row's tokens from the row's own generator (keyed by the
+call's seed, the prompt's place and the sample), where every earlier version drew a batch at a time from
+the project's RNG stream; a checkpoint without the ``draws`` record resumes with the stream (HFEngine.draws),
+so the resume below still ends where the old code's uninterrupted run ends.
+
 Since the shared prompt pass (the policy's scoring forward runs each distinct prompt once, as the reference
 pass already did) a straight run departs from de630b0 at step 1, on purpose: with the adapter still zero
 (LoRA's B = 0) the policy's and the reference's hidden states are now computed by the same arithmetic, so
@@ -131,11 +136,11 @@ def test_a_straight_run_departs_from_the_old_code_only_by_the_zero_adapter_fallb
     assert w["credit/fallback_frac"] == 0.0 and w["credit/gini/mean"] > 0.1  # the old code's noise
     assert g["credit/fallback_frac"] == 1.0 and g["credit/gini/mean"] == 0.0 and g["credit/etr/mean"] == 1.0
     assert g["shadow/arca/gini/mean"] == 0.0 and g["shadow/uniform/gini/mean"] == 0.0
-    # what was sampled and scored before the update is the same; the loss at rho = 1 does not depend on
-    # how the weights spread within a response (they are normalized to mean 1), the gradient does
-    for key in ("data/batch_hash", "reward/mean", "response/length_mean", "loss"):
-        assert abs(g[key] - w[key]) <= ABS * abs(w[key]) if isinstance(w[key], float) else g[key] == w[key]
-    assert abs(g["grad_norm"] - w["grad_norm"]) > REL * w["grad_norm"]
+    # the same prompts; since issue 22 a fresh arm's samples are drawn row by row (keyed by the row's place
+    # in the step, so an arm across processes samples what one process does), not from one RNG stream, so
+    # what step 1 sampled differs from the old code's (an old checkpoint keeps the stream: the test above)
+    assert g["data/batch_hash"] == w["data/batch_hash"]
+    assert (g["reward/mean"], g["response/length_mean"]) != (w["reward/mean"], w["response/length_mean"])
 
 
 def test_the_tolerances_catch_a_changed_run():

@@ -274,3 +274,28 @@ def log_span(log: Path) -> tuple[str, str]:
     stamps = re.findall(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]", log.read_text(), re.M)
     assert len(stamps) >= 2, log
     return stamps[0], stamps[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_arms_of_two_tasks_each_run_as_one_arm_across_processes(slurm_cluster, tmp_path):
+    """``tasks_per_node=2``: each arm is one SLURM job of two tasks, which submitit makes the arm's two ranks
+    (arca_sweep/distributed/): one dir per arm, written by rank 0, finished, COMPLETED in sacct."""
+    sweep = tmp_path / "sweep"
+    two_tasks = [*ON_TEST_CLUSTER, "hydra.launcher.tasks_per_node=2", "hydra.launcher.mem_gb=2"]
+    args = ["credit=uniform,arca", "budget=smoke", "rollout=hf", "threads=1"]
+    cli(*args, "-m", *two_tasks, f"hydra.sweep.dir={sweep}", cwd=REPO)
+    arms = arms_of(sweep)
+    assert [a.name for a in arms] == [
+        "budget=smoke,credit=arca,rollout=hf",
+        "budget=smoke,credit=uniform,rollout=hf",
+    ]
+    for arm in arms:
+        check_arm_files(arm, SMOKE_STEPS)
+        summary = json.loads((arm / "summary.json").read_text())
+        assert summary["dist"] == {"world_size": 2, "backend": "gloo", "shard": False}
+    (script,) = (sweep / ".submitit").glob("*/*_submission.sh")
+    assert "#SBATCH --ntasks-per-node=2" in script.read_text()
+    jobs = submitit_jobs(sweep)
+    assert len(jobs) == 2 and [sacct_states(j) for j in jobs] == [["COMPLETED"]] * 2
+    assert not list(sweep.glob("*/.hydra.launch/*"))  # each task's staged launch record adopted or removed

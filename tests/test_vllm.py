@@ -211,4 +211,3 @@ def test_a_run_whose_engine_misses_a_sync_stops_with_the_guard_error(tmp_path, m
     cfg = config("budget=smoke", "logger.progress=false")
     with pytest.raises(EngineWeightsMismatch, match="step 2: .* do not match the learner"):
         train.run(cfg, tmp_path / "arm")
-

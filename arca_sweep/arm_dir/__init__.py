@@ -227,9 +227,12 @@ class ArmDir:
         except OSError:
             pass
 
-    def save_adapter(self, model) -> None:
+    def save_adapter(self, model, state_dict: dict | None = None) -> None:
+        """The peft adapter; ``state_dict``: its weights gathered whole from a sharded model."""
         with writing(self.path / ADAPTER):
-            model.save_pretrained(self.path / ADAPTER)
+            model.save_pretrained(
+                self.path / ADAPTER, **({} if state_dict is None else {"state_dict": state_dict})
+            )
 
 
 def same_results(a: list[str], b: list[str]) -> bool:

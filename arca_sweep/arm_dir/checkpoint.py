@@ -25,7 +25,7 @@ RESUME_FREE_KEYS = {
     "credit.timeout_s",
     "data.reward_timeout_s",
 }
-RESUME_FREE_PREFIXES = ("logger.",)
+RESUME_FREE_PREFIXES = ("logger.", "dist.")  # dist: the update is the one-process update on any world
 
 
 def rng_states() -> dict:
@@ -68,15 +68,20 @@ def save(
     metrics_lines: list[str],
     fingerprint: dict | None = None,
     inputs_changed: list | None = None,
+    draws: str = "row",
+    adapter: dict | None = None,
+    optimizer_state: dict | None = None,
 ) -> None:
     """Adapter, optimizer, RNG states, step, config, the inputs' fingerprints
-    (:mod:`arca_sweep.arm_dir.fingerprint`), and the metrics lines of steps 0..``step``."""
+    (:mod:`arca_sweep.arm_dir.fingerprint`), and the metrics lines of steps 0..``step``. ``adapter`` and
+    ``optimizer_state``: full tensors gathered from a sharded model (default: read from ``model``)."""
     state = {
         "step": step,
         "fingerprint": fingerprint,
         "inputs_changed": list(inputs_changed or []),  # every resume on changed inputs, kept to the end
-        "adapter": trainable_state(model),
-        "optimizer": optimizer.state_dict(),
+        "adapter": trainable_state(model) if adapter is None else adapter,
+        "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+        "draws": draws,  # the rollout engine's sampling draws (HFEngine.draws); absent before issue 22
         "rng": rng_states(),
         "config": config,
         "metrics_lines": list(metrics_lines),

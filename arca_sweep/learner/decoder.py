@@ -141,6 +141,7 @@ def response_hidden(
     final,
     checkpoint: bool = False,
     autocast_bf16: bool = False,
+    agree=None,
 ):
     """:func:`forward_hidden` at the positions that predict the response (``prompt_len - 1 .. L - 2``:
     ``[B, L - prompt_len, D]`` each), every distinct prompt run once.
@@ -151,14 +152,18 @@ def response_hidden(
     response), about (G - 1) / G of the prompt tokens' work saved. Runs in the caller's grad mode: with
     grad, the copies are an ``index_select`` whose backward sums the rows' gradients into the shared
     prompt, as the G separate prompt forwards would. ``checkpoint`` (transformers drops the KV cache
-    under layer checkpointing): one plain checkpointed forward.
+    under layer checkpointing): one plain checkpointed forward. ``agree(shared) -> bool``: whether every
+    process of a sharded model shares prompts too (the same decoder calls on every rank; else all run plain).
     """
     from transformers import DynamicCache
 
     p = prompt_len
     prompt = torch.cat([input_ids[:, :p], attention_mask[:, :p].long()], 1)
     unique, inverse = torch.unique(prompt, dim=0, return_inverse=True)
-    if unique.shape[0] == input_ids.shape[0] or checkpoint:  # nothing shared: one plain forward
+    shared = unique.shape[0] < input_ids.shape[0] and not checkpoint
+    if agree is not None:
+        shared = agree(shared)
+    if not shared:  # nothing shared: one plain forward
         return tuple(
             None if h is None else h[:, p - 1 : -1]
             for h in forward_hidden(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from arca_sweep import credit
+from arca_sweep.distributed import SINGLE, World, my_rows
 from arca_sweep.learner.decoder import decoder_and_head, response_hidden
 from arca_sweep.learner.loss import aggregate_loss, credit_token_loss
 from arca_sweep.learner.rollout_correction import resolve_mode, rollout_correction_weights
@@ -105,10 +106,14 @@ class CreditPlan:
 class Learner:
     """Scores a rollout batch, computes its credit, applies the PPO-clip update(s) to the LoRA parameters."""
 
-    def __init__(self, model, settings: LearnerSettings, temperature: float):
-        """``settings``: :meth:`LearnerSettings.from_config`; ``temperature``: the rollout's sampling one."""
+    def __init__(self, model, settings: LearnerSettings, temperature: float, world: World = SINGLE):
+        """``settings``: :meth:`LearnerSettings.from_config`; ``temperature``: the rollout's sampling one;
+        ``world``: the arm's processes (:mod:`arca_sweep.distributed`): this one scores and backpropagates
+        its own prompts' rows, and the update is the one-process update."""
         s = self.settings = settings
-        self.model, self.temperature = model, temperature
+        self.model, self.temperature, self.world = model, temperature, world
+        # dist.shard: every forward and backward of a decoder layer is a collective (arca_sweep/distributed/fsdp.py)
+        self.sharded = any(hasattr(p, "device_mesh") for p in model.parameters())
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas)
         self.credit = CreditPlan(s)
@@ -139,6 +144,8 @@ class Learner:
         """``rows`` in micro-batches (:func:`micro_batches`: length-sorted, within
         ``learner.micro_batch_tokens``, at most ``learner.micro_batch_size`` rows each)."""
         s = self.settings
+        if len(rows) == 0:  # (a rank holds none of a mini-batch's rows)
+            return []
         groups = micro_batches(
             batch.prompt_mask[rows].sum(1),
             batch.response_mask[rows].sum(1),
@@ -146,6 +153,25 @@ class Learner:
             s.micro_batch_tokens,
         )
         return [rows[g] for g in groups]
+
+    def _all_share(self, shared: bool) -> bool:
+        """Sharded: whether every rank's forward shares its prompts' pass (:func:`response_hidden`)."""
+        return self.world.max_int(int(not shared)) == 0
+
+    def _lockstep(self, groups: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Sharded: as many micro-batches on every rank (None: a stand-in, :meth:`_stand_in`)."""
+        if not self.sharded:
+            return groups
+        return groups + [None] * (self.world.max_int(len(groups)) - len(groups))
+
+    def _stand_in(self, batch: RolloutBatch, grad: bool, policy_only: bool = False) -> None:
+        """A sharded rank's forward (and backward) on one row whose loss counts 0: the layers' collectives
+        of a micro-batch it does not have."""
+        rows = torch.zeros(1, dtype=torch.long)
+        with torch.set_grad_enabled(grad), self._policy_only() if policy_only else contextlib.nullcontext():
+            _, logp = self.score(batch, rows)
+        if grad:
+            (logp.sum() * 0.0).backward()
 
     def step(
         self,
@@ -166,6 +192,10 @@ class Learner:
         row-scope method the scoring forward also carries the gradient: exactly the single GRPO update.
         Otherwise the scoring pass runs without grad, then one policy-only forward per micro-batch and
         update (the reference log-probs are kept from the scoring pass).
+
+        Across processes (``world``) each scores its own rows (:func:`~arca_sweep.distributed.my_rows`) of
+        the whole batch it holds; what the scoring pass keeps is gathered (so batch-scope credit sees the
+        whole batch), loss aggregations read the whole batch's counts and gradients are summed.
         """
         lr = self.settings
         n = batch.response_mask.shape[0]
@@ -175,10 +205,14 @@ class Learner:
         )
         single = lr.ppo_epochs == 1 and lr.mini_batches == 1 and self.method.scope == "row"
         sampled = self.shadow_rows(n)  # the other methods' weights on this sample of rows only
-        scoring, tracker = _ScoringPass(self.credit, ctx, n, sampled), _UpdateTracker()
+        scoring, tracker = _ScoringPass(self.credit, ctx, n, sampled), _UpdateTracker(self.world)
         everything = torch.arange(n)
+        mine = my_rows(n, self.settings.group_size, self.world)
         self.optimizer.zero_grad(set_to_none=True)
-        for rows in self._row_groups(batch, everything):
+        for rows in self._lockstep(self._row_groups(batch, mine)):
+            if rows is None:
+                self._stand_in(batch, grad=single)
+                continue
             with torch.set_grad_enabled(single):
                 stats, logp = self.score(batch, rows, None if sampled is None else sampled[rows])
             tc = scoring.add(rows, stats)
@@ -194,6 +228,7 @@ class Learner:
                     batch,
                     tracker,
                 )
+        scoring.gather(self.world)
         if single:
             tracker.step(self.params, self.optimizer, self.settings.grad_clip)
         else:
@@ -201,7 +236,10 @@ class Learner:
             for _ in range(lr.ppo_epochs):
                 for mini in everything.chunk(lr.mini_batches):
                     self.optimizer.zero_grad(set_to_none=True)
-                    for rows in self._row_groups(batch, mini):
+                    for rows in self._lockstep(self._row_groups(batch, mini[torch.isin(mini, mine)])):
+                        if rows is None:
+                            self._stand_in(batch, grad=True, policy_only=True)
+                            continue
                         with self._policy_only():
                             stats, logp = self.score(batch, rows)
                         width = logp.shape[1]
@@ -315,8 +353,12 @@ class Learner:
         ref_rows = shadow_rows if not need & ref_fields and need_sample & ref_fields else None
         ref_head = bool((need | need_sample) & {"ref_logp", "ref_entropy", "kl"})  # else stop at credit.layer
         ref_final = ref_layer = None
-        if need & ref_fields or (ref_rows is not None and bool(ref_rows.any())):
+        wanted = bool(need & ref_fields) or (ref_rows is not None and bool(ref_rows.any()))
+        # sharded: the reference pass runs whenever any micro-batch may need it (a collective on every rank)
+        if wanted or (self.sharded and bool(self.need & ref_fields)):
             on = slice(None) if ref_rows is None else ref_rows  # None: every row
+            if not wanted:  # none of these rows needs it: one row's pass, its output dropped
+                on = torch.arange(len(rows), device=device) == 0
             with torch.no_grad(), self.model.disable_adapter():
                 ref_final, ref_layer = (
                     None if h is None else h[mask[on]]
@@ -328,8 +370,11 @@ class Learner:
                         layer,
                         final=ref_head,
                         autocast_bf16=self.autocast_bf16,
+                        agree=self._all_share if self.sharded else None,
                     )
                 )
+            if not wanted:
+                ref_final = ref_layer = None
         final, at_layer = (
             h[mask]
             for h in response_hidden(
@@ -341,6 +386,7 @@ class Learner:
                 final=True,
                 checkpoint=self.settings.gradient_checkpointing,
                 autocast_bf16=self.autocast_bf16,
+                agree=self._all_share if self.sharded else None,
             )
         )
         chunk = auto_chunk_size(head.weight.shape[0], self.settings.chunk_memory_mb, self.settings.chunk_size)
@@ -442,6 +488,40 @@ class _ScoringPass:
                 self.shadow_parts[s].append(plan.normalized(s, out.salience, stats.mask))
         return tc
 
+    def gather(self, world: World) -> None:
+        """Every process's rows of what this pass kept, on every process (the rows in rank order; the
+        entropy and KL sums and the fallback count summed), so the rest reads the whole batch."""
+        if world.size == 1:
+            return
+        device = self.parts["logp"][0].device if self.parts["logp"] else torch.device("cpu")
+        names = [f.name for f in fields(credit.TokenCredit)]
+        mine = {
+            "rows": torch.cat(self.rows) if self.rows else torch.zeros(0, dtype=torch.long),
+            "parts": {f: _block(v) for f, v in self.parts.items()},
+            "credit": {f: _block([getattr(c, f) for c in self.credit_parts]) for f in names},
+            "shadow": {s: _block(v) for s, v in self.shadow_parts.items()},
+            "counts": (self.sums, self.tokens, self.fallbacks),
+        }
+        everyone = world.all_gather_object(mine)
+        held = [m for m in everyone if len(m["rows"])]
+
+        def on(blocks):
+            return [b.to(device) for b in blocks] if all(b is not None for b in blocks) else []
+
+        self.rows = [m["rows"] for m in held]
+        self.parts = {f: on([m["parts"][f] for m in held]) for f in self.parts}
+        self.shadow_parts = {s: on([m["shadow"][s] for m in held]) for s in self.shadow_parts}
+        if any(m["credit"]["salience"] is not None for m in held):
+            blocks = {f: on([m["credit"][f] for m in held]) for f in names}
+            self.credit_parts = [
+                credit.TokenCredit(**{f: blocks[f][i] if blocks[f] else None for f in names})
+                for i in range(len(held))
+            ]
+        for f in self.sums:
+            self.sums[f] = sum(m["counts"][0][f] for m in everyone)
+            self.tokens[f] = sum(m["counts"][1][f] for m in everyone)
+        self.fallbacks = sum(m["counts"][2] for m in everyone)
+
     def _count_fallbacks(self, salience, mask) -> None:
         if self.plan.settings.normalize != "none":
             self.fallbacks += int(credit.fallback_rows(salience, mask).sum())
@@ -513,6 +593,16 @@ class _ScoringPass:
         return {names[f]: self.sums[f] / self.tokens[f] for f in names if self.tokens[f]}
 
 
+def _block(parts: list) -> torch.Tensor | None:
+    """Micro-batch parts stacked in order (right-padded with 0 to the widest), on the CPU; None if absent."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    width = max(p.shape[1] for p in parts)
+    padded = [torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, width - p.shape[1])) for p in parts]
+    return torch.cat(padded).cpu()
+
+
 class _UpdateTracker:
     """Per-update loss and gradient norm; clip fractions and approximate KL over every update's tokens.
 
@@ -521,7 +611,8 @@ class _UpdateTracker:
     k3 = (rho - 1) - log rho between the scoring pass and the policy at each update (0 at the first).
     All averaged over every update's tokens."""
 
-    def __init__(self):
+    def __init__(self, world: World = SINGLE):
+        self.world = world
         self.losses, self.grad_norms, self.current = [], [], 0.0
         self.counts = {"low": 0, "high": 0, "kl": 0.0, "tokens": 0}
 
@@ -535,7 +626,11 @@ class _UpdateTracker:
         self.counts["tokens"] += int(mask.sum())
 
     def step(self, params, optimizer, grad_clip: float) -> None:
-        """Clip the gradient norm of ``params`` to ``grad_clip``, step the optimizer, close the record."""
+        """Sum the gradients (and the update's loss) over the processes, clip the gradient norm of ``params``
+        to ``grad_clip``, step the optimizer, close the record."""
+        if self.world.size > 1:
+            sum_gradients(params, self.world)
+            (self.current,) = self.world.sum_floats(self.current)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip).item()
         optimizer.step()
         self.losses.append(self.current)
@@ -547,6 +642,9 @@ class _UpdateTracker:
         return sum(values) / len(values)
 
     def metrics(self) -> dict[str, float]:
+        if self.world.size > 1:
+            keys = list(self.counts)
+            self.counts = dict(zip(keys, self.world.sum_floats(*(self.counts[k] for k in keys)), strict=True))
         tokens = max(self.counts["tokens"], 1)
         return {
             "loss/clip_frac/low": self.counts["low"] / tokens,
@@ -554,3 +652,24 @@ class _UpdateTracker:
             "loss/approx_kl": self.counts["kl"] / tokens,
             "loss/updates": float(len(self.losses)),
         }
+
+
+def sum_gradients(params: list[torch.Tensor], world: World) -> None:
+    """Each parameter's gradient summed over the processes, in one collective (a process with no rows in
+    the update contributes zeros). Sharded parameters (FSDP2 DTensors): FSDP reduce-scatters their mean
+    (gloo has no pre-scaled sum), scaled back to the sum here (exact for a power-of-two world size)."""
+    for p in params:
+        if hasattr(p, "device_mesh") and p.grad is not None:
+            p.grad.mul_(world.size)
+    dense = [p for p in params if not hasattr(p, "device_mesh")]
+    if not dense:
+        return
+    for p in dense:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in dense])
+    world.all_reduce_sum(flat)
+    offset = 0
+    for p in dense:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+        offset += p.numel()

@@ -41,7 +41,7 @@ NEUTRAL_KEYS = {
     "credit.timeout_s",
     "data.reward_timeout_s",
 }
-NEUTRAL_PREFIXES = ("logger", "hydra")
+NEUTRAL_PREFIXES = ("logger", "hydra", "dist")  # dist: how many processes ran an arm, never its result
 _DIR_ITEM = re.compile(r",(?=[+~]*[\w./-]+=)")  # a comma that starts the next key=value of a dir name
 
 

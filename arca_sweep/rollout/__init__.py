@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 # rollout.guard_max_logp_diff when null, by the engine's dtype. Measured on the tiny model (BENCHMARKS.md):
 # float32 engines agree with the learner to ~1e-5 in max |diff| per step; half precision rounds each
 # token's log-prob by up to ~0.1, and a token in the tail of the distribution by more.
-GUARD_DEFAULTS = {"float32": 1e-2, "bfloat16": 2.0, "float16": 1.0}
+GUARD_DEFAULTS = {"float64": 1e-2, "float32": 1e-2, "bfloat16": 2.0, "float16": 1.0}
 
 
 class EngineWeightsMismatch(RuntimeError):
@@ -50,12 +50,37 @@ class RolloutEngine(Protocol):
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        positions: list[int] | None = None,
     ) -> RolloutBatch:
         """``num_samples`` responses per prompt; ``temperature``/``top_p`` override ``rollout``'s for this
-        call; ``seed`` draws from a generator of its own (an eval's samples), not the training RNG."""
+        call. A sampled call's draws are keyed by ``seed`` (None: one draw from the project's RNG,
+        :func:`call_seed`) and by each row's place: ``positions[i]`` is prompt i's position in the whole call
+        (None: ``range(len(prompts))``; a rank of a data-parallel arm generates a share of the prompts), so a
+        row's sample does not depend on which rows share its batch or its process."""
 
     def sync(self, model) -> None:
         """Make the engine sample from ``model``'s current weights (after each learner update)."""
+
+
+SEED_RANGE = 2**31 - 1  # vLLM's per-request seeds are 32-bit
+
+
+def call_seed(seed: int | None, greedy: bool) -> int | None:
+    """The seed of one ``generate`` call: the caller's (an eval's samples: the training RNG is left alone),
+    one draw from the project's RNG stream for a training rollout, None for argmax decoding."""
+    if greedy:
+        return None
+    if seed is not None:
+        return seed
+    return int(torch.randint(0, SEED_RANGE, ()))
+
+
+def row_seed(seed: int, position: int, sample: int) -> int:
+    """The seed of sample ``sample`` of the prompt at ``position`` in a call seeded ``seed`` (63 bits)."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}:{position}:{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 # CPU generation measured on a quiet 2-core machine, float32, rank-8 adapter, 2026-12-01, HF with

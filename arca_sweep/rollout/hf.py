@@ -14,7 +14,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from arca_sweep.rollout import RolloutBatch, eos_token_ids, finish_masks
+from arca_sweep.rollout import RolloutBatch, call_seed, eos_token_ids, finish_masks, row_seed
 
 # Every GenerationConfig field that changes the next-token distribution, at its no-op value. transformers
 # fills each field left None from the checkpoint's generation_config.json (Qwen3: do_sample=true,
@@ -72,7 +72,9 @@ def checkpoint_defaults_hidden(model):
 DRAW_BLOCK = 1024
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw(
+    probs: torch.Tensor, generator: torch.Generator | None = None, u: torch.Tensor | None = None
+) -> torch.Tensor:
     """One token per row of ``probs`` [B, V] (rows need not sum to 1), by inverse CDF in float64.
 
     The same distribution as ``torch.multinomial(probs, 1)``, at a fraction of its cost on a
@@ -81,7 +83,8 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     float64 partial sums (blocks of ``min(DRAW_BLOCK, V)`` entries, then within the chosen block) keep
     the CDF exact to float64 rounding; a token of probability 0 is never drawn. Memory is linear in
     B * V: no intermediate is wider than a float64 copy of ``probs`` (only the last, partial block is
-    zero-padded, to one block), so a small vocabulary takes no 1,024-wide rows.
+    zero-padded, to one block), so a small vocabulary takes no 1,024-wide rows. ``u`` [B] float64 in
+    [0, 1): each row's uniform variate (default: drawn from ``generator``).
     """
     b, v = probs.shape
     block = min(DRAW_BLOCK, v)
@@ -95,7 +98,10 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
         block_sums = torch.cat([block_sums, tail.sum(-1, keepdim=True)], 1)
     block_cdf = block_sums.cumsum(-1)
     nb = block_cdf.shape[1]
-    u = torch.rand(b, 1, dtype=torch.float64, device=probs.device, generator=generator)
+    if u is None:
+        u = torch.rand(b, 1, dtype=torch.float64, device=probs.device, generator=generator)
+    else:
+        u = u.to(device=probs.device, dtype=torch.float64).reshape(b, 1)
     target = u * block_cdf[:, -1:]
     k = torch.searchsorted(block_cdf, target, right=True).clamp_(max=nb - 1)  # [B, 1]
     before = torch.where(k > 0, block_cdf.gather(1, (k - 1).clamp(min=0)), torch.zeros_like(target))
@@ -119,22 +125,45 @@ class TokenChooser(LogitsProcessor):
 
     ``generate`` runs in greedy mode: the returned scores are 0 at the chosen token and -inf
     elsewhere, so transformers' argmax takes it. Sampling draws from softmax(scores) with
-    :func:`draw`; greedy takes ``scores.argmax`` as transformers would.
+    :func:`draw` with the t-th of each row's own uniforms (``uniforms`` [B, max_new_tokens]: row-keyed
+    draws, :func:`row_uniforms`); greedy takes ``scores.argmax`` as transformers would.
     """
 
-    def __init__(self, sample: bool, generator: torch.Generator | None = None):
-        self.sample, self.generator = sample, generator
+    def __init__(self, uniforms: torch.Tensor | None, stream: bool = False):
+        self.uniforms, self.stream = uniforms, stream
         self.logprobs: list[torch.Tensor] = []
 
     def __call__(self, input_ids, scores):
         logp = scores.float().log_softmax(-1)
-        token = draw(logp.exp(), self.generator) if self.sample else scores.argmax(-1)
+        if self.uniforms is not None:
+            token = draw(logp.exp(), u=self.uniforms[:, len(self.logprobs)])
+        elif self.stream:  # draws="stream": the project's RNG, batch by batch (before issue 22)
+            token = draw(logp.exp())
+        else:
+            token = scores.argmax(-1)
         self.logprobs.append(logp.gather(1, token[:, None])[:, 0])
         forced = torch.full_like(scores, -torch.inf)
         return forced.scatter_(1, token[:, None], 0.0)
 
 
+def row_uniforms(seed: int, keys: list[tuple[int, int]], max_new_tokens: int) -> torch.Tensor:
+    """[rows, max_new_tokens] float64 uniforms: row (prompt position p, sample j)'s come from a generator
+    seeded :func:`~arca_sweep.rollout.row_seed` (seed, p, j), so a row draws the same tokens in any batch."""
+    out = torch.empty((len(keys), max_new_tokens), dtype=torch.float64)
+    for i, (p, j) in enumerate(keys):
+        g = torch.Generator().manual_seed(row_seed(seed, p, j))
+        out[i] = torch.rand(max_new_tokens, dtype=torch.float64, generator=g)
+    return out
+
+
 class HFEngine:
+    # "row": a sampled row's draws keyed by (call seed, prompt position, sample); "stream": a training
+    # rollout draws from the project's RNG stream batch by batch, as every version before issue 22 did (an
+    # arm resumed from such a checkpoint keeps it, so its records stay one run's)
+    draws = "row"
+    # a sharded model's World (arca_sweep/distributed/fsdp.py): every rank decodes in lockstep, as many calls
+    lockstep = None
+
     def __init__(self, cfg, model, tokenizer):
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
         self.eos_ids = eos_token_ids(model, tokenizer)
@@ -144,23 +173,49 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(
-        self, prompts, num_samples, max_new_tokens, greedy=False, temperature=None, top_p=None, seed=None
+        self,
+        prompts,
+        num_samples,
+        max_new_tokens,
+        greedy=False,
+        temperature=None,
+        top_p=None,
+        seed=None,
+        positions=None,
     ) -> RolloutBatch:
-        """``temperature``/``top_p``: this call's (None: ``rollout``'s); ``seed``: draw from a generator of
-        this seed instead of torch's global one (an eval's samples leave the training RNG as it was)."""
+        """``temperature``/``top_p``: this call's (None: ``rollout``'s); ``seed`` and ``positions``: the
+        rows' draws (:class:`arca_sweep.rollout.RolloutEngine`)."""
         rows = [p for p in prompts for _ in range(num_samples)]
         sampling = (
             self.cfg.temperature if temperature is None else temperature,
             self.cfg.top_p if top_p is None else top_p,
         )
-        generator = None
-        if seed is not None and not greedy:
-            generator = torch.Generator(self.model.device).manual_seed(seed)
+        uniforms = None
+        stream = self.draws == "stream" and seed is None and not greedy
+        seed = None if stream else call_seed(seed, greedy)
+        if seed is not None:
+            places = range(len(prompts)) if positions is None else positions
+            keys = [(p, j) for p in places for j in range(num_samples)]
+            uniforms = row_uniforms(seed, keys, max_new_tokens)
+        size = self.cfg.batch_size
+        starts = range(0, len(rows), size)
         parts = [
-            self._generate(rows[s : s + self.cfg.batch_size], max_new_tokens, greedy, sampling, generator)
-            for s in range(0, len(rows), self.cfg.batch_size)
+            self._generate(
+                rows[s : s + size],
+                max_new_tokens,
+                greedy,
+                sampling,
+                None if uniforms is None else uniforms[s : s + size],
+                stream,
+            )
+            for s in starts
         ]
-        return _concat(parts, self.tokenizer.pad_token_id)
+        if (
+            self.lockstep is not None
+        ):  # a rank with fewer batches decodes a 1-token stand-in, then discards it
+            for _ in range(self.lockstep.max_int(len(starts)) - len(starts)):
+                self._generate([[self.tokenizer.pad_token_id]], max_new_tokens, True, sampling, None)
+        return _concat(parts, self.tokenizer.pad_token_id) if parts else None
 
     def _shared_prefill(self, input_ids, attn):
         """The KV cache of every prompt but its last token, computed once per distinct prompt and
@@ -194,7 +249,7 @@ class HFEngine:
         cache.reorder_cache(inverse)
         return cache
 
-    def _generate(self, rows, max_new_tokens, greedy, sampling, generator) -> RolloutBatch:
+    def _generate(self, rows, max_new_tokens, greedy, sampling, uniforms, stream=False) -> RolloutBatch:
         tok, device = self.tokenizer, self.model.device
         enc = tok.pad({"input_ids": rows}, return_tensors="pt", padding_side="left")
         input_ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
@@ -208,7 +263,7 @@ class HFEngine:
                 processors.append(TemperatureLogitsWarper(temperature))
             if top_p < 1.0:
                 processors.append(TopPLogitsWarper(top_p))
-        chooser = TokenChooser(sample=not greedy, generator=generator)
+        chooser = TokenChooser(None if greedy else uniforms, stream)
         processors.append(chooser)
         with checkpoint_defaults_hidden(self.model):
             out = self.model.generate(
@@ -216,7 +271,9 @@ class HFEngine:
                 attention_mask=attn,
                 generation_config=gen,
                 logits_processor=processors,
-                past_key_values=self._shared_prefill(input_ids, attn),
+                # sharded: one forward per decoding step on every rank (the prefill's shape varies by rank)
+                past_key_values=None if self.lockstep is not None else self._shared_prefill(input_ids, attn),
+                synced_gpus=self.lockstep is not None,  # until every rank's rows are done
             )
         response = out[:, input_ids.shape[1] :]
         mask, reasons = finish_masks(response, self.eos_ids)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arca_sweep.rollout import RolloutBatch, eos_token_ids
+from arca_sweep.rollout import SEED_RANGE, RolloutBatch, call_seed, eos_token_ids
 
 # In-process engine core: ~3 s start-up instead of ~20 s, and collective_rpc reaches the model directly.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -112,6 +112,8 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 class VLLMEngine:
+    draws = "row"  # or "stream": an arm resumed from a checkpoint of before issue 22 (HFEngine.draws)
+
     def __init__(self, cfg, model, tokenizer):
         require_vllm()
         from vllm import LLM
@@ -189,12 +191,22 @@ class VLLMEngine:
             self.sleeping = False
 
     def generate(
-        self, prompts, num_samples, max_new_tokens, greedy=False, temperature=None, top_p=None, seed=None
+        self,
+        prompts,
+        num_samples,
+        max_new_tokens,
+        greedy=False,
+        temperature=None,
+        top_p=None,
+        seed=None,
+        positions=None,
     ) -> RolloutBatch:
         """``temperature``/``top_p``: this call's (None: ``rollout``'s). ``seed`` (an eval's samples): one
-        request per prompt with vLLM's ``n`` (its samples share the prompt's prefill), seeded ``seed + i``
-        without touching the project's RNG; else one request per row, seeded from the project's RNG stream
-        (greedy requests draw nothing from it)."""
+        request per prompt with vLLM's ``n`` (its samples share the prompt's prefill), seeded by the prompt's
+        position without touching the project's RNG; else one request per row (its sampling log-probs
+        returned), seeded by the row's position from one draw of the project's RNG stream
+        (:func:`~arca_sweep.rollout.call_seed`; greedy requests draw nothing from it). ``positions``: the
+        prompts' places in the whole call (a data-parallel rank's share)."""
         from vllm import SamplingParams
 
         temperature = self.cfg.temperature if temperature is None else temperature
@@ -202,12 +214,17 @@ class VLLMEngine:
         by_prompt = seed is not None and not greedy
         rows = [p for p in prompts for _ in range(num_samples)]
         requests = prompts if by_prompt else rows
-        if by_prompt:
-            first_seed = seed % (2**31 - len(requests))
-        elif greedy:
-            first_seed = 0  # argmax decoding draws nothing: the project's RNG is left alone
+        places = list(range(len(prompts))) if positions is None else list(positions)
+        first_seed = 0 if self.draws == "stream" and not by_prompt else call_seed(seed, greedy) or 0
+        if self.draws == "stream" and not by_prompt and not greedy:  # before issue 22 (HFEngine.draws)
+            first = int(torch.randint(0, 2**31 - len(rows), ()))
+            seeds = [first + i for i in range(len(rows))]
+        elif by_prompt:
+            seeds = [(first_seed + p) % SEED_RANGE for p in places]
         else:
-            first_seed = int(torch.randint(0, 2**31 - len(rows), ()))  # from the project's RNG stream
+            seeds = [
+                (first_seed + p * num_samples + j) % SEED_RANGE for p in places for j in range(num_samples)
+            ]
         params = [
             SamplingParams(
                 n=num_samples if by_prompt else 1,
@@ -219,7 +236,7 @@ class VLLMEngine:
                 presence_penalty=0.0,
                 frequency_penalty=0.0,
                 repetition_penalty=1.0,
-                seed=first_seed + i,
+                seed=seeds[i],
                 stop_token_ids=self.eos_ids,
                 logprobs=None if greedy or by_prompt else 0,
                 detokenize=False,
