@@ -160,8 +160,7 @@ def train(
         )
         inputs_changed.append({"resumed_after_step": state["step"], "changes": changed})
     t_start = time.time()
-    # the job's CPUs, not the node's, shared by the arm's processes on this node
-    torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) // world.local_size))
+    torch.set_num_threads(cfg.threads or default_threads(world))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -331,6 +330,14 @@ def train(
     world.broadcast_object(summary)
     console.info(closing_line(out_dir, summary))
     return summary
+
+
+def default_threads(world: World) -> int:
+    """``threads=0``: the job's CPUs, not the node's (its affinity). torchrun's ranks on one node share one
+    affinity: each takes its share; a SLURM task's affinity is its own (``cpus_per_task``)."""
+    cpus = len(os.sched_getaffinity(0))
+    shared = "TORCHELASTIC_RUN_ID" in os.environ
+    return max(1, cpus // world.local_size) if shared else cpus
 
 
 def rollout_for(rollout_cfg, world: World):
