@@ -115,6 +115,27 @@ def test_two_ranks_update_as_one_process(tmp_path, extra, bound):
         assert [r["step"] for r in records(two / name)] == list(range(len(records(arm))))
 
 
+def test_sharded_ranks_with_uneven_shares_update_as_one_process(tmp_path):
+    """``dist.shard=true`` where the ranks' shares differ: 3 prompts on 2 ranks with rollout batches of 4
+    rows (rank 0 makes two generate calls, rank 1 one), an eval of 9 prompts (two calls against one),
+    and mini-batches of one prompt each in micro-batches of 2 rows (in every update one rank holds no
+    rows and runs stand-ins for the other's micro-batches). float64: the one-process update."""
+    extra = [
+        "budget.prompts_per_step=3",
+        "rollout.batch_size=4",
+        "budget.eval_size=9",
+        "learner.ppo_epochs=2",
+        "learner.mini_batches=3",
+        "learner.micro_batch_size=2",
+        "model.dtype=float64",
+    ]
+    one, sharded = tmp_path / "one", tmp_path / "sharded"
+    cli(*BASE, *extra, f"hydra.run.dir={one}", cwd=tmp_path)
+    torchrun(*BASE, *extra, "dist.shard=true", f"hydra.run.dir={sharded}", cwd=tmp_path)
+    assert len(adapter(sharded)) == len(adapter(one)) > 0
+    assert_same_arm(sharded, one, F64_ADAPTER)
+
+
 def test_the_comparison_catches_a_different_update(tmp_path):
     """Not vacuous: another learning rate's arm fails it."""
     a, b = tmp_path / "a", tmp_path / "b"
@@ -188,15 +209,23 @@ def test_a_killed_rank_ends_the_job_and_a_relaunch_resumes(tmp_path):
     assert_same_arm(arm, straight, F32_ADAPTER)
 
 
-def test_vllm_across_processes_is_refused_before_any_model_loads(tmp_path):
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rollout=vllm", "error: rollout=vllm with 2 processes is not supported"),
+        ("dist.backend=nccl", "error: dist.backend=nccl needs CUDA, and this arm runs on cpu"),
+    ],
+)
+def test_what_cannot_run_across_processes_is_refused_before_any_model_loads(tmp_path, override, message):
     arm = tmp_path / "arm"
     proc = torchrun(
-        *[a for a in BASE if not a.startswith("rollout=")],
-        "rollout=vllm",
+        *[a for a in BASE if a.split("=")[0] != override.split("=")[0]],
+        override,
         f"hydra.run.dir={arm}",
         cwd=tmp_path,
         check=False,
     )
     assert proc.returncode != 0
-    assert "rollout=vllm with 2 processes is not supported" in proc.stderr
-    assert proc.stderr.count("error: rollout=vllm") <= 1  # rank 0 says it once
+    assert proc.stderr.count(message) == 1  # rank 0 says it, once
+    assert "Traceback" not in proc.stderr.split("failed (exitcode")[0]  # (torchrun's own report follows)
+    assert not (arm / "metrics.jsonl").exists()

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from arca_sweep.launching import ArmFailed, arm_log_path, name_failed_arm
 from arca_sweep.main import CONF_DIR
 from arca_sweep.testing import make_config
-from tests.helpers import REPO, check_arm_files, cli
+from tests.helpers import REPO, check_arm_files, cli, cli_env
 
 TINY_MODEL = REPO / "arca_sweep" / "assets" / "tiny-arith"
 SMOKE_STEPS = make_config("budget=smoke").budget.steps
@@ -280,11 +280,13 @@ def log_span(log: Path) -> tuple[str, str]:
 @pytest.mark.slurm
 def test_arms_of_two_tasks_each_run_as_one_arm_across_processes(slurm_cluster, tmp_path):
     """``tasks_per_node=2``: each arm is one SLURM job of two tasks, which submitit makes the arm's two ranks
-    (arca_sweep/distributed/): one dir per arm, written by rank 0, finished, COMPLETED in sacct."""
+    (arca_sweep/distributed/): one dir per arm, written by rank 0, finished, COMPLETED in sacct. Rank
+    variables left in the submitting shell (sbatch passes its environment on) do not leak into the tasks."""
     sweep = tmp_path / "sweep"
     two_tasks = [*ON_TEST_CLUSTER, "hydra.launcher.tasks_per_node=2", "hydra.launcher.mem_gb=2"]
     args = ["credit=uniform,arca", "budget=smoke", "rollout=hf", "threads=1"]
-    cli(*args, "-m", *two_tasks, f"hydra.sweep.dir={sweep}", cwd=REPO)
+    stale = cli_env(hydra_full_error=True, LOCAL_RANK="5", LOCAL_WORLD_SIZE="7", MASTER_PORT="9")
+    cli(*args, "-m", *two_tasks, f"hydra.sweep.dir={sweep}", cwd=REPO, env=stale)
     arms = arms_of(sweep)
     assert [a.name for a in arms] == [
         "budget=smoke,credit=arca,rollout=hf",

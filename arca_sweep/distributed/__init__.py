@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
+
+from arca_sweep.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -92,13 +95,14 @@ class World:
         return torch.device("cpu")
 
 
+log = logging.getLogger(__name__)
 SINGLE = World()
 
 
 def env_world() -> tuple[int, int, int, int]:
     """(rank, world size, local rank, local world size) from torchrun's variables, or from a multi-task SLURM
     job's through submitit (which exports torchrun's variables for this task); (0, 1, 0, 1) otherwise."""
-    if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "SLURM_JOB_ID" in os.environ:
         export_submitit_env()
     size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -110,19 +114,32 @@ def env_world() -> tuple[int, int, int, int]:
 def export_submitit_env() -> None:
     """In a task of a submitit job with several tasks: set torchrun's variables (``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) from SLURM's. A SLURM job not
-    started by submitit (an ``srun`` of one's own) is left alone: launch torchrun in it instead."""
+    started by submitit (an ``srun`` of one's own) is left alone: launch torchrun in it instead.
+
+    A submitit task's world is SLURM's alone: rank variables it inherited from the shell that submitted the
+    sweep (sbatch exports that environment) are stale, and are dropped before SLURM's are exported."""
     try:
         from submitit import JobEnvironment
         from submitit.helpers import TorchDistributedEnvironment
 
-        JobEnvironment()  # raises outside a submitit job
+        job = JobEnvironment()  # raises outside a submitit job
     except Exception:
         return
-    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)  # every GPU seen: cuda:LOCAL_RANK
+    for name in RANK_VARIABLES:
+        os.environ.pop(name, None)
+    if job.num_tasks > 1:  # every GPU stays visible: a task uses cuda:LOCAL_RANK
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def backend_for(dist_cfg, device: torch.device) -> str:
     """``dist.backend``, with ``auto`` as nccl on CUDA and gloo on CPU."""
+    if dist_cfg.backend == "nccl" and device.type != "cuda":
+        raise UserError(
+            f"dist.backend=nccl needs CUDA, and this arm runs on {device.type}: use dist.backend=gloo or auto"
+        )
     if dist_cfg.backend != "auto":
         return dist_cfg.backend
     return "nccl" if device.type == "cuda" else "gloo"
@@ -134,6 +151,8 @@ def start_world(dist_cfg, device: torch.device) -> World:
     ``dist.timeout_s`` (a dead rank) raises on the survivors, so a job never hangs on a lost peer."""
     rank, size, local_rank, local_size = env_world()
     if size == 1:
+        if dist_cfg.shard:
+            log.warning("dist.shard=true does nothing in one process: launch the arm on several (torchrun)")
         return SINGLE
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)

@@ -11,7 +11,7 @@ a large model's weights.
 Every forward and backward of a sharded layer is a collective: all ranks must run the same sequence of
 them. So under sharding the rollout engine decodes in lockstep (transformers' ``synced_gpus``) with as
 many generate calls on every rank, the learner runs as many micro-batches on every rank (a rank short of
-rows runs one row whose loss counts 0) and takes the reference pass and the policy pass in the same shape
+rows runs two rows whose loss counts 0) and takes the reference pass and the policy pass in the same shape
 on every rank (:class:`arca_sweep.learner.update.Learner`).
 """
 

@@ -165,9 +165,11 @@ class Learner:
         return groups + [None] * (self.world.max_int(len(groups)) - len(groups))
 
     def _stand_in(self, batch: RolloutBatch, grad: bool, policy_only: bool = False) -> None:
-        """A sharded rank's forward (and backward) on one row whose loss counts 0: the layers' collectives
-        of a micro-batch it does not have."""
-        rows = torch.zeros(1, dtype=torch.long)
+        """A sharded rank's forward (and backward) on rows whose loss counts 0: the layers' collectives of a
+        micro-batch it does not have. Two samples of one prompt, so that it shares its prompt's pass as the
+        other ranks' micro-batches do (:func:`response_hidden`'s ``agree``): their rounding stays the
+        one-process run's."""
+        rows = torch.arange(min(2, self.settings.group_size, batch.response_mask.shape[0]))
         with torch.set_grad_enabled(grad), self._policy_only() if policy_only else contextlib.nullcontext():
             _, logp = self.score(batch, rows)
         if grad:

@@ -199,22 +199,19 @@ class HFEngine:
             uniforms = row_uniforms(seed, keys, max_new_tokens)
         size = self.cfg.batch_size
         starts = range(0, len(rows), size)
-        parts = [
-            self._generate(
-                rows[s : s + size],
-                max_new_tokens,
-                greedy,
-                sampling,
-                None if uniforms is None else uniforms[s : s + size],
-                stream,
-            )
-            for s in starts
-        ]
-        if (
-            self.lockstep is not None
-        ):  # a rank with fewer batches decodes a 1-token stand-in, then discards it
-            for _ in range(self.lockstep.max_int(len(starts)) - len(starts)):
+        # lockstep: every rank makes as many generate calls, agreed before the first (each is a collective);
+        # a rank with fewer batches decodes a 1-token stand-in for each missing one and discards it
+        calls = len(starts) if self.lockstep is None else self.lockstep.max_int(len(starts))
+        parts = []
+        for i in range(calls):
+            if i >= len(starts):
                 self._generate([[self.tokenizer.pad_token_id]], max_new_tokens, True, sampling, None)
+                continue
+            s = starts[i]
+            batch_uniforms = None if uniforms is None else uniforms[s : s + size]
+            parts.append(
+                self._generate(rows[s : s + size], max_new_tokens, greedy, sampling, batch_uniforms, stream)
+            )
         return _concat(parts, self.tokenizer.pad_token_id) if parts else None
 
     def _shared_prefill(self, input_ids, attn):
