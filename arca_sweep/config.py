@@ -5,8 +5,8 @@ and ranges, naming the bad key and the valid values, before any model is loaded.
 The groups mirror the code: ``model`` (:mod:`arca_sweep.model`), ``rank`` (the LoRA adapter),
 ``credit`` (:mod:`arca_sweep.credit`), ``budget`` (the matched rollout budget), ``data``
 (:mod:`arca_sweep.tasks`), ``rollout`` (:mod:`arca_sweep.rollout`), ``logger``
-(:mod:`arca_sweep.loggers`); ``loss``, ``advantage``, ``optim``, ``learner`` and ``diagnostics``
-configure :mod:`arca_sweep.learner`.
+(:mod:`arca_sweep.loggers`), ``advantage`` (:mod:`arca_sweep.advantage`); ``loss``, ``optim``,
+``learner`` and ``diagnostics`` configure :mod:`arca_sweep.learner`.
 """
 
 from __future__ import annotations
@@ -200,7 +200,9 @@ class LossConfig:
 
 @dataclass
 class AdvantageConfig:
-    scale: str = "std"  # std: (r - mean) / (std + 1e-6) | none: r - mean (Dr.GRPO)
+    estimator: str = (
+        "grpo"  # arca_sweep/advantage.py: grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline
+    )
 
 
 @dataclass
@@ -293,7 +295,7 @@ CHOICES: dict[str, Any] = {
     "credit.estimator": ("exact", "k3"),
     "loss.agg": _registry("arca_sweep.learner.loss", "LOSS_AGGS"),
     "loss.rollout_correction": _registry("arca_sweep.learner.rollout_correction", "MODES"),
-    "advantage.scale": ("std", "none"),
+    "advantage.estimator": _registry("arca_sweep.advantage", "ESTIMATORS"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16", "float64"),
     "model.cpu_matmul": _registry("arca_sweep.kernels", "CHOICES"),
     "model.source": ("auto", "hub", "package"),
@@ -344,6 +346,34 @@ NON_NEGATIVE = [
     "learner.chunk_size",
     "learner.micro_batch_tokens",
 ]
+
+
+# Keys an earlier version had: what replaced them, and how an old value reads now (None: no mapping).
+RENAMED = {"advantage.scale": ("advantage.estimator", {"std": "grpo", "none": "dr_grpo"})}
+
+
+def renamed_key_errors(overrides: list[str]) -> list[str]:
+    """One message per override of a key that :data:`RENAMED` lists, naming the key that replaced it."""
+    out = []
+    for arg in overrides:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key in RENAMED:
+            new, values = RENAMED[key]
+            hint = f"{new}={values[value]}" if value in values else f"{new}=..."
+            out.append(
+                f"{key} was replaced by {new} ({', '.join(f'{a} is {b}' for a, b in values.items())}): pass {hint}"
+            )
+    return out
+
+
+def upgrade_renamed(flat: dict) -> dict:
+    """A flattened config of an earlier version with its :data:`RENAMED` keys under their new names."""
+    flat = dict(flat)
+    for key, (new, values) in RENAMED.items():
+        if key in flat and new not in flat:
+            old = flat.pop(key)
+            flat[new] = values.get(old, old)
+    return flat
 
 
 class ConfigError(UserError, ValueError):

@@ -122,6 +122,16 @@ _OTHER_MODES |= {"--shell-completion", "-cp", "--config-path", "-cn", "--config-
 _OTHER_MODES |= {"--experimental-rerun"}
 
 
+def check_renamed_keys(args: list[str]) -> None:
+    """A key an earlier version had (``advantage.scale``): one ``error:`` line naming its replacement, exit
+    code 2, in every mode (a sweep included), before anything is written."""
+    from arca_sweep.config import ConfigError, renamed_key_errors
+
+    with user_errors():
+        if errors := renamed_key_errors([a for a in args if not a.startswith("-")]):
+            raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
 def check_config(args: list[str]) -> None:
     """Compose and validate the config of a single run (also ``--cfg job``) before Hydra starts it, so a bad
     value is one message, exit code 2, before anything is written or loaded. A multirun validates each
@@ -214,6 +224,7 @@ def share_launch_stamp() -> None:
 def cli() -> None:
     share_launch_stamp()
     args = quote_numeric_choices(sys.argv[1:])
+    check_renamed_keys(args)
     check_output_dir(args)
     check_config(args)
     # `-m` may stand anywhere (`... -m hydra.sweep.dir=X`): argparse rejects overrides on both sides of it.

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from arca_sweep.advantage import estimate
 from arca_sweep.arm_dir import ArmDir, RunLog, check_same_config, restore, results_path
 from arca_sweep.arm_dir.fingerprint import check_same_inputs, fingerprint
 from arca_sweep.config import validate
@@ -34,7 +35,7 @@ from arca_sweep.distributed.fsdp import full_adapter, full_optimizer_state, rest
 from arca_sweep.errors import UserError
 from arca_sweep.eval import encode_prompts
 from arca_sweep.eval.sets import build_eval_sets, close_sets, eval_tokens, evaluate_sets
-from arca_sweep.learner import Learner, LearnerSettings, group_advantages
+from arca_sweep.learner import Learner, LearnerSettings
 from arca_sweep.learner.rollout_correction import rollout_is_metrics
 from arca_sweep.loggers import build_tracker
 from arca_sweep.model import load_policy, load_tokenizer, model_weights, resolve_device
@@ -232,7 +233,8 @@ def train(
         group_of = [problems[i // b.group_size] for i in range(len(batch.texts))]
         with at_step(step):  # a plug-in (data.reward, credit.target) that breaks its contract names the step
             rewards = torch.tensor(task.rewards(batch.texts, group_of))
-            advantages, frac_zero_std = group_advantages(rewards, b.group_size, cfg.advantage.scale)
+            lengths = batch.response_mask.sum(1).cpu()
+            advantages, frac_zero_std = estimate(cfg.advantage.estimator, rewards, b.group_size, lengths)
             check_rewards(rewards, advantages, cfg.data)
             # ---- credit, loss, update (two forwards at most: policy, and reference with the adapter off)
             t1 = time.time()

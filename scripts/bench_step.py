@@ -145,9 +145,10 @@ def arca_worker(args) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from arca_sweep import kernels
+    from arca_sweep.advantage import estimate
     from arca_sweep.config import validate
     from arca_sweep.eval import encode_prompts
-    from arca_sweep.learner import Learner, LearnerSettings, group_advantages
+    from arca_sweep.learner import Learner, LearnerSettings
     from arca_sweep.model import load_policy, load_tokenizer
     from arca_sweep.rollout import build_engine
     from arca_sweep.tasks import build_task
@@ -184,7 +185,7 @@ def arca_worker(args) -> dict:
         batch = engine.generate(encode_prompts(tokenizer, problems), b.group_size, b.max_new_tokens)
         t1 = time.perf_counter()
         rewards = torch.tensor([random.random() for _ in batch.texts])
-        advantages, _ = group_advantages(rewards, b.group_size)
+        advantages, _ = estimate("grpo", rewards, b.group_size)
         if step == 1:  # counted once, outside the timed steps
             with FlopCounterMode(display=False, custom_mapping=kernels.flop_formulas()) as counter:
                 learner.step(batch, advantages)

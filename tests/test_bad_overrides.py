@@ -38,7 +38,11 @@ CASES = [
     (["loss.agg=foo"], ["loss.agg='foo'", "token-mean"]),
     (["credit.mode=square"], ["credit.mode", "clamp, abs"]),
     (["credit.estimator=k2"], ["credit.estimator", "exact, k3"]),
-    (["advantage.scale=max"], ["advantage.scale", "std, none"]),
+    (["advantage.estimator=max"], ["advantage.estimator='max'", "grpo, dr_grpo, rloo"]),
+    (
+        ["advantage.scale=none"],
+        ["advantage.scale was replaced by advantage.estimator", "advantage.estimator=dr_grpo"],
+    ),
     (["device=tpu"], ["device='tpu'", "auto, cpu, cuda"]),
     (["logger.name=foo"], ["logger.name='foo'", "jsonl, wandb"]),
     (["rollout.name=sglang"], ["rollout.name='sglang'", "auto, hf, vllm"]),

@@ -231,7 +231,7 @@ def test_cli_wrongly_typed_value(tmp_path):
         (["credit.clip_max=0.5"], ["credit.clip_max"]),
         (["credit.mode=square"], ["credit.mode", "clamp, abs"]),
         (["credit.estimator=k2"], ["credit.estimator", "exact, k3"]),
-        (["advantage.scale=max"], ["advantage.scale", "std, none"]),
+        (["advantage.estimator=max"], ["advantage.estimator", "grpo, dr_grpo, rloo"]),
         (["device=tpu"], ["device", "auto, cpu, cuda"]),
         (["loss.beta=-1"], ["loss.beta"]),
         (["learner.micro_batch_size=0"], ["learner.micro_batch_size"]),

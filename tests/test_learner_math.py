@@ -11,9 +11,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arca_sweep.learner.loss import LOSS_AGGS, aggregate_loss, group_advantages, ppo_clip_token_loss
+from arca_sweep.advantage import estimate
+from arca_sweep.learner.loss import LOSS_AGGS, aggregate_loss, ppo_clip_token_loss
 
-# ---------------------------------------------------------------- group_advantages
+# ---------------------------------------------------------------- grpo and dr_grpo advantages
+# (the other estimators and verl's functions: tests/test_advantage.py)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std"):
+    return estimate("grpo" if scale == "std" else "dr_grpo", rewards, group_size)
 
 
 def ref_group_advantages(rewards: list[float], group_size: int, scale: str = "std"):

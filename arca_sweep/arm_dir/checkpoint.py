@@ -157,7 +157,9 @@ def check_same_config(saved: dict, current: dict, out_dir: Path, *, finished: bo
     A key the checkpoint lacks (added to the schema since) matches when the current config holds its schema
     default: a new option's default is the behaviour of the code before it. ``finished``: the arm is done
     and ``saved`` is the config it ran; the same rule decides whether this launch may skip it as its own."""
-    a, b = _flatten(saved), _flatten(current)
+    from arca_sweep.config import upgrade_renamed
+
+    a, b = upgrade_renamed(_flatten(saved)), _flatten(current)
     defaults = schema_defaults()
     a.update({k: v for k, v in b.items() if k not in a and k in defaults and defaults[k] == v})
     free = [k for k in a.keys() | b.keys() if k in RESUME_FREE_KEYS or k.startswith(RESUME_FREE_PREFIXES)]

@@ -4,7 +4,7 @@
   its credit, then E x M PPO-clip updates.
 - :mod:`~arca_sweep.learner.settings`: :class:`LearnerSettings`, what the learner reads of a run's
   config, translated from it in one place.
-- :mod:`~arca_sweep.learner.loss`: the pure loss math (group advantages, PPO-clip with k3, a credit
+- :mod:`~arca_sweep.learner.loss`: the pure loss math (PPO-clip with k3, a credit
   method's per-token modifiers, the aggregations).
 - :mod:`~arca_sweep.learner.decoder`: forward and decoder plumbing (hidden states at the predicting
   positions, the reference pass, early stop, activation checkpointing).
@@ -18,7 +18,6 @@ import importlib
 # rollout-correction modes from their modules without loading the update (and the rollout engines)
 _EXPORTS = {
     "LOSS_AGGS": ("loss", "LOSS_AGGS"),
-    "group_advantages": ("loss", "group_advantages"),
     "ppo_clip_token_loss": ("loss", "ppo_clip_token_loss"),
     "k3_penalty": ("loss", "k3_penalty"),
     "credit_token_loss": ("loss", "credit_token_loss"),

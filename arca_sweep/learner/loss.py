@@ -1,6 +1,6 @@
 """The GRPO loss, pure: tensors in, tensors out (SPEC "Loss").
 
-Group advantages, the per-token PPO-clip loss with its k3 penalty and a credit method's per-token
+The per-token PPO-clip loss with its k3 penalty and a credit method's per-token
 modifiers, and the loss aggregations (:data:`LOSS_AGGS`) that make micro-batch losses add up.
 """
 
@@ -9,20 +9,6 @@ from __future__ import annotations
 import torch
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std"):
-    """A_i = (r_i - mean(r)) / (std(r) + 1e-6) within each group of G (``scale="none"``: r_i - mean(r)).
-
-    ``std`` is the unbiased sample standard deviation, as in GRPO (DeepSeekMath) and TRL.
-    Returns the advantages [N] and the fraction of groups whose rewards are all equal (zero advantage).
-    """
-    r = rewards.view(-1, group_size).double()
-    centered = r - r.mean(1, keepdim=True)
-    std = r.std(1, keepdim=True)
-    adv = centered / (std + 1e-6) if scale == "std" else centered
-    frac_zero_std = (std[:, 0] == 0).double().mean().item()
-    return adv.flatten().float(), frac_zero_std
 
 
 K3_LOG_RATIO_BOUND = 20.0  # verl core_algos.kl_penalty("low_var_kl"): clamp ref - logp to +-20 before exp
