@@ -196,6 +196,8 @@ class LossConfig:
     # sampler/learner mismatch: auto (none in float32, token in bf16/fp16) | none | token | sequence
     rollout_correction: str = "auto"
     rollout_is_cap: float = 2.0  # C in c = min(exp(logp_old - logp_sampler), C) (verl's default)
+    # the clip's ratio: token (PPO/GRPO) | sequence (GSPO: exp(mean_t log rho_t) per response)
+    ratio_level: str = "token"
 
 
 @dataclass
@@ -295,6 +297,7 @@ CHOICES: dict[str, Any] = {
     "credit.estimator": ("exact", "k3"),
     "loss.agg": _registry("arca_sweep.learner.loss", "LOSS_AGGS"),
     "loss.rollout_correction": _registry("arca_sweep.learner.rollout_correction", "MODES"),
+    "loss.ratio_level": _registry("arca_sweep.learner.loss", "RATIO_LEVELS"),
     "advantage.estimator": _registry("arca_sweep.advantage", "ESTIMATORS"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16", "float64"),
     "model.cpu_matmul": _registry("arca_sweep.kernels", "CHOICES"),

@@ -18,6 +18,8 @@ import importlib
 # rollout-correction modes from their modules without loading the update (and the rollout engines)
 _EXPORTS = {
     "LOSS_AGGS": ("loss", "LOSS_AGGS"),
+    "RATIO_LEVELS": ("loss", "RATIO_LEVELS"),
+    "policy_log_ratio": ("loss", "policy_log_ratio"),
     "ppo_clip_token_loss": ("loss", "ppo_clip_token_loss"),
     "k3_penalty": ("loss", "k3_penalty"),
     "credit_token_loss": ("loss", "credit_token_loss"),

@@ -26,6 +26,7 @@ class LearnerSettings:
     beta: float
     rollout_correction: str
     rollout_is_cap: float
+    ratio_level: str
     lr: float  # optim.*
     weight_decay: float
     betas: tuple[float, float]
@@ -67,6 +68,7 @@ class LearnerSettings:
             beta=loss.beta,
             rollout_correction=loss.rollout_correction,
             rollout_is_cap=loss.rollout_is_cap,
+            ratio_level=loss.ratio_level,
             lr=o.lr,
             weight_decay=o.weight_decay,
             betas=tuple(o.betas),

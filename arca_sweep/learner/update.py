@@ -17,7 +17,7 @@ import torch
 from arca_sweep import credit
 from arca_sweep.distributed import SINGLE, World, my_rows
 from arca_sweep.learner.decoder import decoder_and_head, response_hidden
-from arca_sweep.learner.loss import aggregate_loss, credit_token_loss
+from arca_sweep.learner.loss import aggregate_loss, credit_token_loss, policy_log_ratio
 from arca_sweep.learner.rollout_correction import resolve_mode, rollout_correction_weights
 from arca_sweep.learner.settings import LearnerSettings
 from arca_sweep.learner.token_stats import auto_chunk_size, fused_scores, target_logprob, vocab_stats
@@ -280,14 +280,17 @@ class Learner:
         token_adv = advantages[:, None] * w
         if tc.bonus is not None:
             token_adv = token_adv + tc.bonus
+        log_ratio = policy_log_ratio(logp, logp_old, mask, lc.ratio_level)
         token_loss = credit_token_loss(
-            logp, logp_old, token_adv, tc, lc.clip_low, lc.clip_high, ref_logp, lc.beta, is_weight
+            logp, logp_old, token_adv, tc, lc.clip_low, lc.clip_high, ref_logp, lc.beta, is_weight, log_ratio
         )
         loss = aggregate_loss(token_loss, mask, lc.agg, **totals)
         loss.backward()
         clip_low = lc.clip_low if tc.clip_low is None else tc.clip_low
         clip_high = lc.clip_high if tc.clip_high is None else tc.clip_high
-        tracker.add(loss.item(), logp.detach(), logp_old, token_adv, mask, clip_low, clip_high)
+        tracker.add(
+            loss.item(), logp.detach(), logp_old, token_adv, mask, clip_low, clip_high, log_ratio.detach()
+        )
 
     @contextlib.contextmanager
     def _policy_only(self):
@@ -618,12 +621,14 @@ class _UpdateTracker:
         self.losses, self.grad_norms, self.current = [], [], 0.0
         self.counts = {"low": 0, "high": 0, "kl": 0.0, "tokens": 0}
 
-    def add(self, loss, logp, logp_old, token_adv, mask, clip_low, clip_high) -> None:
+    def add(self, loss, logp, logp_old, token_adv, mask, clip_low, clip_high, clip_log_ratio=None) -> None:
+        """``clip_log_ratio``: the ratio the clip saw (``loss.ratio_level``; default the token's own)."""
         self.current += loss
         log_ratio = torch.where(mask, logp - logp_old, 0.0)
         ratio = torch.exp(log_ratio)
-        self.counts["low"] += int(((ratio < 1 - clip_low) & (token_adv < 0) & mask).sum())
-        self.counts["high"] += int(((ratio > 1 + clip_high) & (token_adv > 0) & mask).sum())
+        clipped = ratio if clip_log_ratio is None else torch.exp(clip_log_ratio)
+        self.counts["low"] += int(((clipped < 1 - clip_low) & (token_adv < 0) & mask).sum())
+        self.counts["high"] += int(((clipped > 1 + clip_high) & (token_adv > 0) & mask).sum())
         self.counts["kl"] += torch.where(mask, ratio - 1 - log_ratio, 0.0).sum().item()
         self.counts["tokens"] += int(mask.sum())
 
