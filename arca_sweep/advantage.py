@@ -42,6 +42,17 @@ def estimate(name: str, rewards: torch.Tensor, group_size: int, lengths: torch.T
     return adv.flatten().float(), frac_zero_std
 
 
+def overlong_penalty(lengths: torch.Tensor, max_len: int, cache: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al., arXiv 2503.14476, eq. 13), added to each response's
+    reward: 0 up to ``max_len - cache`` tokens, then ``-factor * (|y| - (max_len - cache)) / cache``, linear
+    down to ``-factor`` at the cap, and ``-factor`` beyond it (verl ``DAPORewardManager`` overlong_buffer
+    ``len``/``penalty_factor``; TRL ``get_soft_overlong_punishment``). ``cache = 0``: no penalty."""
+    if cache <= 0:
+        return torch.zeros(lengths.shape, dtype=torch.float64)
+    over = lengths.double() - (max_len - cache)
+    return (-factor * over / cache).clamp(min=-factor, max=0.0)
+
+
 def _group_mean(r: torch.Tensor) -> torch.Tensor:
     """Each group's mean reward [P, 1]; 0 for a group of one (verl: ``id2mean = 0`` when it has one score)."""
     return r.mean(1, keepdim=True) if r.shape[1] > 1 else torch.zeros_like(r[:, :1])

@@ -202,9 +202,12 @@ class LossConfig:
 
 @dataclass
 class AdvantageConfig:
-    estimator: str = (
-        "grpo"  # arca_sweep/advantage.py: grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline
-    )
+    # arca_sweep/advantage.py: grpo | dr_grpo | rloo | reinforce_pp | reinforce_pp_baseline
+    estimator: str = "grpo"
+    # DAPO's soft overlong punishment, added to the reward the estimator sees: the last overlong_cache
+    # tokens before budget.max_new_tokens cost up to overlong_penalty (0: off)
+    overlong_cache: int = 0
+    overlong_penalty: float = 1.0
 
 
 @dataclass
@@ -338,6 +341,8 @@ NON_NEGATIVE = [
     "credit.timeout_s",
     "data.reward_timeout_s",
     "budget.eval_every",
+    "advantage.overlong_cache",
+    "advantage.overlong_penalty",
     "diagnostics.fidelity_every",
     "loss.clip_low",
     "loss.clip_high",
@@ -485,6 +490,11 @@ def validate(cfg, model_checks: bool = True) -> None:
     if cfg.budget.group_size < 2:
         errors.append(
             f"budget.group_size={cfg.budget.group_size} must be >= 2 (GRPO compares within a group)"
+        )
+    if cfg.advantage.overlong_cache > cfg.budget.max_new_tokens:
+        errors.append(
+            f"advantage.overlong_cache={cfg.advantage.overlong_cache} must be <= budget.max_new_tokens="
+            f"{cfg.budget.max_new_tokens} (the penalty covers the last overlong_cache tokens before the cap)"
         )
     if not 0.0 < cfg.rollout.gpu_memory_utilization <= 1.0:
         errors.append(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from arca_sweep.advantage import estimate
+from arca_sweep.advantage import estimate, overlong_penalty
 from arca_sweep.arm_dir import ArmDir, RunLog, check_same_config, restore, results_path
 from arca_sweep.arm_dir.fingerprint import check_same_inputs, fingerprint
 from arca_sweep.config import validate
@@ -166,7 +166,7 @@ def train(
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    b, think = cfg.budget, cfg.data.enable_thinking
+    b, adv, think = cfg.budget, cfg.advantage, cfg.data.enable_thinking
 
     rollout_cfg = rollout_for(
         cfg.rollout, world
@@ -234,7 +234,8 @@ def train(
         with at_step(step):  # a plug-in (data.reward, credit.target) that breaks its contract names the step
             rewards = torch.tensor(task.rewards(batch.texts, group_of))
             lengths = batch.response_mask.sum(1).cpu()
-            advantages, frac_zero_std = estimate(cfg.advantage.estimator, rewards, b.group_size, lengths)
+            penalty = overlong_penalty(lengths, b.max_new_tokens, adv.overlong_cache, adv.overlong_penalty)
+            advantages, frac_zero_std = estimate(adv.estimator, rewards + penalty, b.group_size, lengths)
             check_rewards(rewards, advantages, cfg.data)
             # ---- credit, loss, update (two forwards at most: policy, and reference with the adapter off)
             t1 = time.time()
@@ -249,6 +250,7 @@ def train(
             "data/batch_hash": batch_hash(indices),
             "reward/mean": rewards.mean().item(),
             "reward/frac_zero_std": frac_zero_std,
+            **({"reward/overlong_penalty": penalty.mean().item()} if adv.overlong_cache else {}),
             **step_metrics(
                 batch,
                 result,

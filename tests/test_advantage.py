@@ -164,3 +164,28 @@ def test_a_checkpoint_of_the_old_key_resumes_under_its_new_name(tmp_path, old, n
     else:
         with pytest.raises(ArmStateError, match="advantage.estimator: 'grpo' there, 'rloo' now"):
             check_same_config(saved, current, tmp_path)
+
+
+def test_overlong_penalty_is_dapos_formula():
+    """DAPO eq. 13 at L_max = 20, L_cache = 5: 0 up to 15 tokens, linear to -1 at 20; penalty_factor scales
+    it (verl's overlong_buffer.penalty_factor); cache 0 is off."""
+    from arca_sweep.advantage import overlong_penalty
+
+    lengths = torch.tensor([1, 15, 16, 18, 20])
+    assert overlong_penalty(lengths, 20, 5).tolist() == pytest.approx([0, 0, -0.2, -0.6, -1.0])
+    assert overlong_penalty(lengths, 20, 5, factor=0.5).tolist() == pytest.approx([0, 0, -0.1, -0.3, -0.5])
+    assert overlong_penalty(lengths, 20, 0).tolist() == [0.0] * 5
+    assert overlong_penalty(torch.tensor([25]), 20, 5).tolist() == [-1.0]  # beyond the cap: -factor
+
+
+def test_overlong_penalty_equals_trls_soft_punishment():
+    """TRL 1.16's ``get_soft_overlong_punishment`` reward function on the same lengths."""
+    pytest.importorskip("trl")
+    from trl.rewards import get_soft_overlong_punishment
+
+    from arca_sweep.advantage import overlong_penalty
+
+    trl_fn = get_soft_overlong_punishment(max_completion_len=32, soft_punish_cache=8)
+    lengths = list(range(1, 33))
+    theirs = trl_fn(completion_ids=[[0] * n for n in lengths])
+    assert overlong_penalty(torch.tensor(lengths), 32, 8).tolist() == pytest.approx(theirs, abs=1e-12)
