@@ -89,6 +89,10 @@ class BudgetConfig:
     eval_every: int = MISSING  # 0: evaluate only at step 0 and at the end
     eval_size: int = MISSING
     checkpoint_every: int = 1
+    # DAPO's dynamic sampling (arca_sweep/sampling.py): zero-spread groups dropped and refilled from a
+    # reserve stream, at most max_sampling_rounds generate rounds per step
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
 
 
 @dataclass
@@ -323,6 +327,7 @@ POSITIVE = [
     "budget.max_new_tokens",
     "budget.eval_size",
     "budget.checkpoint_every",
+    "budget.max_sampling_rounds",
     "rollout.temperature",
     "rollout.batch_size",
     "credit.temperature",

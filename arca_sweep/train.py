@@ -45,6 +45,7 @@ from arca_sweep.preflight import prompt_token_limit
 from arca_sweep.progress import Progress, closing_line, is_terminal, skip_line
 from arca_sweep.progress import log as console
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
+from arca_sweep.sampling import reserve_cursor, step_rollout
 from arca_sweep.tasks import Problem, batch_hash, build_task
 
 
@@ -220,19 +221,39 @@ def train(
         if main:
             log.log({"step": 0, **acc})
 
+    def rollout(indices: list[int]):  # G samples of each prompt, and their rewards
+        problems = [task.train_problem(i) for i in indices]
+        batch = engine.generate(encode_prompts(tokenizer, problems, think), b.group_size, b.max_new_tokens)
+        group_of = [problems[i // b.group_size] for i in range(len(batch.texts))]
+        return batch, torch.tensor(task.rewards(batch.texts, group_of))
+
+    def reserve(position: int, count: int) -> list[int]:  # the reserve stream: after the run's last step
+        first = b.steps * b.prompts_per_step + position
+        return [task.train_indices(p, 1)[0] for p in range(first, first + count)]
+
+    cursor = reserve_cursor(state.get("metrics_lines")) if state is not None else 0
     live = cfg.logger.progress and is_terminal() and main
     progress = Progress(out_dir, start, b.steps, live, cfg.logger.progress_every, cfg.logger.progress_every_s)
     for step in range(start + 1, b.steps + 1):
-        # ---- rollout: G samples for each of this step's prompts (the order is data.seed's, shared by all arms)
+        # ---- rollout: G samples for each of this step's prompts (the order is data.seed's, shared by all arms),
+        # and rewards; budget.dynamic_sampling refills zero-spread groups (arca_sweep/sampling.py)
         t0 = time.time()
-        indices = task.train_indices(step - 1, b.prompts_per_step)
-        problems = [task.train_problem(i) for i in indices]
-        batch = engine.generate(encode_prompts(tokenizer, problems, think), b.group_size, b.max_new_tokens)
-        rollout_s = time.time() - t0
-        # ---- reward and group advantage
-        group_of = [problems[i // b.group_size] for i in range(len(batch.texts))]
+        own = task.train_indices(step - 1, b.prompts_per_step)
         with at_step(step):  # a plug-in (data.reward, credit.target) that breaks its contract names the step
-            rewards = torch.tensor(task.rewards(batch.texts, group_of))
+            got = step_rollout(
+                rollout,
+                own,
+                reserve,
+                cursor,
+                b.group_size,
+                b.max_sampling_rounds,
+                tokenizer.pad_token_id,
+                b.dynamic_sampling,
+            )
+            batch, indices, rewards, cursor = got.batch, got.indices, got.rewards, got.reserve_to
+            problems = [task.train_problem(i) for i in indices]
+            rollout_s = time.time() - t0
+            # ---- group advantage
             lengths = batch.response_mask.sum(1).cpu()
             penalty = overlong_penalty(lengths, b.max_new_tokens, adv.overlong_cache, adv.overlong_penalty)
             advantages, frac_zero_std = estimate(adv.estimator, rewards + penalty, b.group_size, lengths)
@@ -247,7 +268,8 @@ def train(
         # ---- log, evaluate, checkpoint
         metrics = {
             "step": step,
-            "data/batch_hash": batch_hash(indices),
+            "data/batch_hash": batch_hash(own),
+            **got.metrics,
             "reward/mean": rewards.mean().item(),
             "reward/frac_zero_std": frac_zero_std,
             **({"reward/overlong_penalty": penalty.mean().item()} if adv.overlong_cache else {}),

@@ -271,7 +271,8 @@ def report_markdown(
     delta: float = DEFAULT_DELTA,
 ) -> str:
     """The report; ``delta``: the difference the power section sizes the sweep for (seeds, problems needed)."""
-    from arca_sweep.report.eval_sets import eval_sections  # it uses this module's tables
+    from arca_sweep.report.budget import budget_section  # (both use this module's tables)
+    from arca_sweep.report.eval_sets import eval_sections
 
     finished = [a for a in arms if a.finished]
     unfinished = [a for a in arms if not a.finished]
@@ -312,6 +313,7 @@ def report_markdown(
             "",
             "Wilson 95%: the Wilson score interval of the arm's correct answers on the eval set.",
             "",
+            *budget_section(finished),
             *comparison_section(finished, baseline),
             *eval_sections(finished, baseline, delta),
             "## Regime shares per signal (shadow diagnostics, finished arms)",

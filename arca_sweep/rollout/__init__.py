@@ -40,6 +40,46 @@ class RolloutBatch:
     sampling_logprobs: torch.Tensor | None = None  # [B, R] the sampler's log-probs (after temperature/top_p)
 
 
+def _pad_to(x: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+    pad = x.new_full((x.shape[0], width - x.shape[1]), value)
+    return torch.cat([pad, x] if left else [x, pad], 1)
+
+
+def concat_batches(parts: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """The rows of ``parts`` in order, prompts left-padded and responses right-padded to the widest."""
+    if len(parts) == 1:
+        return parts[0]
+    p = max(b.prompt_ids.shape[1] for b in parts)
+    r = max(b.response_ids.shape[1] for b in parts)
+    logprobs = None
+    if all(b.sampling_logprobs is not None for b in parts):
+        logprobs = torch.cat([_pad_to(b.sampling_logprobs, r, 0.0, False) for b in parts])
+    return RolloutBatch(
+        prompt_ids=torch.cat([_pad_to(b.prompt_ids, p, pad_id, True) for b in parts]),
+        prompt_mask=torch.cat([_pad_to(b.prompt_mask, p, False, True) for b in parts]),
+        response_ids=torch.cat([_pad_to(b.response_ids, r, pad_id, False) for b in parts]),
+        response_mask=torch.cat([_pad_to(b.response_mask, r, False, False) for b in parts]),
+        finish_reasons=[x for b in parts for x in b.finish_reasons],
+        texts=[x for b in parts for x in b.texts],
+        sampling_logprobs=logprobs,
+    )
+
+
+def take_rows(batch: RolloutBatch, rows: list[int]) -> RolloutBatch:
+    """The batch of ``rows`` (in that order)."""
+    index = torch.tensor(rows, dtype=torch.long)
+    pick = lambda x: None if x is None else x[index.to(x.device)]  # noqa: E731
+    return RolloutBatch(
+        prompt_ids=pick(batch.prompt_ids),
+        prompt_mask=pick(batch.prompt_mask),
+        response_ids=pick(batch.response_ids),
+        response_mask=pick(batch.response_mask),
+        finish_reasons=[batch.finish_reasons[i] for i in rows],
+        texts=[batch.texts[i] for i in rows],
+        sampling_logprobs=pick(batch.sampling_logprobs),
+    )
+
+
 class RolloutEngine(Protocol):
     def generate(
         self,

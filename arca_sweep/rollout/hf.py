@@ -14,7 +14,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from arca_sweep.rollout import RolloutBatch, call_seed, eos_token_ids, finish_masks, row_seed
+from arca_sweep.rollout import RolloutBatch, call_seed, concat_batches, eos_token_ids, finish_masks, row_seed
 
 # Every GenerationConfig field that changes the next-token distribution, at its no-op value. transformers
 # fills each field left None from the checkpoint's generation_config.json (Qwen3: do_sample=true,
@@ -212,7 +212,7 @@ class HFEngine:
             parts.append(
                 self._generate(rows[s : s + size], max_new_tokens, greedy, sampling, batch_uniforms, stream)
             )
-        return _concat(parts, self.tokenizer.pad_token_id) if parts else None
+        return concat_batches(parts, self.tokenizer.pad_token_id) if parts else None
 
     def _shared_prefill(self, input_ids, attn):
         """The KV cache of every prompt but its last token, computed once per distinct prompt and
@@ -285,24 +285,3 @@ class HFEngine:
             texts=tok.batch_decode(response, skip_special_tokens=True),
             sampling_logprobs=logprobs,
         )
-
-
-def _pad_to(x: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
-    pad = x.new_full((x.shape[0], width - x.shape[1]), value)
-    return torch.cat([pad, x] if left else [x, pad], 1)
-
-
-def _concat(parts: list[RolloutBatch], pad_id: int) -> RolloutBatch:
-    if len(parts) == 1:
-        return parts[0]
-    p = max(b.prompt_ids.shape[1] for b in parts)
-    r = max(b.response_ids.shape[1] for b in parts)
-    return RolloutBatch(
-        prompt_ids=torch.cat([_pad_to(b.prompt_ids, p, pad_id, True) for b in parts]),
-        prompt_mask=torch.cat([_pad_to(b.prompt_mask, p, False, True) for b in parts]),
-        response_ids=torch.cat([_pad_to(b.response_ids, r, pad_id, False) for b in parts]),
-        response_mask=torch.cat([_pad_to(b.response_mask, r, False, False) for b in parts]),
-        finish_reasons=[x for b in parts for x in b.finish_reasons],
-        texts=[x for b in parts for x in b.texts],
-        sampling_logprobs=torch.cat([_pad_to(b.sampling_logprobs, r, 0.0, False) for b in parts]),
-    )
