@@ -29,7 +29,7 @@ def _fmt(v) -> str:
 
 def sweep_table(sweep_dir: Path) -> str:
     """Markdown table of the arms under ``sweep_dir``; unfinished arms are listed, not dropped."""
-    rows, hashes = [], {}
+    rows, hashes, refilled = [], {}, False
     for arm in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()):
         summary_path, metrics = arm / SUMMARY, arm / METRICS
         if metrics.exists():
@@ -39,6 +39,7 @@ def sweep_table(sweep_dir: Path) -> str:
                 rows.append(f"| {arm.name} | " + " | ".join("-" for _ in COLUMNS) + f" | damaged: {exc} |")
                 continue
             hashes[arm.name] = [r["data/batch_hash"] for r in records if "data/batch_hash" in r]
+            refilled |= any(r.get("sampling/rounds", 1) > 1 for r in records)
         if not summary_path.exists():
             rows.append(f"| {arm.name} | " + " | ".join("-" for _ in COLUMNS) + " | not finished |")
             continue
@@ -52,6 +53,11 @@ def sweep_table(sweep_dir: Path) -> str:
         if len(sequences) == 1
         else "WARNING: arms saw different prompt sequences (data/batch_hash differs)"
     )
+    if refilled:  # budget.dynamic_sampling: each arm's refills are its own prefix of the reserve stream
+        paired += (
+            "; dynamic sampling refilled dropped groups from the reserve stream, each arm as far as it "
+            "needed (sampling/reserve_from, sampling/reserve_to)"
+        )
     note = (
         "acc0/acc: greedy eval accuracy at step 0 and at the end; gini, etr, regime shares: run means "
         f"of the training signal's per-step values. {paired}."
