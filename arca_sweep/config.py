@@ -496,6 +496,8 @@ def validate(cfg, model_checks: bool = True) -> None:
         errors.append(
             f"budget.group_size={cfg.budget.group_size} must be >= 2 (GRPO compares within a group)"
         )
+    if not cfg.dist.timeout_s <= 7 * 86400:  # (inf and nan included: torch keeps it as a timedelta)
+        errors.append(f"dist.timeout_s={cfg.dist.timeout_s} must be at most 604800 (a week)")
     if cfg.advantage.overlong_cache > cfg.budget.max_new_tokens:
         errors.append(
             f"advantage.overlong_cache={cfg.advantage.overlong_cache} must be <= budget.max_new_tokens="

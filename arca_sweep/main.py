@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -101,6 +102,9 @@ def main(cfg) -> None:
         run(cfg, out_dir, overrides, sweep_dir, dict(hc.runtime.choices), staged)
 
 
+RANK_ERROR_DELAY_S = 10  # (user_errors)
+
+
 @contextmanager
 def user_errors():
     """A :class:`UserError` (bad config or data, arm dir in use or damaged, a diverged run) is printed as
@@ -110,8 +114,11 @@ def user_errors():
     except UserError as exc:
         if os.environ.get("ARCA_TRACEBACK"):
             raise
-        if os.environ.get("RANK", "0") == "0":  # an arm of several processes: rank 0 says it once
-            print(f"error: {exc}", file=sys.stderr)
+        # An arm of several processes: every rank meets the same error, and rank 0 says it. Another rank
+        # waits first: torchrun stops it when rank 0 exits; it speaks only if the error was its own.
+        if os.environ.get("RANK", "0") != "0" and "MASTER_ADDR" in os.environ:
+            time.sleep(RANK_ERROR_DELAY_S)
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -215,9 +222,10 @@ def share_launch_stamp() -> None:
         is_master=False,
         timeout=datetime.timedelta(seconds=300),
     )
-    key = f"arca_sweep/stamp/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    # one stamp per torchrun launch: a restarted round (--max-restarts) keeps the first round's sweep dir
+    key = f"arca_sweep/stamp/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
     if os.environ.get("RANK", "0") == "0":
-        store.set(key, time.strftime("%Y-%m-%d_%H-%M-%S"))
+        store.compare_set(key, "", time.strftime("%Y-%m-%d_%H-%M-%S"))  # set unless a round set it
     os.environ["ARCA_LAUNCH_STAMP"] = store.get(key).decode()
 
 

@@ -221,6 +221,13 @@ def train(
         if main:
             log.log({"step": 0, **acc})
 
+    fidelity_every = cfg.diagnostics.fidelity_every
+    if fidelity_every and sharded:  # it casts the weights in place, under FSDP2's own copies of them
+        logging.getLogger(__name__).warning(
+            "diagnostics.fidelity_every: the fidelity probe is off under dist.shard"
+        )
+        fidelity_every = 0
+
     def rollout(indices: list[int]):  # G samples of each prompt, and their rewards
         problems = [task.train_problem(i) for i in indices]
         batch = engine.generate(encode_prompts(tokenizer, problems, think), b.group_size, b.max_new_tokens)
@@ -285,7 +292,7 @@ def train(
                 cfg.loss.rollout_is_cap,
             ),
         }
-        if cfg.diagnostics.fidelity_every and step % cfg.diagnostics.fidelity_every == 0:
+        if fidelity_every and step % fidelity_every == 0:
             rows = torch.arange(min(cfg.learner.micro_batch_size, len(batch.texts)))
             metrics.update(
                 fidelity_probe(learner, batch, rows, getattr(torch, cfg.diagnostics.fidelity_dtype))

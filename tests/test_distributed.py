@@ -132,7 +132,9 @@ def test_sharded_ranks_with_uneven_shares_update_as_one_process(tmp_path):
     """``dist.shard=true`` where the ranks' shares differ: 3 prompts on 2 ranks with rollout batches of 4
     rows (rank 0 makes two generate calls, rank 1 one), an eval of 9 prompts (two calls against one),
     and mini-batches of one prompt each in micro-batches of 2 rows (in every update one rank holds no
-    rows and runs stand-ins for the other's micro-batches). float64: the one-process update."""
+    rows and runs stand-ins for the other's micro-batches). float64: the one-process update. The sharded arm
+    also asks for the fidelity probe, which is off under dist.shard (it cast the weights under FSDP2's copies
+    of them, and the updates stopped reaching the model): the records and adapter are still the same."""
     extra = [
         "budget.prompts_per_step=3",
         "rollout.batch_size=4",
@@ -144,7 +146,9 @@ def test_sharded_ranks_with_uneven_shares_update_as_one_process(tmp_path):
     ]
     one, sharded = tmp_path / "one", tmp_path / "sharded"
     cli(*BASE, *extra, f"hydra.run.dir={one}", cwd=tmp_path)
-    torchrun(*BASE, *extra, "dist.shard=true", f"hydra.run.dir={sharded}", cwd=tmp_path)
+    shard = ["dist.shard=true", "diagnostics.fidelity_every=1"]
+    proc = torchrun(*BASE, *extra, *shard, f"hydra.run.dir={sharded}", cwd=tmp_path)
+    assert "the fidelity probe is off under dist.shard" in proc.stdout + proc.stderr
     assert len(adapter(sharded)) == len(adapter(one)) > 0
     assert_same_arm(sharded, one, F64_ADAPTER)
 

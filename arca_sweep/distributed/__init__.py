@@ -150,6 +150,11 @@ def start_world(dist_cfg, device: torch.device) -> World:
     there is more than one process; :data:`SINGLE` otherwise. A collective that waits longer than
     ``dist.timeout_s`` (a dead rank) raises on the survivors, so a job never hangs on a lost peer."""
     rank, size, local_rank, local_size = env_world()
+    if size > 1 and not {"MASTER_ADDR", "MASTER_PORT"} <= os.environ.keys():
+        raise UserError(
+            f"WORLD_SIZE={size} is set but MASTER_ADDR/MASTER_PORT are not: launch the arm with torchrun "
+            "(or a SLURM job's tasks), or unset WORLD_SIZE and RANK to run it in one process"
+        )
     if size == 1:
         if dist_cfg.shard:
             log.warning("dist.shard=true does nothing in one process: launch the arm on several (torchrun)")
