@@ -76,8 +76,9 @@ def reference(name: str, rewards: list[float], group_size: int, lengths: list[in
                 out.append(x - mean if name == "reinforce_pp_baseline" else x)
     if name.startswith("reinforce_pp"):
         tokens = [v for v, n in zip(out, lengths, strict=True) for _ in range(n)]
-        m = sum(tokens) / len(tokens)
-        var = sum((t - m) ** 2 for t in tokens) / (len(tokens) - 1)
+        n = len(tokens)  # verl's masked_mean divides by (count + 1e-8): it moves an all-equal batch off 0
+        m = sum(tokens) / (n + 1e-8)
+        var = sum((t - m) ** 2 for t in tokens) / (n + 1e-8) * n / (n - 1)
         out = [(v - m) / math.sqrt(var + 1e-8) for v in out]
     return out
 
@@ -189,3 +190,12 @@ def test_overlong_penalty_equals_trls_soft_punishment():
     lengths = list(range(1, 33))
     theirs = trl_fn(completion_ids=[[0] * n for n in lengths])
     assert overlong_penalty(torch.tensor(lengths), 32, 8).tolist() == pytest.approx(theirs, abs=1e-12)
+
+
+def test_an_all_equal_batch_under_reinforce_pp_is_verls_small_value():
+    """verl's whitening divides the mean by (tokens + 1e-8): an all-equal batch comes out near 0, not at 0
+    (1.5e-4 for two one-token rewards of 3). Kept as verl computes it (hypothesis found it against a
+    reference that had dropped the 1e-8)."""
+    adv, _ = estimate("reinforce_pp", torch.tensor([3.0, 3.0]), 2, torch.tensor([1, 1]))
+    assert adv.tolist() == pytest.approx(reference("reinforce_pp", [3.0, 3.0], 2, [1, 1]), rel=1e-5)
+    assert 1e-4 < adv[0].item() < 2e-4
