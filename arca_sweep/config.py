@@ -498,6 +498,11 @@ def validate(cfg, model_checks: bool = True) -> None:
         )
     if not cfg.dist.timeout_s <= 7 * 86400:  # (inf and nan included: torch keeps it as a timedelta)
         errors.append(f"dist.timeout_s={cfg.dist.timeout_s} must be at most 604800 (a week)")
+    if not cfg.advantage.overlong_penalty <= 1e6:  # (inf and nan included)
+        errors.append(
+            f"advantage.overlong_penalty={cfg.advantage.overlong_penalty} must be at most 1e6 (rewards are "
+            "of order 1: the penalty at the cap is -overlong_penalty)"
+        )
     if cfg.advantage.overlong_cache > cfg.budget.max_new_tokens:
         errors.append(
             f"advantage.overlong_cache={cfg.advantage.overlong_cache} must be <= budget.max_new_tokens="

@@ -30,6 +30,7 @@ class StepRollout:
     rewards: torch.Tensor  # [B] the task's rewards of those rows
     metrics: dict[str, float]
     reserve_to: int  # the reserve stream's next position after this step
+    own_rewards: torch.Tensor  # [P * G] the rewards of the step's own prompts (the first round): every arm's
 
 
 def reserve_cursor(metrics_lines: list[str] | None) -> int:
@@ -66,7 +67,7 @@ def step_rollout(
     batch, rewards = rollout(indices)
     generated = [batch]
     if not dynamic:
-        return StepRollout(batch, list(indices), rewards, _generated(generated), cursor)
+        return StepRollout(batch, list(indices), rewards, _generated(generated), cursor, rewards)
     start, rounds = cursor, 1
     kept: list[tuple[RolloutBatch, torch.Tensor, list[int], int]] = []  # (batch, rewards, prompts, group)
     pool = [(batch, rewards, list(indices))]
@@ -93,14 +94,14 @@ def step_rollout(
         "sampling/reserve_to": cursor,
     }
     if not kept:  # every group had zero spread, every round: the step's own batch (no advantage anywhere)
-        return StepRollout(batch, list(indices), rewards, metrics, cursor)
+        return StepRollout(batch, list(indices), rewards, metrics, cursor, rewards)
     parts, prompts, picked = [], [], []
     for b, r, p, g in kept:
         rows = list(range(g * group_size, (g + 1) * group_size))
         parts.append(take_rows(b, rows))
         picked.append(r[g * group_size : (g + 1) * group_size])
         prompts.append(p[g])
-    return StepRollout(concat_batches(parts, pad_id), prompts, torch.cat(picked), metrics, cursor)
+    return StepRollout(concat_batches(parts, pad_id), prompts, torch.cat(picked), metrics, cursor, rewards)
 
 
 def _generated(batches: list[RolloutBatch]) -> dict[str, float]:

@@ -45,7 +45,7 @@ from arca_sweep.preflight import prompt_token_limit
 from arca_sweep.progress import Progress, closing_line, is_terminal, skip_line
 from arca_sweep.progress import log as console
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
-from arca_sweep.sampling import reserve_cursor, step_rollout
+from arca_sweep.sampling import reserve_cursor, spread, step_rollout
 from arca_sweep.tasks import Problem, batch_hash, build_task
 
 
@@ -228,6 +228,12 @@ def train(
         )
         fidelity_every = 0
 
+    if b.dynamic_sampling and adv.estimator.startswith("reinforce_pp"):
+        logging.getLogger(__name__).warning(
+            "budget.dynamic_sampling drops zero-spread groups, which still carry advantage under "
+            f"advantage={adv.estimator} (no group baseline)"
+        )
+
     def rollout(indices: list[int]):  # G samples of each prompt, and their rewards
         problems = [task.train_problem(i) for i in indices]
         batch = engine.generate(encode_prompts(tokenizer, problems, think), b.group_size, b.max_new_tokens)
@@ -263,7 +269,7 @@ def train(
             # ---- group advantage
             lengths = batch.response_mask.sum(1).cpu()
             penalty = overlong_penalty(lengths, b.max_new_tokens, adv.overlong_cache, adv.overlong_penalty)
-            advantages, frac_zero_std = estimate(adv.estimator, rewards + penalty, b.group_size, lengths)
+            advantages, _ = estimate(adv.estimator, rewards + penalty, b.group_size, lengths)
             check_rewards(rewards, advantages, cfg.data)
             # ---- credit, loss, update (two forwards at most: policy, and reference with the adapter off)
             t1 = time.time()
@@ -277,8 +283,10 @@ def train(
             "step": step,
             "data/batch_hash": batch_hash(own),
             **got.metrics,
-            "reward/mean": rewards.mean().item(),
-            "reward/frac_zero_std": frac_zero_std,
+            # the step's own prompts (the same in every arm), whatever dynamic sampling then trains on
+            "reward/mean": got.own_rewards.mean().item(),
+            "reward/frac_zero_std": 1.0 - spread(got.own_rewards, b.group_size).double().mean().item(),
+            **({"reward/trained_mean": rewards.mean().item()} if b.dynamic_sampling else {}),
             **({"reward/overlong_penalty": penalty.mean().item()} if adv.overlong_cache else {}),
             **step_metrics(
                 batch,

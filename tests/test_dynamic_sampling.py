@@ -118,6 +118,10 @@ def test_the_report_flags_arms_whose_budgets_differ():
     text = "\n".join(budget_section([arm("a", [16, 16], [0, 0]), arm("b", [24, 20], [2, 1])]))
     assert "| `a` | 2 | 32 | 320 | 0 |" in text and "| `b` | 2 | 44 | 440 | 3 |" in text
     assert "**Budgets differ**: the arms generated 32 to 44 rollouts (+38%; most: `b`)" in text
+    old = arm("c", [16, 16], [0, 0])
+    old.records = [{"step": 0}, {"step": 1}, {"step": 2}]  # a version before the counts
+    text = "\n".join(budget_section([arm("a", [16, 16], [0, 0]), old]))
+    assert "Budget unknown for 1 arm" in text and "`c`" in text and "Budgets differ" not in text
 
 
 def test_a_smoke_run_trains_full_batches_and_counts_what_it_generated(tmp_path):
@@ -134,3 +138,11 @@ def test_a_smoke_run_trains_full_batches_and_counts_what_it_generated(tmp_path):
             r["sampling/groups_trained"] + r["sampling/groups_dropped"]
         )
     assert [r["sampling/reserve_from"] for r in steps[1:]] == [r["sampling/reserve_to"] for r in steps[:-1]]
+    # reward/mean and frac_zero_std are the step's own prompts' (comparable across arms); the kept groups'
+    # mean is reward/trained_mean: step 1 (same weights and seed as an arm without dynamic sampling)
+    plain = tmp_path / "plain"
+    cli("budget=smoke", "budget.steps=1", "threads=1", f"hydra.run.dir={plain}", cwd=tmp_path)
+    first = json.loads((plain / "metrics.jsonl").read_text().splitlines()[1])
+    assert steps[0]["reward/mean"] == first["reward/mean"]
+    assert steps[0]["reward/frac_zero_std"] == first["reward/frac_zero_std"] > 0
+    assert steps[0]["reward/trained_mean"] != steps[0]["reward/mean"] and "reward/trained_mean" not in first

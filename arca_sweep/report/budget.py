@@ -48,6 +48,14 @@ def budget_section(arms: list[Arm]) -> list[str]:
         " summed over its steps); groups dropped: zero-spread groups refilled under `budget.dynamic_sampling`.",
         "",
     ]
+    unknown = [arm.name for arm in arms if arm.name not in counts]
+    if unknown and counts:
+        out += [
+            f"Budget unknown for {len(unknown)} arm{'s' if len(unknown) > 1 else ''} (records without "
+            f"`rollout/generated_*`: {', '.join(f'`{n}`' for n in unknown)}): whether the budgets match "
+            "cannot be read from them.",
+            "",
+        ]
     if len(set(counts.values())) > 1:
         low, high = min(counts.values()), max(counts.values())
         most = [name for name, n in counts.items() if n == high]
