@@ -75,8 +75,8 @@ EXACT = (
 ROUNDING_DOMINATED = ("shadow/entropy/", "shadow/divergence/", "shadow/entropy_mask/")
 ABS, REL = 1e-4, 1e-2
 # records the code writes since de630b0: the mean eval reward apart (issue 20), the greedy answers' mean
-# length (issue 21)
-NEW_KEYS = {"eval/reward", "eval/length"}
+# length (issue 21), each step's generated rollouts and tokens (issue 23)
+NEW_KEYS = {"eval/reward", "eval/length", "rollout/generated_rollouts", "rollout/generated_tokens"}
 ADAPTER_ATOL = 1e-3
 
 

@@ -299,5 +299,9 @@ def test_arms_of_two_tasks_each_run_as_one_arm_across_processes(slurm_cluster, t
     (script,) = (sweep / ".submitit").glob("*/*_submission.sh")
     assert "#SBATCH --ntasks-per-node=2" in script.read_text()
     jobs = submitit_jobs(sweep)
+    # (the sweep returns once each job's result is in; its other task may still be exiting: sacct lags)
+    deadline = time.time() + 120
+    while any(sacct_states(j) == ["RUNNING"] for j in jobs) and time.time() < deadline:
+        time.sleep(1)
     assert len(jobs) == 2 and [sacct_states(j) for j in jobs] == [["COMPLETED"]] * 2
     assert not list(sweep.glob("*/.hydra.launch/*"))  # each task's staged launch record adopted or removed
