@@ -30,16 +30,25 @@ def register_estimator(name: str) -> Callable[[Estimator], Estimator]:
 
 
 def estimate(name: str, rewards: torch.Tensor, group_size: int, lengths: torch.Tensor | None = None):
-    """``(A [N] float32, frac_zero_std)`` of the flat rewards [N] (groups of ``group_size`` in order) under
-    estimator ``name``; ``lengths`` [N]: response tokens (default 1 each). ``frac_zero_std``: the share of
-    groups whose G > 1 rewards are all equal (GRPO's and RLOO's zero-advantage groups)."""
+    """A [N] float32 of the flat rewards [N] (groups of ``group_size`` in order) under estimator ``name``;
+    ``lengths`` [N]: response tokens (default 1 each)."""
     if name not in ESTIMATORS:
         raise ValueError(f"advantage.estimator={name!r}; valid: {', '.join(ESTIMATORS)}")
     r = rewards.double().view(-1, group_size)
     n = torch.ones_like(r) if lengths is None else lengths.double().view(-1, group_size)
-    adv = ESTIMATORS[name](r, n)
-    frac_zero_std = (r.std(1) == 0).double().mean().item()
-    return adv.flatten().float(), frac_zero_std
+    return ESTIMATORS[name](r, n).flatten().float()
+
+
+def spread(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[P] bool: the groups whose rewards are not all equal (the others carry no advantage under grpo,
+    dr_grpo and rloo)."""
+    r = rewards.view(-1, group_size)
+    return (r != r[:, :1]).any(1)
+
+
+def frac_zero_spread(rewards: torch.Tensor, group_size: int) -> float:
+    """The share of groups whose rewards are all equal (``reward/frac_zero_std``)."""
+    return 1.0 - spread(rewards, group_size).double().mean().item()
 
 
 def overlong_penalty(lengths: torch.Tensor, max_len: int, cache: int, factor: float = 1.0) -> torch.Tensor:

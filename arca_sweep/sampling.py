@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from arca_sweep.advantage import spread
 from arca_sweep.rollout import RolloutBatch, concat_batches, take_rows
 
 
@@ -44,12 +45,6 @@ def reserve_cursor(metrics_lines: list[str] | None) -> int:
     return 0
 
 
-def spread(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """[P] bool: the groups whose rewards are not all equal."""
-    r = rewards.view(-1, group_size)
-    return (r != r[:, :1]).any(1)
-
-
 def step_rollout(
     rollout: Callable[[list[int]], tuple[RolloutBatch, torch.Tensor]],
     indices: list[int],
@@ -63,31 +58,26 @@ def step_rollout(
     """The step's rollouts: ``rollout(indices) -> (batch, rewards)`` on the step's ``indices``; with
     ``dynamic``, zero-spread groups dropped and refilled from ``reserve(position, count)`` (module
     docstring) from ``cursor`` on."""
-    want = len(indices)
+    want, start = len(indices), cursor
     batch, rewards = rollout(indices)
-    generated = [batch]
     if not dynamic:
-        return StepRollout(batch, list(indices), rewards, _generated(generated), cursor, rewards)
-    start, rounds = cursor, 1
-    kept: list[tuple[RolloutBatch, torch.Tensor, list[int], int]] = []  # (batch, rewards, prompts, group)
-    pool = [(batch, rewards, list(indices))]
+        return StepRollout(batch, list(indices), rewards, _generated([batch]), cursor, rewards)
+    rounds = [(batch, rewards, list(indices))]  # each round's (batch, rewards, prompts)
+    kept: list[tuple[int, int]] = []  # (round, group) of the groups that train, in the order they came
     while True:
-        b, r, prompts = pool.pop()
-        for g in spread(r, group_size).nonzero().flatten().tolist():
-            if len(kept) < want:
-                kept.append((b, r, prompts, g))
-        if len(kept) == want or rounds == max_rounds:
+        last = len(rounds) - 1
+        found = spread(rounds[last][1], group_size).nonzero().flatten().tolist()
+        kept += [(last, g) for g in found][: want - len(kept)]
+        if len(kept) == want or len(rounds) == max_rounds:
             break
         more = reserve(cursor, want - len(kept))
         cursor += len(more)
-        b, r = rollout(more)
-        generated.append(b)
-        pool.append((b, r, more))
-        rounds += 1
+        rounds.append((*rollout(more), more))
+    generated = [b for b, _, _ in rounds]
     trained = len(kept) or want  # (none kept: the step's own groups train, with no advantage)
     metrics = {
         **_generated(generated),
-        "sampling/rounds": rounds,
+        "sampling/rounds": len(rounds),
         "sampling/groups_trained": trained,
         "sampling/groups_dropped": sum(len(b.texts) for b in generated) // group_size - trained,
         "sampling/reserve_from": start,
@@ -95,13 +85,11 @@ def step_rollout(
     }
     if not kept:  # every group had zero spread, every round: the step's own batch (no advantage anywhere)
         return StepRollout(batch, list(indices), rewards, metrics, cursor, rewards)
-    parts, prompts, picked = [], [], []
-    for b, r, p, g in kept:
-        rows = list(range(g * group_size, (g + 1) * group_size))
-        parts.append(take_rows(b, rows))
-        picked.append(r[g * group_size : (g + 1) * group_size])
-        prompts.append(p[g])
-    return StepRollout(concat_batches(parts, pad_id), prompts, torch.cat(picked), metrics, cursor, rewards)
+    rows = [list(range(g * group_size, (g + 1) * group_size)) for _, g in kept]
+    parts = [take_rows(rounds[i][0], r) for (i, _), r in zip(kept, rows, strict=True)]
+    picked = torch.cat([rounds[i][1][r] for (i, _), r in zip(kept, rows, strict=True)])
+    prompts = [rounds[i][2][g] for i, g in kept]
+    return StepRollout(concat_batches(parts, pad_id), prompts, picked, metrics, cursor, rewards)
 
 
 def _generated(batches: list[RolloutBatch]) -> dict[str, float]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from arca_sweep.advantage import estimate, overlong_penalty
+from arca_sweep.advantage import estimate, frac_zero_spread, overlong_penalty
 from arca_sweep.arm_dir import ArmDir, RunLog, check_same_config, restore, results_path
 from arca_sweep.arm_dir.fingerprint import check_same_inputs, fingerprint
 from arca_sweep.config import validate
@@ -45,7 +45,7 @@ from arca_sweep.preflight import prompt_token_limit
 from arca_sweep.progress import Progress, closing_line, is_terminal, skip_line
 from arca_sweep.progress import log as console
 from arca_sweep.rollout import build_engine, check_engine_weights, guard_bound
-from arca_sweep.sampling import reserve_cursor, spread, step_rollout
+from arca_sweep.sampling import reserve_cursor, step_rollout
 from arca_sweep.tasks import Problem, batch_hash, build_task
 
 
@@ -269,7 +269,7 @@ def train(
             # ---- group advantage
             lengths = batch.response_mask.sum(1).cpu()
             penalty = overlong_penalty(lengths, b.max_new_tokens, adv.overlong_cache, adv.overlong_penalty)
-            advantages, _ = estimate(adv.estimator, rewards + penalty, b.group_size, lengths)
+            advantages = estimate(adv.estimator, rewards + penalty, b.group_size, lengths)
             check_rewards(rewards, advantages, cfg.data)
             # ---- credit, loss, update (two forwards at most: policy, and reference with the adapter off)
             t1 = time.time()
@@ -285,7 +285,7 @@ def train(
             **got.metrics,
             # the step's own prompts (the same in every arm), whatever dynamic sampling then trains on
             "reward/mean": got.own_rewards.mean().item(),
-            "reward/frac_zero_std": 1.0 - spread(got.own_rewards, b.group_size).double().mean().item(),
+            "reward/frac_zero_std": frac_zero_spread(got.own_rewards, b.group_size),
             **({"reward/trained_mean": rewards.mean().item()} if b.dynamic_sampling else {}),
             **({"reward/overlong_penalty": penalty.mean().item()} if adv.overlong_cache else {}),
             **step_metrics(

@@ -185,7 +185,7 @@ def arca_worker(args) -> dict:
         batch = engine.generate(encode_prompts(tokenizer, problems), b.group_size, b.max_new_tokens)
         t1 = time.perf_counter()
         rewards = torch.tensor([random.random() for _ in batch.texts])
-        advantages, _ = estimate("grpo", rewards, b.group_size)
+        advantages = estimate("grpo", rewards, b.group_size)
         if step == 1:  # counted once, outside the timed steps
             with FlopCounterMode(display=False, custom_mapping=kernels.flop_formulas()) as counter:
                 learner.step(batch, advantages)

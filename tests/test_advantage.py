@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arca_sweep.advantage import ESTIMATORS, estimate
+from arca_sweep.advantage import ESTIMATORS, estimate, frac_zero_spread
 from tests.verl_peer import import_verl
 
 NAMES = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
@@ -25,17 +25,17 @@ def test_the_registry_holds_the_issue_estimators():
 
 def test_hand_cases():
     r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0])  # two groups of 4
-    grpo, frac = estimate("grpo", r, 4)
+    grpo, frac = estimate("grpo", r, 4), frac_zero_spread(r, 4)
     std1 = math.sqrt((0.75**2 + 3 * 0.25**2) / 3) + 1e-6  # unbiased, plus the guard
     assert grpo.tolist() == pytest.approx(
         [0.75 / std1, *[-0.25 / std1] * 3, *[0.25 / std1] * 2, -0.75 / std1, 0.25 / std1], rel=1e-6
     )
     assert frac == 0.0
-    assert estimate("dr_grpo", r, 4)[0].tolist() == pytest.approx(
+    assert estimate("dr_grpo", r, 4).tolist() == pytest.approx(
         [0.75, -0.25, -0.25, -0.25, 0.25, 0.25, -0.75, 0.25]
     )
     # RLOO: r_i minus the mean of the other three
-    assert estimate("rloo", r, 4)[0].tolist() == pytest.approx(
+    assert estimate("rloo", r, 4).tolist() == pytest.approx(
         [1, -1 / 3, -1 / 3, -1 / 3, 1 / 3, 1 / 3, -1, 1 / 3]
     )
     # REINFORCE++ over tokens: rows of 1, 1, 2, 2 tokens, rewards 1, 0, 0, 1 (one group of 4)
@@ -43,18 +43,18 @@ def test_hand_cases():
     # the tokens' returns: [1] [0] [0 0] [1 1], mean 0.5, Bessel-corrected variance 6 * 0.25 / 5 = 0.3
     mean, var = 0.5, 0.3
     want = [(x - mean) / math.sqrt(var + 1e-8) for x in [1, 0, 0, 1]]
-    assert estimate("reinforce_pp", r2, 4, lengths)[0].tolist() == pytest.approx(want, rel=1e-6)
+    assert estimate("reinforce_pp", r2, 4, lengths).tolist() == pytest.approx(want, rel=1e-6)
     # with the group baseline (mean 0.5): returns +-0.5 on the same tokens, whitened the same way
-    assert estimate("reinforce_pp_baseline", r2, 4, lengths)[0].tolist() == pytest.approx(want, rel=1e-6)
+    assert estimate("reinforce_pp_baseline", r2, 4, lengths).tolist() == pytest.approx(want, rel=1e-6)
 
 
 def test_equal_groups_carry_no_advantage_under_the_group_estimators():
     r = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
     for name in ("grpo", "dr_grpo", "rloo"):
-        adv, frac = estimate(name, r, 3)
+        adv, frac = estimate(name, r, 3), frac_zero_spread(r, 3)
         assert adv.abs().max().item() == 0.0 and frac == 1.0, name
     # REINFORCE++ without a baseline has no groups: the batch mean is 0.5, so both groups move
-    adv, _ = estimate("reinforce_pp", r, 3)
+    adv = estimate("reinforce_pp", r, 3)
     assert adv[:3].min().item() > 0 > adv[3:].max().item()
 
 
@@ -96,7 +96,7 @@ def test_every_estimator_matches_the_reference(data, name, group_size, groups, b
     value = st.sampled_from([0.0, 1.0]) if binary else st.floats(-3, 3, allow_nan=False, width=32)
     rewards = data.draw(st.lists(value, min_size=n, max_size=n))
     lengths = data.draw(st.lists(st.integers(1, 9), min_size=n, max_size=n))
-    adv, _ = estimate(name, torch.tensor(rewards), group_size, torch.tensor(lengths))
+    adv = estimate(name, torch.tensor(rewards), group_size, torch.tensor(lengths))
     assert adv.dtype == torch.float32 and adv.shape == (n,)
     assert adv.tolist() == pytest.approx(reference(name, rewards, group_size, lengths), rel=1e-5, abs=1e-5)
 
@@ -141,7 +141,7 @@ def test_every_estimator_equals_verl(name, binary):
         lengths = torch.randint(1, 12, (n,), generator=g)
         token_rewards, mask, index = verl_inputs(rewards, lengths, group_size)
         theirs, _ = verl_fn(token_rewards.clone(), mask, index)
-        ours, _ = estimate(name, rewards, group_size, lengths)
+        ours = estimate(name, rewards, group_size, lengths)
         want = torch.where(mask.bool(), ours[:, None], 0.0)
         assert torch.allclose(theirs.float(), want, rtol=1e-5, atol=1e-5), (name, group_size, theirs, want)
 
@@ -196,6 +196,6 @@ def test_an_all_equal_batch_under_reinforce_pp_is_verls_small_value():
     """verl's whitening divides the mean by (tokens + 1e-8): an all-equal batch comes out near 0, not at 0
     (1.5e-4 for two one-token rewards of 3). Kept as verl computes it (hypothesis found it against a
     reference that had dropped the 1e-8)."""
-    adv, _ = estimate("reinforce_pp", torch.tensor([3.0, 3.0]), 2, torch.tensor([1, 1]))
+    adv = estimate("reinforce_pp", torch.tensor([3.0, 3.0]), 2, torch.tensor([1, 1]))
     assert adv.tolist() == pytest.approx(reference("reinforce_pp", [3.0, 3.0], 2, [1, 1]), rel=1e-5)
     assert 1e-4 < adv[0].item() < 2e-4

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
+from arca_sweep.advantage import spread
 from arca_sweep.report.budget import budget_section
 from arca_sweep.report.data import Arm
 from arca_sweep.rollout import RolloutBatch
-from arca_sweep.sampling import reserve_cursor, spread, step_rollout
+from arca_sweep.sampling import reserve_cursor, step_rollout
 from tests.helpers import cli
 
 G = 4

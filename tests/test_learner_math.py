@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arca_sweep.advantage import estimate
+from arca_sweep.advantage import estimate, frac_zero_spread
 from arca_sweep.learner.loss import LOSS_AGGS, aggregate_loss, ppo_clip_token_loss
 
 # ---------------------------------------------------------------- grpo and dr_grpo advantages
@@ -19,7 +19,8 @@ from arca_sweep.learner.loss import LOSS_AGGS, aggregate_loss, ppo_clip_token_lo
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std"):
-    return estimate("grpo" if scale == "std" else "dr_grpo", rewards, group_size)
+    adv = estimate("grpo" if scale == "std" else "dr_grpo", rewards, group_size)
+    return adv, frac_zero_spread(rewards, group_size)
 
 
 def ref_group_advantages(rewards: list[float], group_size: int, scale: str = "std"):

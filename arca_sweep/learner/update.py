@@ -621,12 +621,12 @@ class _UpdateTracker:
         self.losses, self.grad_norms, self.current = [], [], 0.0
         self.counts = {"low": 0, "high": 0, "kl": 0.0, "tokens": 0}
 
-    def add(self, loss, logp, logp_old, token_adv, mask, clip_low, clip_high, clip_log_ratio=None) -> None:
-        """``clip_log_ratio``: the ratio the clip saw (``loss.ratio_level``; default the token's own)."""
+    def add(self, loss, logp, logp_old, token_adv, mask, clip_low, clip_high, clip_log_ratio) -> None:
+        """``clip_log_ratio``: the ratio the clip saw (``loss.ratio_level``)."""
         self.current += loss
         log_ratio = torch.where(mask, logp - logp_old, 0.0)
         ratio = torch.exp(log_ratio)
-        clipped = ratio if clip_log_ratio is None else torch.exp(clip_log_ratio)
+        clipped = torch.exp(clip_log_ratio)
         self.counts["low"] += int(((clipped < 1 - clip_low) & (token_adv < 0) & mask).sum())
         self.counts["high"] += int(((clipped > 1 + clip_high) & (token_adv > 0) & mask).sum())
         self.counts["kl"] += torch.where(mask, ratio - 1 - log_ratio, 0.0).sum().item()
